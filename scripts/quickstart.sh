@@ -1,0 +1,38 @@
+#!/bin/sh
+# The main job: every stage of the toolkit on the synthetic demo data with the tiny configs,
+# offline, on a laptop CPU. Each stage writes its run folder under OUT; a stage already finished
+# (its metrics.json present) is skipped, so an interrupted quickstart picks up where it stopped.
+#
+#   sh scripts/quickstart.sh [OUT]        (default OUT: runs/quickstart)
+set -e
+OUT=${1:-runs/quickstart}
+PYTHON=${PYTHON:-python}
+export PYTHON
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+
+STEP=0
+TOTAL=1
+# stage NAME RUN_DIR COMMAND...: run one stage, naming it; stop the pipeline at the first failure.
+stage() {
+    name=$1; run_dir=$2; shift 2
+    STEP=$((STEP + 1))
+    if [ -f "$run_dir/metrics.json" ]; then
+        echo "==> [$STEP/$TOTAL] $name: already finished in $run_dir, skipped"
+        return 0
+    fi
+    echo "==> [$STEP/$TOTAL] $name -> $run_dir"
+    if ! "$@"; then
+        echo "quickstart: stage '$name' failed (see $run_dir/run.log); earlier stages' results are kept in $OUT" >&2
+        exit 1
+    fi
+}
+
+stage tokenizer "$OUT/tokenizer" \
+    sh FinBERT2/pretrain_wordpiece_tokenizer/spm.sh configs/tokenizer/tiny.yaml --output_dir "$OUT/tokenizer"
+
+echo "quickstart: all $TOTAL stages finished; results in $OUT"
+for metrics in "$OUT"/*/metrics.json; do
+    echo "--- $metrics"
+    cat "$metrics"
+done

@@ -1,0 +1,151 @@
+"""The run folder contract (DESIGN.md section 3): run_config.json, metrics.json, a log, no silent overwrite.
+
+``metrics.json`` is written last and atomically: its presence marks a finished run. A run refuses
+an ``output_dir`` holding one unless told to overwrite, and an overwrite removes the old marker
+first, so a failed rerun never leaves a ``metrics.json`` that looks like its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import finbert2
+from finbert2.data.writers import write_json
+from finbert2.errors import OutputDirError
+
+METRICS_FILE = "metrics.json"
+RUN_CONFIG_FILE = "run_config.json"
+LOG_FILE = "run.log"
+
+logger = logging.getLogger("finbert2")
+
+
+@dataclass
+class RunArguments:
+    """Arguments every stage shares, besides its ``output_dir``."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace a finished run in output_dir (one holding metrics.json). Off: refuse."},
+    )
+
+
+def is_finished_run(output_dir: str | Path) -> bool:
+    return (Path(output_dir) / METRICS_FILE).is_file()
+
+
+def prepare_output_dir(output_dir: str | Path, overwrite: bool = False, clear: bool = False) -> Path:
+    """Make ``output_dir`` ready for a run.
+
+    A finished run (``metrics.json`` present) is refused unless ``overwrite``; with ``overwrite``
+    its metrics marker goes first and, with ``clear``, the whole folder (stages that cannot
+    resume start clean). A folder without the marker is an unfinished run: kept, so training
+    resumes from its checkpoints.
+    """
+    output_dir = Path(output_dir)
+    if is_finished_run(output_dir):
+        if not overwrite:
+            raise OutputDirError(
+                f"{output_dir}: holds a finished run ({METRICS_FILE}); pass --overwrite_output_dir True "
+                "to replace it, or choose another --output_dir"
+            )
+        (output_dir / METRICS_FILE).unlink()
+        if clear:
+            shutil.rmtree(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputDirError(f"{output_dir}: exists and is not a folder")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return output_dir
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout the package runs from, if it is one."""
+    root = Path(finbert2.__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _to_dict(obj: Any) -> dict[str, Any]:
+    if hasattr(obj, "to_dict"):  # TrainingArguments hides tokens and resolves enums there
+        return obj.to_dict()
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    return dict(obj)
+
+
+def write_run_config(output_dir: str | Path, *args_objects: Any, stage: str, extra: dict | None = None) -> dict:
+    """Record every resolved argument, the package version, the git commit and the command."""
+    arguments: dict[str, Any] = {}
+    for obj in args_objects:
+        arguments.update(_to_dict(obj))
+    record = {
+        "stage": stage,
+        "finbert2_version": finbert2.__version__,
+        "git_commit": git_commit(),
+        "command": sys.argv,
+        "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "arguments": arguments,
+    }
+    if extra:
+        record.update(extra)
+    write_json(Path(output_dir) / RUN_CONFIG_FILE, record)
+    return record
+
+
+def _json_number(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy / torch scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_metrics(output_dir: str | Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Write the flat ``metrics.json`` that marks the run finished (atomically, last)."""
+    flat = {key: _json_number(value) for key, value in metrics.items()}
+    write_json(Path(output_dir) / METRICS_FILE, flat)
+    return flat
+
+
+def read_metrics(output_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(output_dir) / METRICS_FILE).read_text(encoding="utf-8"))
+
+
+def setup_logging(output_dir: str | Path | None = None, level: int = logging.INFO) -> None:
+    """Log to stderr and, when given, to ``output_dir/run.log`` (appending, so resumed runs keep history)."""
+    root = logging.getLogger()
+    root.setLevel(level)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    if not any(getattr(h, "_finbert2_console", False) for h in root.handlers):
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(formatter)
+        console._finbert2_console = True  # type: ignore[attr-defined]
+        root.addHandler(console)
+    if output_dir is not None:
+        log_path = os.path.abspath(Path(output_dir) / LOG_FILE)
+        for handler in list(root.handlers):
+            if getattr(handler, "_finbert2_file", False):
+                root.removeHandler(handler)
+                handler.close()
+        file_handler = logging.FileHandler(log_path, encoding="utf-8")
+        file_handler.setFormatter(formatter)
+        file_handler._finbert2_file = True  # type: ignore[attr-defined]
+        root.addHandler(file_handler)

@@ -1,0 +1,119 @@
+"""BERT WordPiece tokenizers: load a base vocab, build one from scratch, extend it with domain words.
+
+New words are appended as added tokens (``normalized=False``) of a standard fast BERT tokenizer.
+The tokenizers library matches added tokens leftmost-longest on the raw text before BERT's
+normalizer puts spaces around every Chinese character, so ``净利润`` stays one token while every
+base token keeps its id and tokenization elsewhere is unchanged. The saved folder holds only
+standard files, so ``AutoTokenizer.from_pretrained(folder)`` loads it with no custom code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
+from tokenizers.models import WordPiece
+from tokenizers.trainers import WordPieceTrainer
+from transformers import AutoTokenizer, BertTokenizer, PreTrainedTokenizerBase
+
+from finbert2.data.readers import iter_raw_lines
+from finbert2.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+BERT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def read_vocab_txt(path: str | Path) -> list[str]:
+    """A BERT ``vocab.txt``: one token a line, the line number is the id."""
+    path = Path(path)
+    # Every line is a token, even a whitespace-like one (bert-base-chinese has U+2028 at id 343).
+    tokens = [token for _, token in iter_raw_lines(path)]
+    if not tokens:
+        raise DataError(path, None, "file is empty")
+    for index, token in enumerate(tokens):
+        if token == "":
+            raise DataError(path, index + 1, "empty line in vocab (ids would shift)")
+    duplicates = len(tokens) - len(set(tokens))
+    if duplicates:
+        raise DataError(path, None, f"{duplicates} duplicate tokens in vocab")
+    missing = [t for t in ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]") if t not in tokens]
+    if missing:
+        raise DataError(path, None, f"vocab lacks special tokens {missing}")
+    return tokens
+
+
+def bert_tokenizer_from_vocab(tokens: Sequence[str], do_lower_case: bool = True,
+                              model_max_length: int = 512) -> BertTokenizer:
+    """A standard fast BERT tokenizer over an ordered token list (ids = positions)."""
+    vocab = {token: index for index, token in enumerate(tokens)}
+    # transformers 5 ignores vocab_file=; vocab= builds the WordPiece model directly.
+    return BertTokenizer(vocab=vocab, do_lower_case=do_lower_case, model_max_length=model_max_length)
+
+
+def load_base_tokenizer(name_or_path: str, do_lower_case: bool = True, model_max_length: int = 512):
+    """A vocab.txt file, a tokenizer folder or a hub id."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return bert_tokenizer_from_vocab(read_vocab_txt(path), do_lower_case, model_max_length)
+    if path.is_dir() and not (path / "tokenizer.json").exists() and (path / "vocab.txt").exists():
+        return bert_tokenizer_from_vocab(read_vocab_txt(path / "vocab.txt"), do_lower_case, model_max_length)
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise DataError(name_or_path, None, f"cannot load a tokenizer ({str(err).splitlines()[0]})") from None
+
+
+def train_scratch_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2,
+                            do_lower_case: bool = True, model_max_length: int = 512) -> BertTokenizer:
+    """A small BERT WordPiece vocab trained on the corpus: every frequent character plus Latin/digit pieces.
+
+    Chinese characters are split one per token as in bert-base-chinese; multi-character words
+    come afterwards as added domain words, exactly as when extending a published vocab.
+    """
+    backend = Tokenizer(WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=do_lower_case
+    )
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=BERT_SPECIAL_TOKENS,
+        show_progress=False, continuing_subword_prefix="##",
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    vocab = backend.get_vocab()
+    tokens = sorted(vocab, key=vocab.get)
+    return bert_tokenizer_from_vocab(tokens, do_lower_case, model_max_length)
+
+
+def extend_tokenizer(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> int:
+    """Append ``words`` as new tokens (ids after the current last); returns how many were added."""
+    existing = tokenizer.get_vocab()
+    new_words = [w for w in dict.fromkeys(words) if w not in existing]
+    added = tokenizer.add_tokens([AddedToken(w, normalized=False, single_word=False) for w in new_words])
+    return added
+
+
+def tokens_per_char(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], batch_size: int = 512) -> float:
+    """Tokens (no special tokens) per non-whitespace character over ``texts``."""
+    total_tokens = 0
+    total_chars = 0
+    for start in range(0, len(texts), batch_size):
+        batch = list(texts[start:start + batch_size])
+        encoded = tokenizer(batch, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        total_tokens += sum(len(ids) for ids in encoded)
+        total_chars += sum(len("".join(text.split())) for text in batch)
+    if total_chars == 0:
+        raise ValueError("no characters to measure tokens per character on")
+    return total_tokens / total_chars
+
+
+def write_vocab_txt(tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
+    """All tokens in id order, so tools that read vocab.txt see the extended vocab too."""
+    vocab = tokenizer.get_vocab()
+    tokens = sorted(vocab, key=vocab.get)
+    if [vocab[t] for t in tokens] != list(range(len(tokens))):
+        raise ValueError("token ids are not contiguous; refusing to write a vocab.txt that would shift ids")
+    Path(path).write_text("".join(t + "\n" for t in tokens), encoding="utf-8")

@@ -1,0 +1,26 @@
+"""The README's main job, end to end, as CI runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import REPO_ROOT
+
+
+@pytest.mark.slow
+def test_quickstart_runs_every_stage(tmp_path):
+    out = tmp_path / "quickstart"
+    result = subprocess.run(["sh", "scripts/quickstart.sh", str(out)], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "==> [1/" in result.stdout and "all" in result.stdout
+    tokenizer_metrics = json.loads((out / "tokenizer" / "metrics.json").read_text())
+    assert tokenizer_metrics["tokens_per_char"] < tokenizer_metrics["base_tokens_per_char"]
+
+    # A second run finds every stage finished and skips it.
+    again = subprocess.run(["sh", "scripts/quickstart.sh", str(out)], cwd=REPO_ROOT, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0 and "already finished" in again.stdout
