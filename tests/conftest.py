@@ -40,3 +40,34 @@ def run_cli(tmp_path):
         )
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    """A tokenizer trained on the demo corpus by the tokenizer stage (small scratch vocab + domain words)."""
+    from finbert2.run import RunArguments
+    from finbert2.tokenizer.args import TokenizerArguments
+    from finbert2.tokenizer.cli import run
+
+    out = tmp_path_factory.mktemp("fixtures") / "tokenizer"
+    run(TokenizerArguments(
+        output_dir=str(out), train_data=[str(DEMO_DIR / "corpus.jsonl")], vocab_size=3000, hard_vocab_limit=False,
+        scratch_vocab_size=2000, min_word_frequency=10, max_added_words=1000,
+    ), RunArguments())
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A randomly initialised 2-layer BertForMaskedLM (hidden 64) saved with its tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=128, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
+    out = tmp_path_factory.mktemp("fixtures") / "tiny_bert"
+    BertForMaskedLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

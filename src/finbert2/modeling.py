@@ -1,0 +1,122 @@
+"""Loading and creating encoders and tokenizers the same way in every stage.
+
+A stage names a model by ``model_name_or_path`` (a folder or a hub id) and optionally a separate
+``tokenizer_name``. With no model, it starts from a small randomly initialised BERT over the
+tokenizer (the offline demo path). Weights load from safetensors with remote code off.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import AutoConfig, AutoTokenizer, BertConfig, PreTrainedTokenizerBase
+
+from finbert2.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    """Which encoder and tokenizer a stage starts from (names as in the transformers examples)."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A model folder or hub id (e.g. valuesimplex-ai-lab/FinBERT2-base). "
+                  "Empty: a randomly initialised BERT over tokenizer_name, sized by the tiny_* arguments."},
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer folder or hub id, when not the model's own."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where hub downloads are cached."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow code from the model folder/hub to run (off: never)."}
+    )
+    # Size of the from-scratch BERT (used only without model_name_or_path).
+    tiny_hidden_size: int = field(default=256, metadata={"help": "Hidden size of a from-scratch BERT."})
+    tiny_num_hidden_layers: int = field(default=4, metadata={"help": "Layers of a from-scratch BERT."})
+    tiny_num_attention_heads: int = field(default=4, metadata={"help": "Attention heads of a from-scratch BERT."})
+    tiny_intermediate_size: int = field(default=1024, metadata={"help": "Feed-forward size of a from-scratch BERT."})
+    tiny_max_position_embeddings: int = field(default=512, metadata={"help": "Longest input of a from-scratch BERT."})
+
+    def __post_init__(self):
+        if self.model_name_or_path is None and self.tokenizer_name is None:
+            raise ConfigError("give model_name_or_path, or tokenizer_name to start a BERT from scratch")
+
+
+def load_tokenizer(name_or_path: str, cache_dir: str | None = None,
+                   trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """A tokenizer from a folder or hub id, with a one-line error when it cannot be found."""
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, cache_dir=cache_dir, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{name_or_path}: cannot load a tokenizer ({str(err).splitlines()[0]})") from None
+
+
+def tokenizer_for(model_args: ModelArguments) -> PreTrainedTokenizerBase:
+    return load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
+                          model_args.cache_dir, model_args.trust_remote_code)
+
+
+def scratch_bert_config(tokenizer: PreTrainedTokenizerBase, model_args: ModelArguments, **overrides) -> BertConfig:
+    """The config of a from-scratch BERT over ``tokenizer``."""
+    return BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=model_args.tiny_hidden_size,
+        num_hidden_layers=model_args.tiny_num_hidden_layers,
+        num_attention_heads=model_args.tiny_num_attention_heads,
+        intermediate_size=model_args.tiny_intermediate_size,
+        max_position_embeddings=model_args.tiny_max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id or 0,
+        **overrides,
+    )
+
+
+def load_model(auto_class, model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase,
+               grow_embeddings: bool = False, **kwargs):
+    """``auto_class.from_pretrained`` (safetensors only, remote code off unless asked), or from scratch.
+
+    ``kwargs`` go to ``from_pretrained`` / the config (e.g. ``num_labels``, ``id2label``). When the
+    tokenizer extends the model's vocab (the tokenizer stage's output over a base checkpoint),
+    ``grow_embeddings`` resizes the embeddings, each new row the mean of its word's pieces under
+    the checkpoint's own tokenizer; otherwise that mismatch is an error.
+    """
+    if model_args.model_name_or_path is None:
+        config = scratch_bert_config(tokenizer, model_args, **kwargs)
+        logger.info("starting from a randomly initialised BERT (%d layers, hidden %d, vocab %d)",
+                    config.num_hidden_layers, config.hidden_size, config.vocab_size)
+        return auto_class.from_config(config)
+    try:
+        model = auto_class.from_pretrained(
+            model_args.model_name_or_path,
+            cache_dir=model_args.cache_dir,
+            trust_remote_code=model_args.trust_remote_code,
+            use_safetensors=True,
+            **kwargs,
+        )
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{model_args.model_name_or_path}: cannot load a model ({str(err).splitlines()[0]})") from None
+    rows = model.get_input_embeddings().weight.shape[0]
+    if rows < len(tokenizer) and grow_embeddings:
+        from finbert2.tokenizer.embeddings import resize_embeddings_mean_init
+
+        base_tokenizer = load_tokenizer(model_args.model_name_or_path, model_args.cache_dir,
+                                        model_args.trust_remote_code)
+        resize_embeddings_mean_init(model, tokenizer, base_tokenizer)
+    elif rows < len(tokenizer):
+        raise ConfigError(
+            f"{model_args.model_name_or_path}: embeddings have {rows} rows "
+            f"but the tokenizer has {len(tokenizer)} tokens; grow them with "
+            "finbert2.tokenizer.resize_embeddings_mean_init first"
+        )
+    return model
+
+
+def model_config(name_or_path: str, trust_remote_code: bool = False):
+    return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+
+
+def is_local_model(name_or_path: str | None) -> bool:
+    return name_or_path is not None and Path(name_or_path).is_dir()

@@ -1,0 +1,67 @@
+"""Model loading shared by the stages: from a folder, from scratch, growing an extended vocab."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM
+
+from finbert2.errors import ConfigError
+from finbert2.modeling import ModelArguments, load_model, tokenizer_for
+from finbert2.tokenizer.vocab import extend_tokenizer
+from finbert2.training import LossLogCallback, plot_loss_curves, read_loss_log
+
+
+def test_load_from_folder_and_scratch(tiny_bert_dir, tiny_tokenizer_dir):
+    args = ModelArguments(model_name_or_path=str(tiny_bert_dir))
+    tokenizer = tokenizer_for(args)
+    model = load_model(AutoModelForMaskedLM, args, tokenizer)
+    reference = BertForMaskedLM.from_pretrained(tiny_bert_dir)
+    for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items()):
+        assert torch.equal(a, b), name
+
+    scratch_args = ModelArguments(tokenizer_name=str(tiny_tokenizer_dir), tiny_hidden_size=32,
+                                  tiny_num_hidden_layers=1, tiny_num_attention_heads=2, tiny_intermediate_size=64)
+    scratch = load_model(AutoModel, scratch_args, tokenizer_for(scratch_args))
+    assert scratch.config.hidden_size == 32 and scratch.config.vocab_size == len(tokenizer)
+
+    with pytest.raises(ConfigError, match="give model_name_or_path"):
+        ModelArguments()
+    with pytest.raises(ConfigError, match="cannot load a model"):
+        load_model(AutoModel, ModelArguments(model_name_or_path=str(tiny_tokenizer_dir)), tokenizer)
+
+
+def test_extended_tokenizer_grows_embeddings(tiny_bert_dir, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    base_size = len(tokenizer)
+    assert extend_tokenizer(tokenizer, ["新词甲乙", "新词丙丁"]) == 2
+    tokenizer.save_pretrained(tmp_path / "extended")
+    args = ModelArguments(model_name_or_path=str(tiny_bert_dir), tokenizer_name=str(tmp_path / "extended"))
+    extended = tokenizer_for(args)
+    with pytest.raises(ConfigError, match="grow them"):
+        load_model(AutoModelForMaskedLM, args, extended)
+    model = load_model(AutoModelForMaskedLM, args, extended, grow_embeddings=True)
+    weight = model.get_input_embeddings().weight
+    assert weight.shape[0] == base_size + 2
+    pieces = AutoTokenizer.from_pretrained(tiny_bert_dir)("新词甲乙", add_special_tokens=False).input_ids
+    assert torch.allclose(weight[base_size], weight[pieces].mean(0))
+
+
+def test_loss_log_and_plot(tmp_path):
+    callback = LossLogCallback(tmp_path)
+
+    class State:
+        is_world_process_zero = True
+        epoch = 0.5
+
+    for step, loss in [(1, 3.0), (2, 2.5), (2, 2.4), (3, 2.0)]:
+        State.global_step = step
+        callback.on_log(None, State, None, logs={"loss": loss, "learning_rate": 1e-4})
+    State.global_step = 3
+    callback.on_log(None, State, None, logs={"eval_loss": 2.2})
+    callback.on_log(None, State, None, logs={"train_runtime": 1.0})  # no loss: not a row
+    series = read_loss_log(tmp_path / "loss_log.csv")
+    assert series["loss"] == [(1, 3.0), (2, 2.4), (3, 2.0)]  # last row of a step wins
+    assert series["eval_loss"] == [(3, 2.2)]
+    png = plot_loss_curves(tmp_path)
+    assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
