@@ -101,6 +101,8 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise DataError(path, lineno, f"invalid JSON ({err.msg} at column {err.colno})") from None
         except RecursionError:
             raise DataError(path, lineno, "JSON nested too deeply") from None
+        except ValueError as err:  # e.g. an integer literal beyond Python's 4300-digit limit
+            raise DataError(path, lineno, f"invalid JSON ({err})") from None
         if not isinstance(obj, dict):
             raise DataError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
         yield lineno, obj
@@ -282,8 +284,8 @@ def read_classification(
             if isinstance(raw, str) and path.suffix.lower() in CSV_SUFFIXES and raw.startswith("["):
                 try:  # a multi-label CSV cell written as a JSON list
                     raw = json.loads(raw)
-                except json.JSONDecodeError:
-                    pass
+                except (ValueError, RecursionError):
+                    pass  # not a JSON list: an ordinary label that starts with "["
             row_is_multi = isinstance(raw, list)
             if multi_label is None:
                 multi_label = row_is_multi

@@ -1,0 +1,158 @@
+"""Hostile input for every reader: each file either loads or fails with ``path:line: reason``.
+
+Property-based (hypothesis): random bytes, invalid UTF-8, control characters, mixed full- and
+half-width text, whitespace-only texts, missing columns, deep or huge JSON, multi-MB lines. No
+reader may raise anything but DataError, hang, or blow up memory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from finbert2.data import (
+    read_classification,
+    read_corpus,
+    read_retrieval_eval,
+    read_retrieval_train,
+    read_topic_docs,
+)
+from finbert2.errors import DataError
+
+CASES_TRIED = {"count": 0}
+ERROR_FORMAT = re.compile(r"^.+?(:\d+)?: .+$", re.S)
+
+# Text that mixes the characters scraped financial text actually carries.
+FINANCIAL_CHARS = "净利润融资融券同比增长亿元ＡＢＣ１２３％，。：“”（）ａｂｃ\u3000\u00a0\u200b\ufeff\u2028"
+hostile_text = st.text(
+    alphabet=st.one_of(
+        st.sampled_from(FINANCIAL_CHARS),
+        st.characters(min_codepoint=0, max_codepoint=0x1F),  # control characters
+        st.characters(codec="utf-8"),
+        st.sampled_from(string.whitespace),
+    ),
+    max_size=60,
+)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | hostile_text,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(hostile_text, children, max_size=4),
+    max_leaves=12,
+)
+record = st.dictionaries(
+    st.sampled_from(["text", "label", "query", "pos", "neg", "id", "title", "date", "qid", "docid", "relevance"]),
+    json_values,
+    max_size=6,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_cases_tried():
+    """Print how many hostile inputs the readers met in this module (pytest -s or -rA shows it)."""
+    yield
+    print(f"\nhostile-input cases tried: {CASES_TRIED['count']}")
+
+
+def _encode_line(obj) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, allow_nan=True).encode("utf-8", "surrogatepass")
+
+
+jsonl_bytes = st.one_of(
+    st.binary(max_size=400),  # random bytes, invalid UTF-8 included
+    st.lists(record, max_size=5).map(lambda rows: b"\n".join(_encode_line(r) for r in rows)),
+    st.lists(st.one_of(record.map(_encode_line), st.binary(max_size=40)), max_size=5).map(b"\n".join),
+)
+csv_bytes = st.one_of(
+    st.binary(max_size=300),
+    st.lists(st.lists(hostile_text, min_size=1, max_size=4), max_size=5).map(
+        lambda rows: ("text,label\n" + "\n".join(",".join(r) for r in rows)).encode("utf-8", "surrogatepass")
+    ),
+)
+
+READERS = {
+    "corpus.jsonl": lambda p: read_corpus(p),
+    "corpus.txt": lambda p: read_corpus(p),
+    "corpus.csv": lambda p: read_corpus(p),
+    "cls.jsonl": lambda p: read_classification(p, label_set=["积极", "中性", "消极", "1"]),
+    "cls.csv": lambda p: read_classification(p),
+    "train.jsonl": lambda p: read_retrieval_train(p),
+    "topics.jsonl": lambda p: read_topic_docs(p),
+    "topics.csv": lambda p: read_topic_docs(p),
+}
+
+
+def _check(reader, path):
+    CASES_TRIED["count"] += 1
+    try:
+        reader(path)
+    except DataError as err:
+        message = str(err)
+        assert str(path) in message and ERROR_FORMAT.match(message), message
+        assert "\n" not in message.strip() or "line" in message  # one line
+
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.mark.parametrize("name", [n for n in READERS if not n.endswith(".csv")])
+@SETTINGS
+@given(content=jsonl_bytes)
+def test_jsonl_and_txt_readers_never_crash(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    _check(READERS[name], path)
+
+
+@pytest.mark.parametrize("name", [n for n in READERS if n.endswith(".csv")])
+@SETTINGS
+@given(content=csv_bytes)
+def test_csv_readers_never_crash(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    _check(READERS[name], path)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(corpus=jsonl_bytes, queries=jsonl_bytes, qrels=jsonl_bytes)
+def test_retrieval_eval_folder_never_crashes(tmp_path, corpus, queries, qrels):
+    for name, content in [("corpus.jsonl", corpus), ("test_queries.jsonl", queries), ("test_qrels.jsonl", qrels)]:
+        (tmp_path / name).write_bytes(content)
+    CASES_TRIED["count"] += 1
+    try:
+        read_retrieval_eval(tmp_path)
+    except DataError as err:
+        assert str(tmp_path) in str(err)
+
+
+@pytest.mark.parametrize("payload,reason", [
+    (b'{"text": "a", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested deeper"),
+    (b'{"text": ' + b"1" * 5000 + b"}", "invalid JSON"),  # beyond Python's int-digit limit
+    (b'{"text": "' + "净".encode() * 2_000_000 + b'"', "invalid JSON"),  # 6 MB unterminated line
+])
+def test_pathological_json_lines(tmp_path, payload, reason):
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b'{"text": "ok"}\n' + payload + b"\n")
+    with pytest.raises(DataError, match=rf"big\.jsonl:2: .*{reason}"):
+        read_corpus(path)
+    CASES_TRIED["count"] += 1
+
+
+def test_multi_megabyte_line_loads(tmp_path):
+    text = "融资融券余额" * 1_000_000  # 6M characters, 18 MB on one line
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"text": text}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_corpus(path) == [text]
+    CASES_TRIED["count"] += 1
+
+
+def test_mixed_width_and_control_characters_are_kept(tmp_path):
+    text = "ＡＢＣ公司\t净利润\u3000增长１２％\x07"
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(json.dumps({"text": text, "label": "积极"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_classification(path).texts == [text]  # readers validate; they do not rewrite text
+
+
