@@ -79,7 +79,7 @@ def git_commit() -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
 
 
 def _to_dict(obj: Any) -> dict[str, Any]:

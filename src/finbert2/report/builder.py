@@ -1,0 +1,267 @@
+"""Build ``report.md`` and a self-contained ``report.html`` from any set of run folders.
+
+A run folder is one holding ``run_config.json`` or ``metrics.json`` (DESIGN.md section 3). For each
+run the report shows its metrics, every picture it wrote (loss curves, confusion matrix, topic
+map, ...), its markdown tables (e.g. a retrieval comparison), small CSV tables (e.g. topics) and
+the config it ran with. Runs missing any of these are shown with what they have.
+
+Both outputs are rendered from one list of blocks, so the two never disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finbert2.data.writers import atomic_write_text
+from finbert2.run import METRICS_FILE, RUN_CONFIG_FILE
+
+# Order of stages in the report; unknown stages follow in name order.
+STAGE_ORDER = ["tokenizer", "mlm", "retromae", "classify", "classify-baseline", "retrieve", "topics"]
+# CSV files that are logs or per-document dumps, not tables for a person.
+SKIPPED_CSV = {"loss_log.csv", "doc_topics.csv"}
+MAX_TABLE_ROWS = 15
+MAX_CELL_CHARS = 80
+
+
+@dataclass
+class Block:
+    kind: str  # heading | text | table | image | markdown | details
+    data: Any
+
+
+def find_run_dirs(paths: list[str | Path], max_depth: int = 3) -> list[Path]:
+    """Run folders at or below ``paths`` (a quickstart output holds several)."""
+    found: list[Path] = []
+
+    def visit(folder: Path, depth: int) -> None:
+        if (folder / RUN_CONFIG_FILE).exists() or (folder / METRICS_FILE).exists():
+            found.append(folder)
+            return
+        if depth < max_depth:
+            for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(("checkpoint-", "."))):
+                visit(child, depth + 1)
+
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            visit(path, 0)
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    return unique
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _stage_of(run_dir: Path, record: dict | None) -> str:
+    return (record or {}).get("stage") or run_dir.name
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+    if isinstance(value, (list, dict)):
+        value = json.dumps(value, ensure_ascii=False)
+    text = str(value)
+    return text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 1] + "…"
+
+
+def _csv_table(path: Path) -> tuple[list[str], list[list[str]], int]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return [], [], 0
+    header, body = rows[0], rows[1:]
+    return header, [[_format_value(c) for c in r] for r in body[:MAX_TABLE_ROWS]], len(body)
+
+
+def run_blocks(run_dir: Path, name: str) -> list[Block]:
+    record = _read_json(run_dir / RUN_CONFIG_FILE)
+    metrics = _read_json(run_dir / METRICS_FILE)
+    blocks = [Block("heading", (3, name))]
+    meta = [f"folder `{run_dir}`"]
+    if record:
+        meta.append(f"commit `{(record.get('git_commit') or 'unknown')[:10]}`")
+        if record.get("started_at"):
+            meta.append(f"started {record['started_at']}")
+    blocks.append(Block("text", ", ".join(meta)))
+    if metrics is None:
+        blocks.append(Block("text", "**Unfinished run**: no metrics.json."))
+    else:
+        blocks.append(Block("table", (["metric", "value"], [[k, _format_value(v)] for k, v in metrics.items()])))
+    for image in sorted(run_dir.glob("*.png")):
+        blocks.append(Block("image", image))
+    for table in sorted(run_dir.glob("*.md")):
+        if table.name.lower() != "readme.md":
+            blocks.append(Block("markdown", (table.name, table.read_text(encoding="utf-8"))))
+    for table in sorted(run_dir.glob("*.csv")):
+        if table.name in SKIPPED_CSV:
+            continue
+        header, rows, total = _csv_table(table)
+        if header:
+            caption = table.name + (f" (first {len(rows)} of {total} rows)" if total > len(rows) else "")
+            blocks.append(Block("text", f"`{caption}`"))
+            blocks.append(Block("table", (header, rows)))
+    if record and record.get("arguments"):
+        arguments = record["arguments"]
+        blocks.append(Block("details", ("config", [[k, _format_value(v)] for k, v in sorted(arguments.items())])))
+    return blocks
+
+
+def comparison_blocks(run_dirs: list[Path]) -> list[Block]:
+    """Several runs of one stage side by side, on the metrics they share."""
+    metrics = {d: _read_json(d / METRICS_FILE) or {} for d in run_dirs}
+    finished = [d for d in run_dirs if metrics[d]]
+    if len(finished) < 2:
+        return []
+    shared = [k for k in metrics[finished[0]] if all(k in metrics[d] for d in finished[1:])]
+    numeric = [k for k in shared if all(isinstance(metrics[d][k], (int, float)) for d in finished)]
+    if not numeric:
+        return []
+    rows = [[d.name] + [_format_value(metrics[d][k]) for k in numeric] for d in finished]
+    return [Block("text", "Runs side by side:"), Block("table", (["run"] + numeric, rows))]
+
+
+def build_blocks(run_dirs: list[Path], title: str) -> list[Block]:
+    by_stage: dict[str, list[Path]] = {}
+    for run_dir in run_dirs:
+        by_stage.setdefault(_stage_of(run_dir, _read_json(run_dir / RUN_CONFIG_FILE)), []).append(run_dir)
+    order = sorted(by_stage, key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER), s))
+    blocks = [Block("heading", (1, title))]
+    summary = [[stage, str(len(by_stage[stage])),
+                str(sum((d / METRICS_FILE).exists() for d in by_stage[stage]))] for stage in order]
+    blocks.append(Block("table", (["stage", "runs", "finished"], summary)))
+    for stage in order:
+        blocks.append(Block("heading", (2, stage)))
+        if len(by_stage[stage]) > 1:
+            blocks.extend(comparison_blocks(by_stage[stage]))
+        for run_dir in by_stage[stage]:
+            blocks.extend(run_blocks(run_dir, run_dir.name))
+    return blocks
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(blocks: list[Block], output_dir: Path) -> str:
+    assets = output_dir / "assets"
+    parts = []
+    for index, block in enumerate(blocks):
+        if block.kind == "heading":
+            level, text = block.data
+            parts.append("#" * level + " " + text)
+        elif block.kind == "text":
+            parts.append(block.data)
+        elif block.kind == "table":
+            parts.append(_md_table(*block.data))
+        elif block.kind == "image":
+            assets.mkdir(parents=True, exist_ok=True)
+            target = assets / f"{index:03d}_{block.data.parent.name}_{block.data.name}"
+            shutil.copyfile(block.data, target)
+            parts.append(f"![{block.data.name}](assets/{target.name})")
+        elif block.kind == "markdown":
+            name, text = block.data
+            parts.append(f"`{name}`\n\n{text.strip()}")
+        elif block.kind == "details":
+            summary, rows = block.data
+            parts.append(f"<details><summary>{summary}</summary>\n\n{_md_table(['argument', 'value'], rows)}\n\n</details>")
+    return "\n\n".join(parts) + "\n"
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _markdown_table_to_html(text: str) -> str:
+    """Markdown pipe tables become HTML tables; other lines stay as preformatted text."""
+    lines = [line for line in text.strip().splitlines()]
+    out, table = [], []
+
+    def flush():
+        if len(table) >= 2:
+            cells = [[c.strip() for c in row.strip().strip("|").split("|")] for row in table]
+            out.append(_html_table(cells[0], [r for r in cells[2:]]))
+        elif table:
+            out.append(f"<pre>{html.escape(chr(10).join(table))}</pre>")
+        table.clear()
+
+    for line in lines:
+        if line.strip().startswith("|"):
+            table.append(line)
+        else:
+            flush()
+            if line.strip():
+                out.append(f"<p>{html.escape(line)}</p>")
+    flush()
+    return "\n".join(out)
+
+
+STYLE = """body{font-family:-apple-system,"Noto Sans CJK SC","Microsoft YaHei",sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222}table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 8px;
+font-size:13px;text-align:left}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee;margin:.4em 0}
+h2{border-bottom:2px solid #ddd;margin-top:2em}code{background:#f6f6f6;padding:0 3px}"""
+
+
+def render_html(blocks: list[Block], title: str) -> str:
+    parts = []
+    for block in blocks:
+        if block.kind == "heading":
+            level, text = block.data
+            parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        elif block.kind == "text":
+            text = html.escape(block.data)
+            # the only markup text blocks use: `code` and **bold**
+            while text.count("`") >= 2:
+                text = text.replace("`", "<code>", 1).replace("`", "</code>", 1)
+            while text.count("**") >= 2:
+                text = text.replace("**", "<b>", 1).replace("**", "</b>", 1)
+            parts.append(f"<p>{text}</p>")
+        elif block.kind == "table":
+            parts.append(_html_table(*block.data))
+        elif block.kind == "image":
+            encoded = base64.b64encode(block.data.read_bytes()).decode("ascii")
+            parts.append(f'<img alt="{html.escape(block.data.name)}" src="data:image/png;base64,{encoded}">')
+        elif block.kind == "markdown":
+            name, text = block.data
+            parts.append(f"<p><code>{html.escape(name)}</code></p>" + _markdown_table_to_html(text))
+        elif block.kind == "details":
+            summary, rows = block.data
+            parts.append(f"<details><summary>{html.escape(summary)}</summary>{_html_table(['argument', 'value'], rows)}</details>")
+    body = "\n".join(parts)
+    return (f"<!DOCTYPE html>\n<html lang=\"zh\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def build_report(paths: list[str | Path], output_dir: str | Path, title: str = "FinBERT2 report") -> dict[str, Any]:
+    """Write ``report.md`` (+ ``assets/``) and ``report.html`` into ``output_dir``."""
+    output_dir = Path(output_dir)
+    run_dirs = [d for d in find_run_dirs(paths) if d != output_dir.resolve()]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    blocks = build_blocks(run_dirs, title)
+    atomic_write_text(output_dir / "report.md", render_markdown(blocks, output_dir))
+    atomic_write_text(output_dir / "report.html", render_html(blocks, title))
+    return {"runs": len(run_dirs), "images": sum(b.kind == "image" for b in blocks),
+            "finished_runs": sum((d / METRICS_FILE).exists() for d in run_dirs)}
