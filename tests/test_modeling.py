@@ -65,3 +65,18 @@ def test_loss_log_and_plot(tmp_path):
     assert series["eval_loss"] == [(3, 2.2)]
     png = plot_loss_curves(tmp_path)
     assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pickle_weights_refused_unless_allowed(tiny_bert_dir, tmp_path):
+    model = BertForMaskedLM.from_pretrained(tiny_bert_dir)
+    pickled = tmp_path / "pickled"  # a folder as older tools wrote it: config + pytorch_model.bin
+    model.config.save_pretrained(pickled)
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(pickled)
+    args = ModelArguments(model_name_or_path=str(pickled))
+    with pytest.raises(ConfigError, match=r"holds only pickle weights \(pytorch_model\.bin\).*--allow_pickle_weights"):
+        load_model(AutoModelForMaskedLM, args, tokenizer_for(args))
+    allowed = ModelArguments(model_name_or_path=str(pickled), allow_pickle_weights=True)
+    loaded = load_model(AutoModelForMaskedLM, allowed, tokenizer_for(allowed))
+    for (name, a), b in zip(loaded.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name

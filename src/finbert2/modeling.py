@@ -34,6 +34,11 @@ class ModelArguments:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow code from the model folder/hub to run (off: never)."}
     )
+    allow_pickle_weights: bool = field(
+        default=False,
+        metadata={"help": "Load pickle-based weights (pytorch_model.bin) when no safetensors exist. Pickle can run "
+                  "code on load: only for files you trust."},
+    )
     # Size of the from-scratch BERT (used only without model_name_or_path).
     tiny_hidden_size: int = field(default=256, metadata={"help": "Hidden size of a from-scratch BERT."})
     tiny_num_hidden_layers: int = field(default=4, metadata={"help": "Layers of a from-scratch BERT."})
@@ -88,12 +93,13 @@ def load_model(auto_class, model_args: ModelArguments, tokenizer: PreTrainedToke
         logger.info("starting from a randomly initialised BERT (%d layers, hidden %d, vocab %d)",
                     config.num_hidden_layers, config.hidden_size, config.vocab_size)
         return auto_class.from_config(config)
+    check_weights_format(model_args.model_name_or_path, model_args.allow_pickle_weights)
     try:
         model = auto_class.from_pretrained(
             model_args.model_name_or_path,
             cache_dir=model_args.cache_dir,
             trust_remote_code=model_args.trust_remote_code,
-            use_safetensors=True,
+            use_safetensors=None if model_args.allow_pickle_weights else True,
             **kwargs,
         )
     except (OSError, ValueError) as err:
@@ -112,6 +118,24 @@ def load_model(auto_class, model_args: ModelArguments, tokenizer: PreTrainedToke
             "finbert2.tokenizer.resize_embeddings_mean_init first"
         )
     return model
+
+
+PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def check_weights_format(name_or_path: str, allow_pickle: bool = False) -> None:
+    """Refuse a local model folder whose only weights are pickle files, unless allowed."""
+    folder = Path(name_or_path)
+    if not folder.is_dir() or allow_pickle:
+        return
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_WEIGHT_SUFFIXES)
+    if pickles:
+        raise ConfigError(
+            f"{folder}: holds only pickle weights ({', '.join(pickles)}), which can run code when loaded; convert "
+            "them to safetensors, or pass --allow_pickle_weights True if you trust the file"
+        )
 
 
 def model_config(name_or_path: str, trust_remote_code: bool = False):

@@ -40,6 +40,10 @@ class RunArguments:
         default=False,
         metadata={"help": "Replace a finished run in output_dir (one holding metrics.json). Off: refuse."},
     )
+    skip_nonfinite_steps: bool = field(
+        default=False,
+        metadata={"help": "Training stages: skip an optimizer step whose loss is NaN/inf instead of stopping the run."},
+    )
 
 
 def is_finished_run(output_dir: str | Path) -> bool:

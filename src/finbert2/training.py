@@ -3,33 +3,104 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
+
+from finbert2.errors import FinBERT2Error
 
 logger = logging.getLogger(__name__)
 
 LOSS_LOG_FILE = "loss_log.csv"
 LOSS_PLOT_FILE = "loss.png"
 LOSS_LOG_FIELDS = ["step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm"]
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def is_complete_checkpoint(path: str | Path) -> bool:
+    """A checkpoint folder the Trainer finished writing.
+
+    ``Trainer`` writes ``trainer_state.json`` last (after model, optimizer, scheduler and RNG
+    state), so a run killed at any moment while saving leaves a folder whose state file is
+    missing or does not parse: resume must not pick such a folder.
+    """
+    try:
+        state = json.loads((Path(path) / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "global_step" in state
+
+
+def checkpoint_step(path: str | Path) -> int:
+    match = _CHECKPOINT_NAME.match(Path(path).name)
+    return int(match.group(1)) if match else -1
 
 
 def resume_checkpoint(output_dir: str | Path, resume_from_checkpoint: str | bool | None = None) -> str | None:
-    """The checkpoint to resume from: an explicit one, else the latest in ``output_dir``, else none."""
+    """The checkpoint to resume from: an explicit one, else the latest complete one in ``output_dir``."""
     if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint not in {"", "True", "False"}:
         return resume_from_checkpoint
     if resume_from_checkpoint in (False, "False"):
         return None
     if not Path(output_dir).is_dir():
         return None
-    checkpoint = get_last_checkpoint(str(output_dir))
-    if checkpoint:
-        logger.info("resuming from %s", checkpoint)
-    return checkpoint
+    checkpoints = sorted((p for p in Path(output_dir).iterdir() if p.is_dir() and checkpoint_step(p) >= 0),
+                         key=checkpoint_step, reverse=True)
+    for checkpoint in checkpoints:
+        if is_complete_checkpoint(checkpoint):
+            logger.info("resuming from %s", checkpoint)
+            return str(checkpoint)
+        logger.warning("skipping %s: half-written (the run was killed while saving it)", checkpoint)
+    return None
+
+
+class NonFiniteLossError(FinBERT2Error):
+    """Training met a NaN or infinite loss."""
+
+
+class NonFiniteGuardCallback(TrainerCallback):
+    """Stop at the first optimizer step whose gradients are NaN/inf (a NaN loss makes them so).
+
+    The check runs before the optimizer step, so the weights and every checkpoint already saved
+    stay good. With ``skip=True`` the step is skipped instead: gradients are dropped, which torch
+    optimizers treat as "no update" for those parameters (no moment decay, no weight decay).
+    """
+
+    def __init__(self, output_dir: str | Path, skip: bool = False):
+        self.output_dir = Path(output_dir)
+        self.skip = skip
+        self.skipped_steps = 0
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        if bool(finite):
+            return
+        step = state.global_step + 1
+        if self.skip:
+            self.skipped_steps += 1
+            logger.warning("step %d: non-finite loss/gradients, step skipped (%d so far)", step, self.skipped_steps)
+            for parameter in model.parameters():
+                parameter.grad = None
+            return
+        last_good = resume_checkpoint(self.output_dir)
+        raise NonFiniteLossError(
+            f"{self.output_dir}: non-finite loss at step {step}; stopped before updating the weights. "
+            f"Last good checkpoint: {last_good or 'none'}. Lower the learning rate, or pass "
+            "--skip_nonfinite_steps True to skip such steps"
+        )
+
+
+def standard_callbacks(output_dir: str | Path, skip_nonfinite_steps: bool = False) -> list[TrainerCallback]:
+    """The callbacks every training stage adds: the loss log and the NaN/inf guard."""
+    return [LossLogCallback(output_dir), NonFiniteGuardCallback(output_dir, skip=skip_nonfinite_steps)]
 
 
 class LossLogCallback(TrainerCallback):
