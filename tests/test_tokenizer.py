@@ -13,7 +13,8 @@ from conftest import DEMO_DIR, REPO_ROOT, require_public
 from finbert2.data import read_corpus
 from finbert2.run import RunArguments
 from finbert2.tokenizer.args import TokenizerArguments
-from finbert2.tokenizer.cli import run, split_heldout
+from finbert2.data import split_heldout
+from finbert2.tokenizer.cli import run
 from finbert2.tokenizer.domain_words import load_sentencepiece
 from finbert2.tokenizer.embeddings import resize_embeddings_mean_init
 from finbert2.tokenizer.vocab import extend_tokenizer, load_base_tokenizer, read_vocab_txt, train_scratch_tokenizer

@@ -16,6 +16,7 @@ from finbert2.data.readers import (
     read_retrieval_train,
     read_topic_docs,
 )
+from finbert2.data.splits import split_heldout
 from finbert2.data.writers import atomic_write_text, write_json, write_jsonl
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "read_retrieval_eval",
     "read_retrieval_train",
     "read_topic_docs",
+    "split_heldout",
     "write_json",
     "write_jsonl",
 ]

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from pathlib import Path
 
+from finbert2.data.splits import split_heldout
 from finbert2.config import parse_args
 from finbert2.data import iter_corpus, write_json
 from finbert2.run import RunArguments, prepare_output_dir, setup_logging, write_metrics, write_run_config
@@ -37,19 +37,6 @@ from finbert2.tokenizer.vocab import (
 logger = logging.getLogger("finbert2.tokenizer")
 
 EXTENSION_RECORD = "tokenizer_extension.json"
-
-
-def split_heldout(documents: list[str], percentage: float, seed: int) -> tuple[list[str], list[str]]:
-    """A seeded random split; at least one document on each side when there are two or more."""
-    if percentage <= 0 or len(documents) < 2:
-        return documents, []
-    order = list(range(len(documents)))
-    random.Random(seed).shuffle(order)
-    n_heldout = min(len(documents) - 1, max(1, round(len(documents) * percentage / 100)))
-    heldout_ids = set(order[:n_heldout])
-    train = [d for i, d in enumerate(documents) if i not in heldout_ids]
-    heldout = [d for i, d in enumerate(documents) if i in heldout_ids]
-    return train, heldout
 
 
 def run(args: TokenizerArguments, run_args: RunArguments) -> dict:

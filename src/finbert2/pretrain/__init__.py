@@ -1,0 +1,1 @@
+"""Pretraining stages: masked-LM with Chinese whole-word masking (``mlm``) and RetroMAE (``retromae``)."""
