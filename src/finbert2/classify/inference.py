@@ -1,0 +1,151 @@
+"""Batched inference of a fine-tuned classifier: length-sorted batches, long-text pooling, probabilities.
+
+The same code scores the validation and test splits at the end of training and serves
+``finbert2 classify predict``, so a prediction file reproduces the labels evaluation scored.
+
+    clf = SequenceClassifier.from_pretrained("runs/classify")
+    result = clf.predict(["公司业绩大幅增长", ...])
+    result.labels()  # ["积极", ...]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+
+from finbert2.classify.data import pool_by_owner
+from finbert2.classify.longtext import LongTextSettings, encode_texts
+from finbert2.errors import ConfigError
+from finbert2.modeling import load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+# Key in the model config holding what inference needs besides the label map.
+CONFIG_KEY = "finbert2_classify"
+
+
+@dataclass
+class Predictions:
+    label_names: list[str]
+    multi_label: bool
+    threshold: float
+    logits: np.ndarray  # (n, k), window logits averaged per text
+    cls: np.ndarray | None = None  # (n, hidden), window [CLS] vectors averaged per text
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        logits = torch.from_numpy(self.logits.astype(np.float32))
+        return (torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)).numpy()
+
+    def predicted(self) -> np.ndarray:
+        """Label ids (single-label) or a 0/1 indicator matrix (multi-label)."""
+        if self.multi_label:
+            return (self.probabilities >= self.threshold).astype(np.int64)
+        return self.logits.argmax(axis=-1)
+
+    def labels(self) -> list:
+        predicted = self.predicted()
+        if self.multi_label:
+            return [[self.label_names[j] for j in np.flatnonzero(row)] for row in predicted]
+        return [self.label_names[i] for i in predicted]
+
+
+def stored_settings(config) -> dict:
+    return dict(getattr(config, CONFIG_KEY, None) or {})
+
+
+def label_names_of(config) -> list[str]:
+    return [str(config.id2label[i]) for i in range(config.num_labels)]
+
+
+class SequenceClassifier:
+    """A sequence classifier with the long-text strategy and threshold it was trained with."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 settings: LongTextSettings | None = None, threshold: float | None = None,
+                 device: str | torch.device | None = None, bf16: bool = False):
+        stored = stored_settings(model.config)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings or LongTextSettings(**stored.get("long_text", {}))
+        self.multi_label = model.config.problem_type == "multi_label_classification"
+        self.threshold = threshold if threshold is not None else float(stored.get("threshold", 0.5))
+        self.label_names = label_names_of(model.config)
+        self.device = torch.device(device) if device else next(model.parameters()).device
+        self.model.to(self.device).eval()
+        self.bf16 = bf16
+        max_positions = getattr(model.config, "max_position_embeddings", None)
+        if max_positions and self.settings.max_length > max_positions:
+            raise ConfigError(f"max_length {self.settings.max_length} exceeds the model's "
+                              f"{max_positions} position embeddings")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, tokenizer_name: str | None = None, *, max_length: int | None = None,
+                        truncation: str | None = None, threshold: float | None = None, device: str | None = None,
+                        bf16: bool = False, trust_remote_code: bool = False) -> "SequenceClassifier":
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                name_or_path, trust_remote_code=trust_remote_code, use_safetensors=True)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{name_or_path}: cannot load a classifier ({str(err).splitlines()[0]})") from None
+        tokenizer = load_tokenizer(tokenizer_name or name_or_path, trust_remote_code=trust_remote_code)
+        stored = dict(stored_settings(model.config).get("long_text", {}))
+        if max_length is not None:
+            stored["max_length"] = max_length
+        if truncation is not None:
+            stored["truncation"] = truncation
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return cls(model, tokenizer, LongTextSettings(**stored), threshold, device, bf16)
+
+    def _autocast(self):
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    @torch.inference_mode()
+    def predict(self, texts: list[str], batch_size: int = 64, return_cls: bool = False,
+                progress: bool = False) -> Predictions:
+        started = time.perf_counter()
+        input_ids, owners, _ = encode_texts(self.tokenizer, texts, self.settings)
+        # Longest first: batches hold similar lengths, so little padding; an out-of-memory shows at once.
+        order = sorted(range(len(input_ids)), key=lambda i: -len(input_ids[i]))
+        num_labels = len(self.label_names)
+        window_logits = np.zeros((len(input_ids), num_labels), dtype=np.float32)
+        window_cls = np.zeros((len(input_ids), self.model.config.hidden_size), dtype=np.float32) if return_cls else None
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        batches = range(0, len(order), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="predict", unit="batch")
+        for start in batches:
+            rows = order[start:start + batch_size]
+            longest = len(input_ids[rows[0]])
+            ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), longest), dtype=torch.long)
+            for r, i in enumerate(rows):
+                ids[r, : len(input_ids[i])] = torch.tensor(input_ids[i])
+                mask[r, : len(input_ids[i])] = 1
+            with self._autocast():
+                out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                 output_hidden_states=return_cls)
+            window_logits[rows] = out.logits.float().cpu().numpy()
+            if return_cls:
+                window_cls[rows] = out.hidden_states[-1][:, 0].float().cpu().numpy()
+        owners_arr = np.asarray(owners, dtype=np.int64)
+        logits = pool_by_owner(window_logits, owners_arr, len(texts))
+        cls_vectors = pool_by_owner(window_cls, owners_arr, len(texts)) if return_cls else None
+        seconds = time.perf_counter() - started
+        tokens = sum(len(x) for x in input_ids)
+        stats = {"texts": len(texts), "model_inputs": len(input_ids), "tokens": tokens, "seconds": seconds,
+                 "texts_per_second": len(texts) / seconds if seconds else None,
+                 "tokens_per_second": tokens / seconds if seconds else None}
+        return Predictions(self.label_names, self.multi_label, self.threshold, logits, cls_vectors, stats)
