@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 
 STEP=0
-TOTAL=1
+TOTAL=5
 # stage NAME RUN_DIR COMMAND...: run one stage, naming it; stop the pipeline at the first failure.
 stage() {
     name=$1; run_dir=$2; shift 2
@@ -30,6 +30,16 @@ stage() {
 
 stage tokenizer "$OUT/tokenizer" \
     sh FinBERT2/pretrain_wordpiece_tokenizer/spm.sh configs/tokenizer/tiny.yaml --output_dir "$OUT/tokenizer"
+stage mlm "$OUT/mlm" \
+    sh FinBERT2/pretrain/run_mlm.sh configs/mlm/tiny.yaml --tokenizer_name "$OUT/tokenizer" --output_dir "$OUT/mlm"
+stage retromae "$OUT/retromae" \
+    sh FinBERT2/pretrain/run_retromae.sh configs/retromae/tiny.yaml \
+    --model_name_or_path "$OUT/mlm" --tokenizer_name "$OUT/mlm" --output_dir "$OUT/retromae"
+stage classify "$OUT/classify" \
+    sh Fin-labeler/runclassify.sh configs/classify/tiny.yaml \
+    --model_name_or_path "$OUT/retromae" --tokenizer_name "$OUT/retromae" --output_dir "$OUT/classify"
+stage classify_baseline "$OUT/classify_baseline" \
+    "$PYTHON" -m finbert2 classify baseline configs/classify/tiny.yaml --output_dir "$OUT/classify_baseline"
 
 echo "quickstart: all $TOTAL stages finished; results in $OUT"
 for metrics in "$OUT"/*/metrics.json; do
