@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 
 STEP=0
-TOTAL=5
+TOTAL=9
 # stage NAME RUN_DIR COMMAND...: run one stage, naming it; stop the pipeline at the first failure.
 stage() {
     name=$1; run_dir=$2; shift 2
@@ -40,9 +40,21 @@ stage classify "$OUT/classify" \
     --model_name_or_path "$OUT/retromae" --tokenizer_name "$OUT/retromae" --output_dir "$OUT/classify"
 stage classify_baseline "$OUT/classify_baseline" \
     "$PYTHON" -m finbert2 classify baseline configs/classify/tiny.yaml --output_dir "$OUT/classify_baseline"
+stage retriever_mine "$OUT/retriever_mine" \
+    "$PYTHON" -m finbert2 retrieve mine --model_name_or_path "$OUT/retromae" \
+    --input_file data/demo/retrieval/queries.jsonl --candidate_pool data/demo/retrieval/candidates.jsonl \
+    --range_for_sampling 2-50 --negative_number 7 --output_dir "$OUT/retriever_mine"
+stage retriever "$OUT/retriever" \
+    sh Fin-retriever/contrastive_finetune.sh configs/retriever/tiny.yaml --model_name_or_path "$OUT/retromae" \
+    --train_data "$OUT/retriever_mine/train.jsonl" --output_dir "$OUT/retriever"
+# BM25 and the encoder before fine-tuning, against the fine-tuned retriever
+stage retriever_eval "$OUT/retriever_eval" \
+    "$PYTHON" -m finbert2 retrieve evaluate --eval_data data/demo/retrieval/eval \
+    --models bm25 "$OUT/retromae" "$OUT/retriever" --labels bm25 retromae fin-retriever --output_dir "$OUT/retriever_eval"
+stage topics "$OUT/topics" \
+    sh Fin-Topicmodel/run_topicmodel.sh configs/topics/tiny.yaml --model_name_or_path "$OUT/retriever" \
+    --output_dir "$OUT/topics"
 
-echo "quickstart: all $TOTAL stages finished; results in $OUT"
-for metrics in "$OUT"/*/metrics.json; do
-    echo "--- $metrics"
-    cat "$metrics"
-done
+echo "==> report"
+"$PYTHON" -m finbert2 report "$OUT" --output "$OUT/report" --title "FinBERT2 quickstart (demo data)"
+echo "quickstart: all $TOTAL stages finished; report in $OUT/report/report.md and report.html"

@@ -1,0 +1,117 @@
+"""Fin-Eva question->context pairs to retriever training triples and a held-out evaluation folder.
+
+    finbert2 convert fin-eva --input_dir ../shared/data/fin-eva --output_dir data/fin-eva-retrieval
+
+Reads the five context files of Fin-Eva (金融文档抽取, 保险条款解读, 金融事件解读, 金融产品分析,
+保险属性抽取; columns ``id, context, question, ...``): each question's positive is its context. The
+unique contexts are split (seeded) into train and test, so no passage is shared: a question goes to
+the side its context is on. Writes ``train.jsonl`` (``{query, pos: [context], neg: [...]}``, negatives
+drawn at random from other training contexts of the same file, to be replaced by mined ones) and
+``eval/{corpus,test_queries,test_qrels}.jsonl`` whose corpus is every context (train contexts act as
+distractors, as in FIR-bench). Prints the counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import random
+import sys
+from pathlib import Path
+
+from finbert2.data import write_json, write_jsonl
+from finbert2.errors import DataError
+
+CONTEXT_FILES = ["金融知识/金融文档抽取.csv", "金融逻辑/保险条款解读.csv", "金融逻辑/金融事件解读.csv",
+                 "金融逻辑/金融产品分析.csv", "金融逻辑/保险属性抽取.csv"]
+
+
+def read_pairs(input_dir: Path) -> list[tuple[str, str, str]]:
+    """``(source file stem, question, context)`` for every row with both fields."""
+    root = input_dir / "data" / "Ant" if (input_dir / "data" / "Ant").is_dir() else input_dir
+    pairs = []
+    for relative in CONTEXT_FILES:
+        path = root / relative
+        if not path.is_file():
+            raise DataError(path, None, "missing Fin-Eva context file (expected <input_dir>/data/Ant/...)")
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not {"context", "question"} <= set(reader.fieldnames or []):
+                raise DataError(path, 1, "expected columns 'context' and 'question'")
+            for row in reader:
+                question, context = (row.get("question") or "").strip(), (row.get("context") or "").strip()
+                if question and context:
+                    pairs.append((path.stem, question, context))
+    return pairs
+
+
+def context_id(context: str) -> str:
+    return "ctx-" + hashlib.sha1(context.encode("utf-8")).hexdigest()[:12]
+
+
+def convert(input_dir: Path, output_dir: Path, test_fraction: float = 0.3, negatives: int = 7,
+            seed: int = 42) -> dict[str, int]:
+    pairs = read_pairs(input_dir)
+    contexts = sorted({c for _, _, c in pairs})
+    rng = random.Random(seed)
+    order = contexts[:]
+    rng.shuffle(order)
+    test_contexts = set(order[: round(len(order) * test_fraction)])
+
+    train_pool_by_source: dict[str, list[str]] = {}
+    for source, _, context in pairs:
+        if context not in test_contexts:
+            train_pool_by_source.setdefault(source, [])
+            if context not in train_pool_by_source[source]:
+                train_pool_by_source[source].append(context)
+
+    train_rows, queries, qrels = [], [], []
+    question_ids: dict[str, str] = {}
+    for source, question, context in pairs:
+        if context in test_contexts:
+            if question not in question_ids:
+                question_ids[question] = f"q{len(question_ids):05d}"
+                queries.append({"id": question_ids[question], "text": question})
+            qrels.append({"qid": question_ids[question], "docid": context_id(context), "relevance": 1})
+        else:
+            pool = [c for c in train_pool_by_source[source] if c != context]
+            neg = rng.sample(pool, min(negatives, len(pool)))
+            train_rows.append({"query": question, "pos": [context], "neg": neg})
+    qrels = list({(r["qid"], r["docid"]): r for r in qrels}.values())
+    corpus = [{"id": context_id(c), "title": "", "text": c} for c in contexts]
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(output_dir / "train.jsonl", train_rows)
+    write_jsonl(output_dir / "eval" / "corpus.jsonl", corpus)
+    write_jsonl(output_dir / "eval" / "test_queries.jsonl", queries)
+    write_jsonl(output_dir / "eval" / "test_qrels.jsonl", qrels)
+    counts = {"pairs": len(pairs), "contexts": len(contexts), "test_contexts": len(test_contexts),
+              "train_rows": len(train_rows), "test_queries": len(queries), "corpus": len(corpus)}
+    write_json(output_dir / "conversion.json", {"source": "Fin-Eva (CC BY 4.0)", "seed": seed,
+                                                "test_fraction": test_fraction, **counts})
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="finbert2 convert fin-eva", description=__doc__.splitlines()[0])
+    parser.add_argument("--input_dir", default="../shared/data/fin-eva", help="Fin-Eva folder (with data/Ant/).")
+    parser.add_argument("--output_dir", required=True, help="Where train.jsonl and eval/ go.")
+    parser.add_argument("--test_fraction", type=float, default=0.3, help="Share of contexts held out for test.")
+    parser.add_argument("--negatives", type=int, default=7, help="Random negatives per training row.")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+    if not 0 < args.test_fraction < 1:
+        print("error: --test_fraction must be in (0, 1)", file=sys.stderr)
+        return 2
+    try:
+        counts = convert(Path(args.input_dir), Path(args.output_dir), args.test_fraction, args.negatives, args.seed)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(" ".join(f"{k}={v}" for k, v in counts.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Arguments of the retrieval commands (names as in FlagEmbedding's encoder-only fine-tuning)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from finbert2.errors import ConfigError
+from finbert2.retrieve.encoder import QUERY_INSTRUCTION
+
+
+@dataclass
+class RetrieverDataArguments:
+    train_data: list[str] | None = field(
+        default=None, metadata={"help": "Training JSONL files {query, pos: [str], neg: [str]} (FlagEmbedding format)."}
+    )
+    eval_data: str | None = field(
+        default=None,
+        metadata={"help": "Validation folder (corpus.jsonl, <split>_queries.jsonl, <split>_qrels.jsonl) evaluated "
+                  "every eval_steps; the best checkpoint by metric_for_best_model is kept."},
+    )
+    eval_split: str = field(default="test", metadata={"help": "Query/qrels file prefix in eval_data."})
+    train_group_size: int = field(
+        default=8, metadata={"help": "Passages per query: 1 positive + (group size - 1) hard negatives (upstream: 15)."}
+    )
+    query_max_len: int = field(default=64, metadata={"help": "Longest query in tokens, instruction included (upstream: 512)."})
+    passage_max_len: int = field(default=256, metadata={"help": "Longest passage in tokens (upstream: 512)."})
+    query_instruction_for_retrieval: str = field(
+        default=QUERY_INSTRUCTION, metadata={"help": "Prepended to every query in training, evaluation and the saved model."}
+    )
+    passage_instruction_for_retrieval: str = field(default="", metadata={"help": "Prepended to every passage (upstream: none)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    eval_k: int = field(default=100, metadata={"help": "Documents retrieved per query in evaluation."})
+
+    def __post_init__(self):
+        if not self.train_data:
+            raise ConfigError("retrieve train: give train_data (JSONL with query, pos, neg)")
+        if self.train_group_size < 1:
+            raise ConfigError("retrieve train: train_group_size must be at least 1")
+
+
+@dataclass
+class RetrieverTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus the contrastive loss's settings."""
+
+    temperature: float = field(default=0.02, metadata={"help": "Softmax temperature of InfoNCE (upstream: 0.01)."})
+    negatives_cross_device: bool = field(
+        default=False, metadata={"help": "Under torchrun, score every query against every rank's passages."}
+    )
+    pooling: str = field(default="cls", metadata={"help": "Sentence vector: cls (upstream) or mean."})
+    normalized: bool = field(default=True, metadata={"help": "L2-normalise vectors (cosine scores; upstream: True)."})
+    grad_cache: bool = field(
+        default=False,
+        metadata={"help": "Gradient caching: exact large-batch contrastive gradients with memory bounded by "
+                  "grad_cache_chunk_size inputs per forward pass."},
+    )
+    grad_cache_chunk_size: int = field(default=16, metadata={"help": "Inputs per forward pass with grad_cache."})
+    # Defaults that differ from TrainingArguments': a contrastive batch is not a tensor dataset.
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the raw groups for the collator."})
+    dataloader_drop_last: bool = field(default=True, metadata={"help": "Equal in-batch negatives in every step."})
+    save_only_model: bool = field(default=False, metadata={"help": "Upstream: True (no optimizer state in checkpoints)."})
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ConfigError("retrieve train: temperature must be positive")
+        if self.pooling not in {"cls", "mean"}:
+            raise ConfigError("retrieve train: pooling must be cls or mean")
+        if self.grad_cache_chunk_size < 1:
+            raise ConfigError("retrieve train: grad_cache_chunk_size must be at least 1")
+        super().__post_init__()
+
+
+@dataclass
+class MineArguments:
+    model_name_or_path: str = field(metadata={"help": "Encoder folder or hub id used to rank the candidates."})
+    input_file: str = field(metadata={"help": "JSONL with query and pos (neg, if present, is replaced)."})
+    output_file: str | None = field(default=None, metadata={"help": "Training JSONL to write ({query, pos, neg})."})
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Instead of output_file: a run folder with train.jsonl, run_config.json, metrics.json."},
+    )
+    candidate_pool: str | None = field(
+        default=None, metadata={"help": "JSONL/.txt of {text} passages to draw negatives from (default: all positives)."}
+    )
+    range_for_sampling: str = field(
+        default="10-100", metadata={"help": "Rank range 'start-end' (0-based, end exclusive) to sample negatives from."}
+    )
+    negative_number: int = field(default=15, metadata={"help": "Negatives per query (upstream group size 15 - 1 = 14 used)."})
+    margin: float | None = field(
+        default=None,
+        metadata={"help": "False-negative guard: drop candidates scoring above positive score - margin (e.g. 0.05)."},
+    )
+    duplicate_threshold: float | None = field(
+        default=None,
+        metadata={"help": "Also drop candidates whose cosine to a positive reaches this (e.g. 0.98 with a trained "
+                  "encoder). Texts equal to a positive up to whitespace are always dropped."},
+    )
+    query_instruction_for_retrieval: str = field(default=QUERY_INSTRUCTION, metadata={"help": "Query prefix."})
+    max_length: int = field(default=512, metadata={"help": "Longest input in tokens."})
+    batch_size: int = field(default=64, metadata={"help": "Encoding batch size."})
+    use_faiss_ivf: bool = field(default=False, metadata={"help": "Search an IVF index (large pools) instead of flat."})
+    bf16: bool = field(default=False, metadata={"help": "Encode under bf16 autocast."})
+    seed: int = field(default=42, metadata={"help": "Seed of the negative sampling."})
+    overwrite_output_file: bool = field(default=False, metadata={"help": "Replace an existing output_file (or a finished output_dir)."})
+
+    def __post_init__(self):
+        if bool(self.output_file) == bool(self.output_dir):
+            raise ConfigError("retrieve mine: give exactly one of output_file and output_dir")
+        try:
+            start, end = (int(x) for x in self.range_for_sampling.split("-"))
+        except ValueError:
+            raise ConfigError(f"range_for_sampling '{self.range_for_sampling}': expected 'start-end', e.g. 10-100") from None
+        if not 0 <= start < end:
+            raise ConfigError(f"range_for_sampling '{self.range_for_sampling}': need 0 <= start < end")
+        self.range_start, self.range_end = start, end
+        if self.negative_number < 1:
+            raise ConfigError("negative_number must be at least 1")
+
+
+@dataclass
+class EvaluateArguments:
+    output_dir: str = field(metadata={"help": "Folder for results.md, per_query/, metrics.json."})
+    eval_data: str = field(metadata={"help": "Folder with corpus.jsonl, <split>_queries.jsonl, <split>_qrels.jsonl."})
+    models: list[str] = field(
+        default_factory=lambda: ["bm25"],
+        metadata={"help": "Model folders or hub ids, and/or 'bm25' (jieba + BM25); one table row each."},
+    )
+    labels: list[str] | None = field(default=None, metadata={"help": "Row names for the models (default: folder names)."})
+    split: str = field(default="test", metadata={"help": "Query/qrels file prefix."})
+    query_instruction: str = field(default=QUERY_INSTRUCTION, metadata={"help": "Query prefix for dense models."})
+    max_length: int = field(default=512, metadata={"help": "Longest input in tokens."})
+    batch_size: int = field(default=64, metadata={"help": "Encoding batch size."})
+    pooling: str = field(default="cls", metadata={"help": "cls or mean."})
+    k: int = field(default=100, metadata={"help": "Documents retrieved per query."})
+    bf16: bool = field(default=False, metadata={"help": "Encode under bf16 autocast (faster, cosine ~0.999)."})
+
+    def __post_init__(self):
+        if self.labels and len(self.labels) > len(self.models):
+            raise ConfigError("more labels than models")
+        if self.labels and len(set(self.labels)) != len(self.labels):
+            raise ConfigError("labels must be unique")
+
+
+@dataclass
+class IndexArguments:
+    output_dir: str = field(metadata={"help": "Folder for index.faiss, docs.jsonl, index_config.json."})
+    model_name_or_path: str = field(metadata={"help": "Encoder folder or hub id."})
+    corpus: list[str] = field(
+        metadata={"help": "JSONL documents: {id?, title?, text} or upstream's fields {title, company, institution, "
+                  "industry, author, type, content}."}
+    )
+    index_type: str = field(default="flat", metadata={"help": "flat (exact) or ivf (large corpora)."})
+    nlist: int = field(default=0, metadata={"help": "IVF cells (0: about 4*sqrt(n))."})
+    nprobe: int = field(default=16, metadata={"help": "IVF cells searched per query."})
+    query_instruction: str = field(default=QUERY_INSTRUCTION, metadata={"help": "Stored for search."})
+    max_length: int = field(default=512, metadata={"help": "Longest input in tokens."})
+    batch_size: int = field(default=64, metadata={"help": "Encoding batch size."})
+    bf16: bool = field(default=False, metadata={"help": "Encode under bf16 autocast."})
+
+    def __post_init__(self):
+        if self.index_type not in {"flat", "ivf"}:
+            raise ConfigError(f"index_type '{self.index_type}': expected flat or ivf")
+
+
+@dataclass
+class SearchArguments:
+    index_dir: str = field(metadata={"help": "Folder written by `finbert2 retrieve index`."})
+    query: list[str] | None = field(default=None, metadata={"help": "Query text(s)."})
+    queries_file: str | None = field(default=None, metadata={"help": "JSONL {id?, text} or .txt of queries."})
+    top_k: int = field(default=10, metadata={"help": "Results per query."})
+    output_file: str | None = field(default=None, metadata={"help": "Write results as JSONL here (default: stdout)."})
+    batch_size: int = field(default=64, metadata={"help": "Encoding batch size."})
+
+    def __post_init__(self):
+        if not self.query and not self.queries_file:
+            raise ConfigError("retrieve search: give --query TEXT or --queries_file FILE")

@@ -1,0 +1,99 @@
+"""``finbert2 retrieve <train|mine|evaluate|index|search> [config.yaml] [--key value ...]``.
+
+    finbert2 retrieve train configs/retriever/tiny.yaml --output_dir runs/retriever
+    finbert2 retrieve mine --model_name_or_path runs/retriever --input_file queries.jsonl --output_file mined.jsonl
+    finbert2 retrieve evaluate --eval_data data/demo/retrieval/eval --models bm25 runs/retriever --output_dir runs/eval
+    finbert2 retrieve index --model_name_or_path runs/retriever --corpus docs.jsonl --output_dir runs/index
+    finbert2 retrieve search --index_dir runs/index --query 美联储加息对科技股的影响
+"""
+
+from __future__ import annotations
+
+import sys
+
+from finbert2.config import parse_args
+from finbert2.errors import ConfigError
+
+COMMANDS = {
+    "train": "contrastive fine-tuning (InfoNCE over hard + in-batch negatives)",
+    "mine": "hard-negative mining with faiss",
+    "evaluate": "ndcg/mrr/recall/map of dense models and BM25 on a corpus/queries/qrels folder",
+    "index": "build a faiss index over documents",
+    "search": "top-k documents for queries from an index",
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    return "\n".join(["usage: finbert2 retrieve <command> [config.yaml] [--key value ...]",
+                      "       finbert2 retrieve <command> --help", "", "commands:"]
+                     + [f"  {name.ljust(width)}  {text}" for name, text in COMMANDS.items()])
+
+
+def train(argv: list[str]) -> int:
+    from finbert2.modeling import ModelArguments
+    from finbert2.retrieve.args import RetrieverDataArguments, RetrieverTrainingArguments
+    from finbert2.run import RunArguments
+    from finbert2.retrieve.trainer import run_training
+
+    model_args, data_args, training_args, run_args = parse_args(
+        (ModelArguments, RetrieverDataArguments, RetrieverTrainingArguments, RunArguments), argv,
+        prog="finbert2 retrieve train")
+    run_training(model_args, data_args, training_args, run_args)
+    return 0
+
+
+def mine(argv: list[str]) -> int:
+    from finbert2.retrieve.args import MineArguments
+    from finbert2.retrieve.mine import run_mining
+    from finbert2.run import setup_logging
+
+    (args,) = parse_args((MineArguments,), argv, prog="finbert2 retrieve mine")
+    setup_logging()
+    run_mining(args)
+    return 0
+
+
+def evaluate(argv: list[str]) -> int:
+    from finbert2.retrieve.args import EvaluateArguments
+    from finbert2.retrieve.evaluate import run_evaluation
+    from finbert2.run import RunArguments, setup_logging
+
+    args, run_args = parse_args((EvaluateArguments, RunArguments), argv, prog="finbert2 retrieve evaluate")
+    setup_logging()
+    run_evaluation(args, run_args)
+    return 0
+
+
+def index(argv: list[str]) -> int:
+    from finbert2.retrieve.args import IndexArguments
+    from finbert2.retrieve.index import run_index
+    from finbert2.run import RunArguments, setup_logging
+
+    args, run_args = parse_args((IndexArguments, RunArguments), argv, prog="finbert2 retrieve index")
+    setup_logging()
+    run_index(args, run_args)
+    return 0
+
+
+def search(argv: list[str]) -> int:
+    from finbert2.retrieve.args import SearchArguments
+    from finbert2.retrieve.index import run_search
+
+    (args,) = parse_args((SearchArguments,), argv, prog="finbert2 retrieve search")
+    run_search(args)
+    return 0
+
+
+HANDLERS = {"train": train, "mine": mine, "evaluate": evaluate, "index": index, "search": search}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in HANDLERS:
+        raise ConfigError(f"unknown retrieve command '{command}' (one of {', '.join(HANDLERS)})")
+    return HANDLERS[command](rest)

@@ -1,0 +1,110 @@
+"""Evaluate dense models and BM25 on a FlagEmbedding-style folder (corpus / queries / qrels).
+
+    finbert2 retrieve evaluate --eval_data data/demo/retrieval/eval \\
+        --models bm25 runs/retromae runs/retriever --output_dir runs/retrieval_eval
+
+Writes ``results.md`` (one markdown table, one row per model), ``per_query/<label>.jsonl`` (every
+query's metrics and top-10 ids), ``metrics.json`` (``<label>_<metric>`` for every model, and the
+first model's metrics without prefix), ``run_config.json`` and ``run.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from finbert2.data import RetrievalEvalData, atomic_write_text, read_retrieval_eval, write_jsonl
+from finbert2.retrieve.encoder import DenseEncoder
+from finbert2.retrieve.metrics import markdown_table, mean_metrics, per_query_metrics, top_k
+from finbert2.retrieve.search import BM25Retriever, dense_run, format_document
+
+logger = logging.getLogger("finbert2.retrieve")
+
+BM25 = "bm25"
+
+
+def dense_evaluation(encoder: DenseEncoder, data: RetrievalEvalData, k: int = 100,
+                     show_progress: bool = False) -> tuple[dict[str, float], dict[str, dict[str, float]], dict]:
+    """``(mean metrics, per-query metrics, run)`` of ``encoder`` on ``data``."""
+    doc_ids = list(data.corpus)
+    query_ids = [q for q in data.queries if q in data.qrels]
+    doc_vectors = encoder.encode_passages([format_document(data.corpus[d]) for d in doc_ids],
+                                          show_progress=show_progress)
+    query_vectors = encoder.encode_queries([data.queries[q] for q in query_ids])
+    run = dense_run(query_vectors, query_ids, doc_vectors, doc_ids, k)
+    per_query = per_query_metrics(data.qrels, run)
+    return mean_metrics(per_query), per_query, run
+
+
+def bm25_evaluation(data: RetrievalEvalData, k: int = 100) -> tuple[dict[str, float], dict, dict]:
+    doc_ids = list(data.corpus)
+    query_ids = [q for q in data.queries if q in data.qrels]
+    retriever = BM25Retriever(doc_ids, [format_document(data.corpus[d]) for d in doc_ids])
+    run = retriever.run(query_ids, [data.queries[q] for q in query_ids], k)
+    per_query = per_query_metrics(data.qrels, run)
+    return mean_metrics(per_query), per_query, run
+
+
+def model_label(name: str, taken: set[str]) -> str:
+    """A short unique label for a model: ``bm25``, the folder name, or the hub id's last part."""
+    base = BM25 if name == BM25 else re.sub(r"[^\w.-]+", "_", Path(name.rstrip("/")).name) or "model"
+    label, n = base, 2
+    while label in taken:
+        label, n = f"{base}_{n}", n + 1
+    return label
+
+
+def write_per_query(path: Path, per_query: dict[str, dict[str, float]], run: dict[str, dict[str, float]],
+                    qrels: dict[str, dict[str, int]]) -> None:
+    ranked = top_k(run, 10)
+    write_jsonl(path, ({"qid": qid, **metrics, "relevant": sorted(qrels.get(qid, {})),
+                        "top10": list(ranked.get(qid, {}))} for qid, metrics in per_query.items()))
+
+
+def run_evaluation(args, run_args) -> dict[str, Any]:
+    from finbert2.run import prepare_output_dir, setup_logging, write_metrics, write_run_config
+
+    started = time.perf_counter()
+    data = read_retrieval_eval(args.eval_data, args.split)  # validate before any work
+    labels = list(args.labels or [])
+    for name in args.models[len(labels):]:
+        labels.append(model_label(name, set(labels)))
+    encoders = {}
+    for name in args.models:  # load every model first: a bad name fails before output_dir is touched
+        if name != BM25:
+            encoders[name] = DenseEncoder.from_pretrained(
+                name, query_instruction=args.query_instruction, max_length=args.max_length,
+                batch_size=args.batch_size, bf16=args.bf16, pooling=args.pooling)
+
+    output_dir = prepare_output_dir(args.output_dir, overwrite=run_args.overwrite_output_dir)
+    setup_logging(output_dir)
+    write_run_config(output_dir, args, run_args, stage="retrieve evaluate")
+    logger.info("evaluating %d model(s) on %s: %d documents, %d judged queries", len(args.models),
+                args.eval_data, len(data.corpus), len(data.qrels))
+
+    results: dict[str, dict[str, float]] = {}
+    flat: dict[str, Any] = {}
+    for name, label in zip(args.models, labels):
+        t0 = time.perf_counter()
+        if name == BM25:
+            mean, per_query, run = bm25_evaluation(data, args.k)
+        else:
+            mean, per_query, run = dense_evaluation(encoders[name], data, args.k, show_progress=True)
+        seconds = time.perf_counter() - t0
+        results[label] = mean
+        write_per_query(output_dir / "per_query" / f"{label}.jsonl", per_query, run, data.qrels)
+        logger.info("%s: %s (%.1fs)", label, json.dumps({k: round(v, 4) for k, v in mean.items()}), seconds)
+        flat.update({f"{label}_{k}": v for k, v in mean.items()})
+        flat[f"{label}_seconds"] = seconds
+    table = markdown_table(results)
+    atomic_write_text(output_dir / "results.md",
+                      f"# Retrieval evaluation on `{args.eval_data}` ({len(data.qrels)} queries, "
+                      f"{len(data.corpus)} documents)\n\n{table}")
+    print(table)
+    metrics = {**results[labels[0]], **flat, "num_queries": len(data.qrels), "num_documents": len(data.corpus),
+               "eval_seconds": time.perf_counter() - started}
+    return write_metrics(output_dir, metrics)

@@ -1,0 +1,131 @@
+"""Build a faiss index over a document collection, and search it.
+
+    finbert2 retrieve index --model_name_or_path runs/retriever --corpus docs.jsonl --output_dir runs/index
+    finbert2 retrieve search --index_dir runs/index --query 美联储加息对科技股的影响 --top_k 5
+
+The index folder holds ``index.faiss``, ``docs.jsonl`` (row -> id, the original record and the
+encoded text) and ``index_config.json`` (model, query instruction, index type). Documents may be
+``{id?, title?, text}`` or upstream's ``{title, company, institution, industry, author, type, content}``,
+which are encoded in upstream's labelled layout (see ``format_document``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from finbert2.data import iter_jsonl, iter_lines, write_json, write_jsonl
+from finbert2.errors import ConfigError, DataError
+from finbert2.retrieve.encoder import DenseEncoder
+from finbert2.retrieve.search import build_index, format_document, search_index
+
+logger = logging.getLogger("finbert2.retrieve")
+
+INDEX_FILE = "index.faiss"
+DOCS_FILE = "docs.jsonl"
+INDEX_CONFIG = "index_config.json"
+
+
+def read_documents(paths: list[str]) -> list[dict[str, Any]]:
+    """Documents with an id (given, or ``<file stem>-<line>``) and the text they are encoded as."""
+    docs, seen = [], set()
+    for path in map(Path, paths):
+        for lineno, obj in iter_jsonl(path):
+            body = obj.get("content", obj.get("text"))
+            if not isinstance(body, str) or not body.strip():
+                raise DataError(path, lineno, "needs a non-empty 'text' (or upstream's 'content') field")
+            doc_id = str(obj["id"]) if obj.get("id") is not None else f"{path.stem}-{lineno}"
+            if doc_id in seen:
+                raise DataError(path, lineno, f"duplicate id '{doc_id}'")
+            seen.add(doc_id)
+            docs.append({"id": doc_id, "record": obj, "encoded_text": format_document(obj)})
+    if not docs:
+        raise DataError(Path(paths[0]), None, "no documents")
+    return docs
+
+
+def run_index(args, run_args) -> dict[str, Any]:
+    import faiss
+
+    from finbert2.run import prepare_output_dir, setup_logging, write_metrics, write_run_config
+
+    started = time.perf_counter()
+    docs = read_documents(args.corpus)
+    encoder = DenseEncoder.from_pretrained(args.model_name_or_path, query_instruction=args.query_instruction,
+                                           max_length=args.max_length, batch_size=args.batch_size, bf16=args.bf16)
+    output_dir = prepare_output_dir(args.output_dir, overwrite=run_args.overwrite_output_dir, clear=True)
+    setup_logging(output_dir)
+    write_run_config(output_dir, args, run_args, stage="retrieve index")
+    vectors = encoder.encode_passages([d["encoded_text"] for d in docs], show_progress=True)
+    index = build_index(vectors, args.index_type, args.nlist, args.nprobe)
+    faiss.write_index(index, str(output_dir / INDEX_FILE))
+    write_jsonl(output_dir / DOCS_FILE, docs)
+    write_json(output_dir / INDEX_CONFIG, {
+        "model_name_or_path": args.model_name_or_path, "query_instruction": args.query_instruction,
+        "max_length": args.max_length, "index_type": args.index_type, "nprobe": getattr(index, "nprobe", None),
+        "dimension": encoder.dimension, "documents": len(docs), "bf16": args.bf16,
+    })
+    metrics = {"documents": len(docs), "dimension": encoder.dimension, "index_type": args.index_type,
+               "index_seconds": time.perf_counter() - started}
+    logger.info("indexed %d documents into %s", len(docs), output_dir)
+    return write_metrics(output_dir, metrics)
+
+
+class SearchIndex:
+    """A loaded index folder: ``search(queries, k)`` -> per query, ``[{rank, score, id, text, record}]``."""
+
+    def __init__(self, index_dir: str | Path, batch_size: int = 64):
+        import faiss
+
+        index_dir = Path(index_dir)
+        if not (index_dir / INDEX_FILE).is_file():
+            raise ConfigError(f"{index_dir}: no {INDEX_FILE} (build it with `finbert2 retrieve index`)")
+        self.config = json.loads((index_dir / INDEX_CONFIG).read_text(encoding="utf-8"))
+        self.index = faiss.read_index(str(index_dir / INDEX_FILE))
+        if self.config.get("nprobe"):
+            self.index.nprobe = self.config["nprobe"]
+        self.docs = [obj for _, obj in iter_jsonl(index_dir / DOCS_FILE)]
+        self.encoder = DenseEncoder.from_pretrained(
+            self.config["model_name_or_path"], query_instruction=self.config["query_instruction"],
+            max_length=self.config["max_length"], batch_size=batch_size, bf16=self.config.get("bf16", False))
+
+    def search(self, queries: list[str], k: int = 10) -> list[list[dict[str, Any]]]:
+        scores, rows = search_index(self.index, self.encoder.encode_queries(queries), k)
+        results = []
+        for q_scores, q_rows in zip(scores, rows):
+            hits = [{"rank": rank + 1, "score": float(s), "id": self.docs[r]["id"],
+                     "text": self.docs[r]["encoded_text"], "record": self.docs[r]["record"]}
+                    for rank, (s, r) in enumerate((s, r) for s, r in zip(q_scores, q_rows) if r >= 0)]
+            results.append(hits)
+        return results
+
+
+def run_search(args) -> list[dict[str, Any]]:
+    queries: list[tuple[str, str]] = [(f"q{i}", q) for i, q in enumerate(args.query or [])]
+    if args.queries_file:
+        path = Path(args.queries_file)
+        if path.suffix.lower() == ".txt":
+            queries += [(f"{path.stem}-{n}", line.strip()) for n, line in iter_lines(path) if line.strip()]
+        else:
+            for lineno, obj in iter_jsonl(path):
+                text = obj.get("text", obj.get("query"))
+                if not isinstance(text, str) or not text.strip():
+                    raise DataError(path, lineno, "needs a non-empty 'text' (or 'query') field")
+                queries.append((str(obj.get("id", f"{path.stem}-{lineno}")), text))
+    index = SearchIndex(args.index_dir, args.batch_size)
+    hits = index.search([q for _, q in queries], args.top_k)
+    rows = [{"query_id": qid, "query": q, "results": h} for (qid, q), h in zip(queries, hits)]
+    if args.output_file:
+        write_jsonl(args.output_file, rows)
+    else:
+        for row in rows:
+            print(f"【查询】{row['query']}")
+            for hit in row["results"]:
+                first_line = hit["text"].replace("\n", " | ")[:80]
+                print(f"  {hit['rank']:>3}  {hit['score']:.4f}  {hit['id']}  {first_line}")
+        sys.stdout.flush()
+    return rows

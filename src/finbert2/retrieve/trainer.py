@@ -1,0 +1,175 @@
+"""Contrastive fine-tuning on the HF Trainer: the loss in ``compute_loss``, gradient caching in
+``training_step``, retrieval metrics on a validation folder in ``evaluate`` (all public hooks).
+
+    sh Fin-retriever/contrastive_finetune.sh configs/retriever/tiny.yaml --output_dir runs/retriever
+    torchrun --nproc_per_node 2 -m finbert2.retrieve train configs/retriever/tiny.yaml \\
+        --negatives_cross_device True --use_cpu True --output_dir runs/retriever_ddp
+
+The output folder is an HF encoder folder (``AutoModel.from_pretrained``) and a sentence-transformers
+model (``SentenceTransformer(output_dir)``), plus run_config.json, loss_log.csv, loss.png, run.log,
+eval_results.md and metrics.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import torch
+from transformers import AutoModel, Trainer, TrainerCallback, set_seed
+
+from finbert2.data import RetrievalEvalData, read_retrieval_eval, read_retrieval_train
+from finbert2.errors import ConfigError
+from finbert2.modeling import ModelArguments, load_model, tokenizer_for
+from finbert2.retrieve.data import ContrastiveCollator, ContrastiveGroupDataset
+from finbert2.retrieve.encoder import DenseEncoder, save_sentence_transformer
+from finbert2.retrieve.evaluate import dense_evaluation
+from finbert2.retrieve.modeling import BiEncoder, grad_cache_step
+
+logger = logging.getLogger("finbert2.retrieve")
+
+
+class RetrieverTrainer(Trainer):
+    """``Trainer`` over a ``BiEncoder``; ``eval_dataset`` is a ``RetrievalEvalData`` folder."""
+
+    def __init__(self, *args, query_instruction: str = "", eval_max_len: int = 512, eval_k: int = 100, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.query_instruction = query_instruction
+        self.eval_max_len = eval_max_len
+        self.eval_k = eval_k
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(query=inputs["query"], passage=inputs["passage"])
+        return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if not self.args.grad_cache:
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        device = self.args.device
+        query = {k: v.to(device) for k, v in inputs["query"].items()}
+        passage = {k: v.to(device) for k, v in inputs["passage"].items()}
+        bi_encoder = self.accelerator.unwrap_model(model)
+        scale = 1.0 / self.current_gradient_accumulation_steps
+        no_sync = getattr(model, "no_sync", None)  # DDP: all-reduce once, after the last chunk
+        with self.compute_loss_context_manager():
+            loss = grad_cache_step(model, query, passage, self.args.grad_cache_chunk_size, bi_encoder.loss,
+                                   scale=scale, backward=self.accelerator.backward, no_sync=no_sync)
+        return loss * scale
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        data = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if not isinstance(data, RetrievalEvalData):
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        started = time.perf_counter()
+        bi_encoder = self.accelerator.unwrap_model(self.model)
+        was_training = bi_encoder.training
+        encoder = DenseEncoder(bi_encoder.encoder, self.processing_class, pooling=bi_encoder.pooling,
+                               normalize=bi_encoder.normalize, query_instruction=self.query_instruction,
+                               max_length=self.eval_max_len, device=str(self.args.device),
+                               bf16=self.args.bf16)
+        mean, _, _ = dense_evaluation(encoder, data, self.eval_k)
+        bi_encoder.train(was_training)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in mean.items()}
+        metrics[f"{metric_key_prefix}_runtime"] = time.perf_counter() - started
+        metrics["epoch"] = self.state.epoch
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+class EpochCallback(TrainerCallback):
+    """Tell the dataset the epoch, so each epoch draws other negatives."""
+
+    def __init__(self, dataset: ContrastiveGroupDataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int(state.epoch or 0))
+
+
+def build_bi_encoder(model_args: ModelArguments, tokenizer, training_args) -> BiEncoder:
+    """The encoder (pooler dropped: CLS pooling reads the raw [CLS] state) inside a ``BiEncoder``."""
+    extra = {} if model_args.model_name_or_path is None else {"add_pooling_layer": False}
+    encoder = load_model(AutoModel, model_args, tokenizer, **extra)
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    return BiEncoder(encoder, temperature=training_args.temperature, pooling=training_args.pooling,
+                     normalize=training_args.normalized,
+                     negatives_cross_device=training_args.negatives_cross_device)
+
+
+def run_training(model_args: ModelArguments, data_args, training_args, run_args) -> dict[str, Any]:
+    from finbert2.run import prepare_output_dir, setup_logging, write_metrics, write_run_config
+    from finbert2.training import LossLogCallback, plot_loss_curves, resume_checkpoint
+
+    started = time.perf_counter()
+    # Validate all input before output_dir is touched.
+    rows = read_retrieval_train(data_args.train_data, require_neg=data_args.train_group_size > 1)
+    if data_args.max_train_samples:
+        rows = rows[: data_args.max_train_samples]
+    eval_data = read_retrieval_eval(data_args.eval_data, data_args.eval_split) if data_args.eval_data else None
+    world = max(1, training_args.world_size)
+    if len(rows) < training_args.per_device_train_batch_size * world:
+        raise ConfigError(f"{data_args.train_data[0]}: {len(rows)} rows, fewer than one batch "
+                          f"({training_args.per_device_train_batch_size} x {world} processes)")
+    tokenizer = tokenizer_for(model_args)
+
+    if training_args.should_save:
+        prepare_output_dir(training_args.output_dir, overwrite=run_args.overwrite_output_dir)
+    if training_args.process_index == 0:
+        setup_logging(training_args.output_dir)
+    else:
+        setup_logging()
+    set_seed(training_args.seed)
+    model = build_bi_encoder(model_args, tokenizer, training_args)
+    if training_args.should_save:
+        write_run_config(training_args.output_dir, model_args, data_args, training_args, run_args,
+                         stage="retrieve train")
+
+    if eval_data is not None:
+        training_args.eval_strategy = training_args.eval_strategy if training_args.eval_strategy != "no" else "steps"
+        if training_args.metric_for_best_model is None:
+            training_args.metric_for_best_model = "ndcg_at_10"
+            training_args.greater_is_better = True
+        training_args.load_best_model_at_end = True
+    dataset = ContrastiveGroupDataset(rows, data_args.train_group_size, data_args.query_instruction_for_retrieval,
+                                      data_args.passage_instruction_for_retrieval, training_args.seed)
+    collator = ContrastiveCollator(tokenizer, data_args.query_max_len, data_args.passage_max_len)
+    trainer = RetrieverTrainer(
+        model=model, args=training_args, train_dataset=dataset, eval_dataset=eval_data,
+        data_collator=collator, processing_class=tokenizer,
+        callbacks=[LossLogCallback(training_args.output_dir), EpochCallback(dataset)],
+        query_instruction=data_args.query_instruction_for_retrieval,
+        eval_max_len=data_args.passage_max_len, eval_k=data_args.eval_k,
+    )
+    logger.info("training on %d groups of %d passages, batch %d x %d process(es), cross-device negatives: %s, "
+                "grad cache: %s", len(rows), data_args.train_group_size, training_args.per_device_train_batch_size,
+                world, training_args.negatives_cross_device, training_args.grad_cache)
+    checkpoint = resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+
+    metrics: dict[str, Any] = dict(result.metrics)
+    if eval_data is not None:
+        metrics.update(trainer.evaluate())  # the kept (best) model's scores
+        if trainer.state.best_model_checkpoint:
+            metrics["best_model_checkpoint"] = trainer.state.best_model_checkpoint
+            metrics["best_metric"] = trainer.state.best_metric
+    if training_args.should_save:
+        output_dir = training_args.output_dir
+        model.encoder.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
+        save_sentence_transformer(output_dir, data_args.query_instruction_for_retrieval,
+                                  max_seq_length=data_args.passage_max_len, pooling=training_args.pooling,
+                                  normalize=training_args.normalized)
+        plot_loss_curves(output_dir, title="retriever: contrastive loss")
+        metrics.update({"train_groups": len(rows), "train_group_size": data_args.train_group_size,
+                        "passages_per_query": model.passages_scored,
+                        "world_size": world, "total_seconds": time.perf_counter() - started})
+        metrics = write_metrics(output_dir, metrics)
+        logger.info("metrics: %s", json.dumps(metrics, ensure_ascii=False, default=str))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return metrics

@@ -1,0 +1,109 @@
+"""Retrieval metrics against hand-computed values, with fixed rankings and a scripted mock encoder."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from finbert2.data import RetrievalEvalData
+from finbert2.retrieve.evaluate import bm25_evaluation, dense_evaluation
+from finbert2.retrieve.metrics import evaluate_run, markdown_table, per_query_metrics
+from finbert2.retrieve.search import format_document
+
+QRELS = {"q1": {"d1": 1}, "q2": {"d2": 1, "d3": 1}, "q3": {"d4": 1}, "q4": {"x10": 1}}
+RUN = {
+    "q1": {"d0": 0.9, "d1": 0.8, "d2": 0.1},  # relevant at rank 2
+    "q2": {"d2": 0.9, "d0": 0.5, "d3": 0.4},  # relevant at ranks 1 and 3
+    # q3 retrieves nothing
+    "q4": {f"x{i}": 1.0 - i / 100 for i in range(11)},  # relevant at rank 11
+}
+
+HAND = {
+    "q1": {"ndcg_at_10": 1 / math.log2(3), "mrr_at_10": 0.5, "recall_at_1": 0.0, "recall_at_10": 1.0,
+           "recall_at_100": 1.0, "map": 0.5},
+    "q2": {"ndcg_at_10": (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3)), "mrr_at_10": 1.0, "recall_at_1": 0.5,
+           "recall_at_10": 1.0, "recall_at_100": 1.0, "map": (1 + 2 / 3) / 2},
+    "q3": {name: 0.0 for name in ["ndcg_at_10", "mrr_at_10", "recall_at_1", "recall_at_10", "recall_at_100", "map"]},
+    # rank 11: outside every @10 cut (mrr_at_10 is 0, not 1/11), inside recall_at_100 and map
+    "q4": {"ndcg_at_10": 0.0, "mrr_at_10": 0.0, "recall_at_1": 0.0, "recall_at_10": 0.0, "recall_at_100": 1.0,
+           "map": 1 / 11},
+}
+
+
+def test_per_query_metrics_match_hand_computation():
+    got = per_query_metrics(QRELS, RUN)
+    assert set(got) == set(HAND)
+    for qid, expected in HAND.items():
+        for name, value in expected.items():
+            assert got[qid][name] == pytest.approx(value, abs=1e-6), (qid, name)
+
+
+def test_mean_metrics_average_over_judged_queries():
+    got = evaluate_run(QRELS, {**RUN, "unjudged": {"d0": 1.0}})
+    for name in HAND["q1"]:
+        assert got[name] == pytest.approx(sum(HAND[q][name] for q in HAND) / 4, abs=1e-6)
+
+
+class ScriptedEncoder:
+    """Vectors looked up by text: a mock encoder whose rankings are known in advance."""
+
+    def __init__(self, vectors: dict[str, list[float]]):
+        self.vectors = {k: np.asarray(v, dtype=np.float32) / np.linalg.norm(v) for k, v in vectors.items()}
+
+    def encode_queries(self, texts, **kwargs):
+        return np.stack([self.vectors["Q:" + t] for t in texts])
+
+    def encode_passages(self, texts, **kwargs):
+        return np.stack([self.vectors[t] for t in texts])
+
+
+def test_dense_evaluation_with_scripted_encoder():
+    data = RetrievalEvalData(
+        corpus={"a": {"title": "标题A", "text": "甲"}, "b": {"title": "", "text": "乙"}, "c": {"title": "", "text": "丙"}},
+        queries={"q1": "问一", "q2": "问二"},
+        qrels={"q1": {"b": 1}, "q2": {"c": 1}},
+    )
+    encoder = ScriptedEncoder({
+        "标题A 甲": [1, 0, 0], "乙": [0, 1, 0], "丙": [0, 0, 1],
+        "Q:问一": [0.9, 0.5, 0.1],  # ranking a, b, c: relevant b at rank 2
+        "Q:问二": [0.1, 0.2, 0.9],  # ranking c first
+    })
+    mean, per_query, run = dense_evaluation(encoder, data, k=3)
+    assert list(run["q1"]) == ["a", "b", "c"]
+    assert per_query["q1"]["mrr_at_10"] == pytest.approx(0.5)
+    assert per_query["q2"]["ndcg_at_10"] == pytest.approx(1.0)
+    assert mean["recall_at_1"] == pytest.approx(0.5)
+    assert mean["ndcg_at_10"] == pytest.approx((1 / math.log2(3) + 1) / 2)
+
+
+def test_bm25_ranks_the_document_sharing_words_first():
+    data = RetrievalEvalData(
+        corpus={"d1": {"title": "", "text": "贵州茅台发布年度报告，营业收入增长"},
+                "d2": {"title": "", "text": "央行宣布降准，释放长期资金"},
+                "d3": {"title": "", "text": "新能源汽车销量创新高"}},
+        queries={"q1": "央行降准释放多少资金", "q2": "茅台营业收入"},
+        qrels={"q1": {"d2": 1}, "q2": {"d1": 1}},
+    )
+    mean, per_query, run = bm25_evaluation(data)
+    assert mean["recall_at_1"] == 1.0
+    assert "d3" not in run["q1"]  # shares no word: not retrieved
+
+
+def test_markdown_table_bolds_the_best():
+    table = markdown_table({"bm25": {"ndcg_at_10": 0.5, "map": 0.4}, "dense": {"ndcg_at_10": 0.7, "map": 0.3}},
+                           ["ndcg_at_10", "map"])
+    lines = table.strip().splitlines()
+    assert lines[0] == "| model | ndcg_at_10 | map |"
+    assert lines[2] == "| bm25 | 0.5000 | **0.4000** |"
+    assert lines[3] == "| dense | **0.7000** | 0.3000 |"
+
+
+def test_format_document_upstream_layout():
+    doc = {"title": "美联储加息对科技股估值影响分析", "company": "", "institution": "摩根士丹利", "industry": "科技综合",
+           "author": "张伟", "type": "策略报告", "content": "2023年美联储连续加息。"}
+    assert format_document(doc) == ("文章标题：美联储加息对科技股估值影响分析\n公司名称：\n发布机构：摩根士丹利\n"
+                                    "行业：科技综合\n作者：张伟\n策略报告：2023年美联储连续加息。")
+    assert format_document({"title": "标题", "text": "正文"}) == "标题 正文"
+    assert format_document({"title": "", "text": "正文"}) == "正文"
