@@ -18,7 +18,13 @@ import time
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers import (
+    AutoModelForSequenceClassification,
+    EarlyStoppingCallback,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
 
 from finbert2.classify.args import DataArguments
 from finbert2.classify.data import PadCollator, class_weights, encode_split, label_targets, load_splits, pool_by_owner
@@ -109,6 +115,7 @@ def run_train(model_args: ModelArguments, data_args: DataArguments, training_arg
                 label_names, len(splits.train.texts), len(splits.validation.texts),
                 len(splits.test.texts) if splits.test else 0)
 
+    set_seed(training_args.seed)  # the new head (and a from-scratch encoder) start from the seed
     model = load_model(
         AutoModelForSequenceClassification, model_args, tokenizer,
         num_labels=num_labels, id2label=dict(enumerate(label_names)),
@@ -130,6 +137,8 @@ def run_train(model_args: ModelArguments, data_args: DataArguments, training_arg
     callbacks = standard_callbacks(output_dir, run_args.skip_nonfinite_steps)  # loss log + NaN/inf guard
     if data_args.early_stopping_patience > 0 and training_args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
+        # a resumed run keeps the patience count (and stop flag) its checkpoint saved
+        training_args.restore_callback_states_from_checkpoint = True
     loss_func = None
     if data_args.class_weighting:
         weights = class_weights(label_targets(splits.train, label_names), num_labels, multi_label)
