@@ -37,7 +37,8 @@ stage retromae "$OUT/retromae" \
     --model_name_or_path "$OUT/mlm" --tokenizer_name "$OUT/mlm" --output_dir "$OUT/retromae"
 stage classify "$OUT/classify" \
     sh Fin-labeler/runclassify.sh configs/classify/tiny.yaml \
-    --model_name_or_path "$OUT/retromae" --tokenizer_name "$OUT/retromae" --output_dir "$OUT/classify"
+    --model_name_or_path "$OUT/retromae" --tokenizer_name "$OUT/retromae" --num_train_epochs 3 \
+    --output_dir "$OUT/classify"
 stage classify_baseline "$OUT/classify_baseline" \
     "$PYTHON" -m finbert2 classify baseline configs/classify/tiny.yaml --output_dir "$OUT/classify_baseline"
 stage retriever_mine "$OUT/retriever_mine" \
@@ -46,7 +47,7 @@ stage retriever_mine "$OUT/retriever_mine" \
     --range_for_sampling 2-50 --negative_number 7 --output_dir "$OUT/retriever_mine"
 stage retriever "$OUT/retriever" \
     sh Fin-retriever/contrastive_finetune.sh configs/retriever/tiny.yaml --model_name_or_path "$OUT/retromae" \
-    --train_data "$OUT/retriever_mine/train.jsonl" --output_dir "$OUT/retriever"
+    --train_data "$OUT/retriever_mine/train.jsonl" --num_train_epochs 1 --output_dir "$OUT/retriever"
 # BM25 and the encoder before fine-tuning, against the fine-tuned retriever
 stage retriever_eval "$OUT/retriever_eval" \
     "$PYTHON" -m finbert2 retrieve evaluate --eval_data data/demo/retrieval/eval \

@@ -40,7 +40,9 @@ def files_under(root: Path) -> dict[str, bytes]:
 
 def test_regenerating_with_seed_42_reproduces_the_committed_files(tmp_path):
     counts = main(["--output_dir", str(tmp_path), "--seed", "42"])
-    committed, regenerated = files_under(DEMO_DIR), files_under(tmp_path)
+    # data/demo/tokenizer/ is the tokenizer stage's output on this data, not the generator's.
+    committed = {name: data for name, data in files_under(DEMO_DIR).items() if not name.startswith("tokenizer/")}
+    regenerated = files_under(tmp_path)
     assert sorted(regenerated) == sorted(committed)
     changed = [name for name in committed if committed[name] != regenerated[name]]
     assert not changed, f"regenerate with: python -m finbert2.demo.generate --output_dir data/demo ({changed})"

@@ -11,14 +11,24 @@ from conftest import REPO_ROOT
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3000)  # every stage in sequence: allow for a slow CI machine
 def test_quickstart_runs_every_stage(tmp_path):
     out = tmp_path / "quickstart"
     result = subprocess.run(["sh", "scripts/quickstart.sh", str(out)], cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=1800)
+                            text=True, timeout=2900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "==> [1/" in result.stdout and "all" in result.stdout
     tokenizer_metrics = json.loads((out / "tokenizer" / "metrics.json").read_text())
     assert tokenizer_metrics["tokens_per_char"] < tokenizer_metrics["base_tokens_per_char"]
+    runs = ["tokenizer", "mlm", "retromae", "classify", "classify_baseline", "retriever_mine", "retriever",
+            "retriever_eval", "topics"]
+    for run in runs:
+        assert (out / run / "metrics.json").is_file(), run
+    report = (out / "report" / "report.md").read_text(encoding="utf-8")
+    for run in runs:
+        assert f"### {run}\n" in report, run
+    assert "Unfinished run" not in report and (out / "report" / "report.html").is_file()
+    assert "![loss.png]" in report  # loss curves of the training stages
 
     # A second run finds every stage finished and skips it.
     again = subprocess.run(["sh", "scripts/quickstart.sh", str(out)], cwd=REPO_ROOT, capture_output=True,
