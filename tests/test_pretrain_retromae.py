@@ -37,7 +37,8 @@ def test_decoder_visibility_mask():
 
 @pytest.fixture(scope="module")
 def batch_parts(tiny_tokenizer_dir):
-    tokenizer = AutoTokenizer.from_pretrained(DEMO_DIR / "tokenizer")
+    # The tokenizer of tiny_bert_dir, so every id has an embedding row there.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     examples = line_by_line_examples(read_corpus(CORPUS)[:8], tokenizer, JiebaWordSegmenter(), max_seq_length=96)
     collator = RetroMAECollator(WholeWordMaskCollator(tokenizer, mlm_probability=0.3), decoder_mask_ratio=0.5)
     torch.manual_seed(0)
