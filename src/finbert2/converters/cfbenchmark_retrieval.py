@@ -14,6 +14,7 @@ import random
 import sys
 from pathlib import Path
 
+from finbert2.cli import run_main
 from finbert2.data import iter_jsonl, write_json, write_jsonl
 from finbert2.data.readers import get_text
 from finbert2.errors import DataError
@@ -60,6 +61,11 @@ def convert(input_dir: Path, output_dir: Path, test_fraction: float = 0.3, negat
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Convert; a bad input file is one ``error: path:line: reason`` line and exit code 2 (``run_main``)."""
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="finbert2 convert cfbenchmark-retrieval", description=__doc__.splitlines()[0])
     parser.add_argument("--input_dir", default="../shared/data/cfbenchmark-basic", help="CFBenchmark-Basic folder.")
     parser.add_argument("--output_dir", required=True, help="Where train.jsonl and eval/ go.")
@@ -67,11 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--negatives", type=int, default=7, help="Random negatives per training row.")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
-    try:
-        counts = convert(Path(args.input_dir), Path(args.output_dir), args.test_fraction, args.negatives, args.seed)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    counts = convert(Path(args.input_dir), Path(args.output_dir), args.test_fraction, args.negatives, args.seed)
     print(" ".join(f"{k}={v}" for k, v in counts.items()))
     return 0
 

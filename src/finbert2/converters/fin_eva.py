@@ -20,6 +20,7 @@ import random
 import sys
 from pathlib import Path
 
+from finbert2.cli import run_main
 from finbert2.data import write_json, write_jsonl
 from finbert2.errors import DataError
 
@@ -94,6 +95,11 @@ def convert(input_dir: Path, output_dir: Path, test_fraction: float = 0.3, negat
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Convert; a bad input file is one ``error: path:line: reason`` line and exit code 2 (``run_main``)."""
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="finbert2 convert fin-eva", description=__doc__.splitlines()[0])
     parser.add_argument("--input_dir", default="../shared/data/fin-eva", help="Fin-Eva folder (with data/Ant/).")
     parser.add_argument("--output_dir", required=True, help="Where train.jsonl and eval/ go.")
@@ -104,11 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.test_fraction < 1:
         print("error: --test_fraction must be in (0, 1)", file=sys.stderr)
         return 2
-    try:
-        counts = convert(Path(args.input_dir), Path(args.output_dir), args.test_fraction, args.negatives, args.seed)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    counts = convert(Path(args.input_dir), Path(args.output_dir), args.test_fraction, args.negatives, args.seed)
     print(" ".join(f"{k}={v}" for k, v in counts.items()))
     return 0
 
