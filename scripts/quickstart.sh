@@ -47,7 +47,8 @@ stage retriever_mine "$OUT/retriever_mine" \
     --range_for_sampling 2-50 --negative_number 7 --output_dir "$OUT/retriever_mine"
 stage retriever "$OUT/retriever" \
     sh Fin-retriever/contrastive_finetune.sh configs/retriever/tiny.yaml --model_name_or_path "$OUT/retromae" \
-    --train_data "$OUT/retriever_mine/train.jsonl" --num_train_epochs 1 --output_dir "$OUT/retriever"
+    --tokenizer_name "$OUT/retromae" --train_data "$OUT/retriever_mine/train.jsonl" \
+    --pooling cls --learning_rate 5e-4 --num_train_epochs 3 --output_dir "$OUT/retriever"
 # BM25 and the encoder before fine-tuning, against the fine-tuned retriever
 stage retriever_eval "$OUT/retriever_eval" \
     "$PYTHON" -m finbert2 retrieve evaluate --eval_data data/demo/retrieval/eval \

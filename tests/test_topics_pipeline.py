@@ -120,15 +120,19 @@ def test_save_load_transform_new_titles(encoder_run, tmp_path):
 
 
 def test_lsa_baseline_and_determinism(tmp_path):
-    """The TF-IDF/LSA baseline through the same pipeline, twice with one seed: the same assignments."""
+    """The TF-IDF/LSA baseline through the same pipeline, twice with one seed: identical runs.
+
+    ``--umap_init pca``: umap-learn's spectral layout of a small disconnected piece of the neighbour
+    graph (here a 10-title component) changes from run to run even with a seed, so the default
+    spectral init promises the same settings, not the same bits.
+    """
     runs = []
     for name in ("a", "b"):
         out = tmp_path / name
         assert _fit("--embedding_backend", "tfidf", "--max_docs", 600, "--save_model", "False",
-                    "--output_dir", out) == 0
+                    "--umap_init", "pca", "--output_dir", out) == 0
         runs.append(pd.read_csv(out / "doc_topics.csv"))
-    assert runs[0]["topic"].tolist() == runs[1]["topic"].tolist()
-    assert runs[0]["raw_topic"].tolist() == runs[1]["raw_topic"].tolist()
+    pd.testing.assert_frame_equal(runs[0], runs[1])  # assignments and map coordinates
     metrics = read_metrics(tmp_path / "a")
     assert metrics["num_topics"] >= 5  # the ten demo themes separate on words alone
     assert metrics == {**read_metrics(tmp_path / "b"), **{k: metrics[k] for k in metrics if k.endswith("seconds")}}

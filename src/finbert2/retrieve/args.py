@@ -131,7 +131,8 @@ class EvaluateArguments:
     query_instruction: str = field(default=QUERY_INSTRUCTION, metadata={"help": "Query prefix for dense models."})
     max_length: int = field(default=512, metadata={"help": "Longest input in tokens."})
     batch_size: int = field(default=64, metadata={"help": "Encoding batch size."})
-    pooling: str = field(default="cls", metadata={"help": "cls or mean."})
+    pooling: str | None = field(default=None, metadata={
+        "help": "cls or mean for every dense model; default: each folder's saved pooling, else cls."})
     k: int = field(default=100, metadata={"help": "Documents retrieved per query."})
     bf16: bool = field(default=False, metadata={"help": "Encode under bf16 autocast (faster, cosine ~0.999)."})
 
@@ -140,6 +141,8 @@ class EvaluateArguments:
             raise ConfigError("more labels than models")
         if self.labels and len(set(self.labels)) != len(self.labels):
             raise ConfigError("labels must be unique")
+        if self.pooling not in {None, "cls", "mean"}:
+            raise ConfigError("retrieve evaluate: pooling must be cls or mean")
 
 
 @dataclass

@@ -9,6 +9,7 @@ Pooling(cls) -> Normalize, the query instruction recorded as the ``query`` promp
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from pathlib import Path
 
@@ -32,6 +33,34 @@ def pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor, pooling:
         mask = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
         return (last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
     raise ConfigError(f"unknown pooling '{pooling}' (cls or mean)")
+
+
+def saved_sentence_settings(name_or_path: str) -> dict:
+    """Pooling and normalisation a sentence-transformers folder was saved with ({} for anything else).
+
+    A retriever fine-tuned with mean pooling must be encoded with mean pooling: reading the folder's
+    own ``modules.json`` keeps every command (evaluate, mine, index) consistent with training.
+    """
+    folder = Path(name_or_path)
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+        return {}
+    try:
+        modules = json.loads(modules_file.read_text(encoding="utf-8"))
+        settings: dict = {"normalize": any(m.get("type", "").endswith("Normalize") for m in modules)}
+        for module in modules:
+            if module.get("type", "").endswith("Pooling"):
+                pooling = json.loads((folder / module["path"] / "config.json").read_text(encoding="utf-8"))
+                # sentence-transformers 6 writes "pooling_mode"; older versions one boolean per mode
+                mode = pooling.get("pooling_mode") or ("cls" if pooling.get("pooling_mode_cls_token") else
+                                                       "mean" if pooling.get("pooling_mode_mean_tokens") else None)
+                if mode in {"cls", "mean"}:
+                    settings["pooling"] = mode
+                else:
+                    raise ConfigError(f"{folder}: pooling {pooling} is not supported (cls or mean)")
+    except (OSError, ValueError, KeyError, AttributeError) as err:
+        raise ConfigError(f"{modules_file}: unreadable sentence-transformers modules ({err})") from None
+    return settings
 
 
 def load_encoder_model(name_or_path: str, trust_remote_code: bool = False, cache_dir: str | None = None):
@@ -69,14 +98,24 @@ class DenseEncoder:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, tokenizer_name: str | None = None,
-                        trust_remote_code: bool = False, **kwargs) -> DenseEncoder:
+                        trust_remote_code: bool = False, pooling: str | None = None,
+                        normalize: bool | None = None, **kwargs) -> DenseEncoder:
+        """Load a folder or hub id; ``pooling``/``normalize`` left None follow the folder's saved
+        sentence-transformers modules when it has them, else CLS + L2 (upstream)."""
+        saved = saved_sentence_settings(name_or_path)
+        if pooling is not None and saved.get("pooling", pooling) != pooling:
+            logger.warning("%s was saved with %s pooling; encoding with %s as asked", name_or_path,
+                           saved["pooling"], pooling)
+        pooling = pooling or saved.get("pooling", "cls")
+        normalize = saved.get("normalize", True) if normalize is None else normalize
         try:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_name or name_or_path,
                                                       trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as err:
             raise ConfigError(f"{tokenizer_name or name_or_path}: cannot load a tokenizer "
                               f"({str(err).splitlines()[0]})") from None
-        return cls(load_encoder_model(name_or_path, trust_remote_code), tokenizer, **kwargs)
+        return cls(load_encoder_model(name_or_path, trust_remote_code), tokenizer, pooling=pooling,
+                   normalize=normalize, **kwargs)
 
     @property
     def dimension(self) -> int:

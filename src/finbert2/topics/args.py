@@ -56,6 +56,10 @@ class TopicArguments:
     umap_n_components: int = field(default=32, metadata={"help": "UMAP output dimensions (upstream 32)."})
     umap_min_dist: float = field(default=0.0, metadata={"help": "UMAP min_dist (upstream 0.0)."})
     umap_metric: str = field(default="cosine", metadata={"help": "UMAP metric (upstream cosine)."})
+    umap_init: str = field(default="spectral", metadata={
+        "help": "UMAP initial layout: spectral (upstream, BERTopic's default) or pca. umap-learn's spectral "
+                "layout of a small disconnected piece of the neighbour graph varies from run to run even with "
+                "a seed; pca gives bit-identical runs."})
 
     # ---- HDBSCAN (upstream: min_cluster_size 2, min_samples 1, euclidean)
     hdbscan_min_cluster_size: int = field(default=10, metadata={"help": "HDBSCAN min_cluster_size (upstream 2)."})
@@ -108,6 +112,8 @@ class TopicArguments:
             raise ConfigError("topics: max_docs must be at least 2")
         if self.umap_n_neighbors < 2 or self.umap_n_components < 2:
             raise ConfigError("topics: umap_n_neighbors and umap_n_components must be at least 2")
+        if self.umap_init not in {"spectral", "pca"}:
+            raise ConfigError("topics: umap_init must be spectral or pca")
         if self.hdbscan_min_cluster_size < 2:
             raise ConfigError("topics: hdbscan_min_cluster_size must be at least 2")
         if self.min_word_length < 1 or self.top_n_words < 1:

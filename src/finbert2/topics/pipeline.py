@@ -78,7 +78,8 @@ class TopicEmbedder(BaseEmbedder):
 
 def build_topic_model(args: TopicArguments, embedder: TopicEmbedder | None, vectorizer) -> BERTopic:
     umap_model = UMAP(n_neighbors=args.umap_n_neighbors, n_components=args.umap_n_components,
-                      min_dist=args.umap_min_dist, metric=args.umap_metric, random_state=args.seed)
+                      min_dist=args.umap_min_dist, metric=args.umap_metric, init=args.umap_init,
+                      random_state=args.seed)
     hdbscan_model = HDBSCAN(min_cluster_size=args.hdbscan_min_cluster_size, min_samples=args.hdbscan_min_samples,
                             metric=args.hdbscan_metric, cluster_selection_method=args.cluster_selection_method,
                             prediction_data=True)
@@ -206,7 +207,7 @@ def run(args: TopicArguments, run_args: RunArguments, inputs: RunInputs | None =
 
         # ---- pictures (PNG with a checked CJK font) and BERTopic's interactive HTML
         coords = UMAP(n_neighbors=args.umap_n_neighbors, n_components=2, min_dist=0.1, metric=args.umap_metric,
-                      random_state=args.seed).fit_transform(embeddings)
+                      init=args.umap_init, random_state=args.seed).fit_transform(embeddings)
         doc_table = pd.DataFrame({"doc_id": range(len(docs.texts)), "text": docs.texts, "date": docs.dates,
                                   "topic": topics, "raw_topic": raw_topics,
                                   "topic_name": [names.get(t, str(t)) for t in topics],
