@@ -97,6 +97,36 @@ def test_output_is_hf_and_sentence_transformers_with_same_vectors(trained_dir):
     np.testing.assert_allclose(np.linalg.norm(st_p, axis=1), 1.0, atol=1e-5)  # Normalize module
 
 
+def test_encoder_follows_the_pooling_a_folder_was_saved_with(tiny_bert_dir, tmp_path):
+    """A mean-pooled retriever folder is encoded with mean pooling by evaluate/mine/index, as trained."""
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    from finbert2.errors import ConfigError
+    from finbert2.retrieve import DenseEncoder
+    from finbert2.retrieve.encoder import save_sentence_transformer, saved_sentence_settings
+
+    folder = tmp_path / "mean_pooled"
+    shutil.copytree(tiny_bert_dir, folder)
+    assert saved_sentence_settings(str(folder)) == {}  # a plain HF folder: CLS + L2, upstream's choice
+    assert DenseEncoder.from_pretrained(str(folder)).pooling == "cls"
+    save_sentence_transformer(folder, max_seq_length=64, pooling="mean")
+    assert saved_sentence_settings(str(folder)) == {"pooling": "mean", "normalize": True}
+    ours = DenseEncoder.from_pretrained(str(folder), max_length=64)
+    assert ours.pooling == "mean"
+    texts = ["央行降准0.5个百分点", "公司发布2023年年度报告，营业收入同比增长"]
+    np.testing.assert_allclose(ours.encode_passages(texts), SentenceTransformer(str(folder), device="cpu").encode(texts),
+                               atol=1e-4)
+    forced = DenseEncoder.from_pretrained(str(folder), pooling="cls", max_length=64)  # an explicit choice wins
+    assert forced.pooling == "cls"
+    assert not np.allclose(forced.encode_passages(texts), ours.encode_passages(texts), atol=1e-3)
+
+    (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode": "max"}')
+    with pytest.raises(ConfigError, match="not supported"):
+        saved_sentence_settings(str(folder))
+
+
 def test_best_checkpoint_is_kept_and_rerun_refused(trained_dir, tiny_bert_dir):
     from finbert2.errors import OutputDirError
     from finbert2.retrieve.cli import main
