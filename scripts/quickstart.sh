@@ -11,22 +11,9 @@ export PYTHON
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 
-STEP=0
+PIPELINE=quickstart
 TOTAL=9
-# stage NAME RUN_DIR COMMAND...: run one stage, naming it; stop the pipeline at the first failure.
-stage() {
-    name=$1; run_dir=$2; shift 2
-    STEP=$((STEP + 1))
-    if [ -f "$run_dir/metrics.json" ]; then
-        echo "==> [$STEP/$TOTAL] $name: already finished in $run_dir, skipped"
-        return 0
-    fi
-    echo "==> [$STEP/$TOTAL] $name -> $run_dir"
-    if ! "$@"; then
-        echo "quickstart: stage '$name' failed (see $run_dir/run.log); earlier stages' results are kept in $OUT" >&2
-        exit 1
-    fi
-}
+. scripts/stage.sh
 
 stage tokenizer "$OUT/tokenizer" \
     sh FinBERT2/pretrain_wordpiece_tokenizer/spm.sh configs/tokenizer/tiny.yaml --output_dir "$OUT/tokenizer"

@@ -56,25 +56,9 @@ FFN=$((HIDDEN * 4))
 MODEL_SIZE="--tiny_hidden_size $HIDDEN --tiny_num_hidden_layers $LAYERS --tiny_num_attention_heads $HEADS --tiny_intermediate_size $FFN"
 D=$OUT/data
 
-STEP=0
+PIPELINE=reproduce_mini
 TOTAL=17
-START=$(date +%s)
-# stage NAME RUN_DIR COMMAND...: run one stage, naming it; stop the pipeline at the first failure.
-stage() {
-    name=$1; run_dir=$2; shift 2
-    STEP=$((STEP + 1))
-    if [ -f "$run_dir/metrics.json" ]; then
-        echo "==> [$STEP/$TOTAL] $name: already finished in $run_dir, skipped"
-        return 0
-    fi
-    echo "==> [$STEP/$TOTAL] $name -> $run_dir ($(( $(date +%s) - START ))s elapsed)"
-    t0=$(date +%s)
-    if ! "$@"; then
-        echo "reproduce_mini: stage '$name' failed (see $run_dir/run.log); earlier stages' results are kept in $OUT" >&2
-        exit 1
-    fi
-    echo "==> $name finished in $(( $(date +%s) - t0 ))s"
-}
+. scripts/stage.sh
 
 # ---- 1. data: converters, then the corpora (classification/retrieval test text left out) ----
 prepare_data() {

@@ -29,8 +29,30 @@ def test_quickstart_runs_every_stage(tmp_path):
         assert f"### {run}\n" in report, run
     assert "Unfinished run" not in report and (out / "report" / "report.html").is_file()
     assert "![loss.png]" in report  # loss curves of the training stages
+    retrieval = json.loads((out / "retriever_eval" / "metrics.json").read_text())
+    assert retrieval["fin-retriever_ndcg_at_10"] > retrieval["retromae_ndcg_at_10"]  # fine-tuning helped
 
     # A second run finds every stage finished and skips it.
     again = subprocess.run(["sh", "scripts/quickstart.sh", str(out)], cwd=REPO_ROOT, capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 0 and "already finished" in again.stdout
+
+
+def test_a_failing_stage_stops_the_pipeline_naming_it(tmp_path):
+    """Earlier stages finished (their metrics.json), the classifier's input model missing: the
+    quickstart names the classify stage, exits non-zero, keeps the earlier runs and starts no later one."""
+    out = tmp_path / "quickstart"
+    for finished in ("tokenizer", "mlm", "retromae"):
+        (out / finished).mkdir(parents=True)
+        (out / finished / "metrics.json").write_text("{}")
+    result = subprocess.run(["sh", "scripts/quickstart.sh", str(out)], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode != 0
+    assert "==> [3/9] retromae: already finished" in result.stdout
+    assert "==> [4/9] classify ->" in result.stdout
+    assert f"quickstart: stage 'classify' failed; earlier stages' results are kept in {out}" in result.stderr
+    assert "error: " in result.stderr and "Traceback" not in result.stderr  # the stage's own one-line reason
+    assert all((out / kept / "metrics.json").is_file() for kept in ("tokenizer", "mlm", "retromae"))
+    assert not (out / "classify" / "metrics.json").exists()
+    assert not any((out / later).exists() for later in ("classify_baseline", "retriever_mine", "retriever",
+                                                        "retriever_eval", "topics", "report"))

@@ -1,0 +1,25 @@
+# Sourced by the pipeline scripts (quickstart.sh, reproduce_mini.sh): one stage runner for both.
+# Expects PIPELINE (the script's name for messages), OUT and TOTAL to be set.
+#
+# stage NAME RUN_DIR COMMAND...: run one stage, naming it and its place in the pipeline; a stage
+# whose RUN_DIR holds metrics.json (finished) is skipped, so a rerun resumes; the first failure
+# stops the pipeline with its name, keeping every earlier stage's results.
+STEP=0
+START=$(date +%s)
+stage() {
+    name=$1; run_dir=$2; shift 2
+    STEP=$((STEP + 1))
+    if [ -f "$run_dir/metrics.json" ]; then
+        echo "==> [$STEP/$TOTAL] $name: already finished in $run_dir, skipped"
+        return 0
+    fi
+    echo "==> [$STEP/$TOTAL] $name -> $run_dir ($(( $(date +%s) - START ))s elapsed)"
+    t0=$(date +%s)
+    if ! "$@"; then
+        hint=""
+        [ -f "$run_dir/run.log" ] && hint=" (see $run_dir/run.log)"
+        echo "$PIPELINE: stage '$name' failed$hint; earlier stages' results are kept in $OUT" >&2
+        exit 1
+    fi
+    echo "==> $name finished in $(( $(date +%s) - t0 ))s"
+}
