@@ -13,7 +13,6 @@ import json
 import logging
 import time
 
-import jieba
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
@@ -25,14 +24,14 @@ from finbert2.classify.data import label_targets, load_splits
 from finbert2.classify.metrics import majority_macro_f1, summary_metrics, write_split_report
 from finbert2.data import write_jsonl
 from finbert2.run import RunArguments, prepare_output_dir, setup_logging, write_metrics, write_run_config
+from finbert2.segmentation import default_segmenter
 
 logger = logging.getLogger("finbert2.classify.baseline")
-jieba.setLogLevel(logging.WARNING)
 
 
 def jieba_words(text: str) -> list[str]:
     """jieba's words without whitespace tokens (module-level so a fitted pipeline pickles)."""
-    return [word for word in jieba.lcut(text) if word.strip()]
+    return [word for word in default_segmenter().lcut(text) if word.strip()]
 
 
 def build_pipeline(args: BaselineArguments, c_value: float, multi_label: bool, class_weighting: bool,

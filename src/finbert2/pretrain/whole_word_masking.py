@@ -29,12 +29,9 @@ class JiebaWordSegmenter:
     """Character -> word index maps from jieba, with an optional user dictionary."""
 
     def __init__(self, user_dict: str | Path | None = None):
-        import logging
+        from finbert2.segmentation import new_segmenter
 
-        import jieba
-
-        jieba.setLogLevel(logging.WARNING)
-        self._jieba = jieba.Tokenizer()
+        self._jieba = new_segmenter()
         if user_dict is not None:
             path = Path(user_dict)
             if not path.is_file():

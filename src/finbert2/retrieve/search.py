@@ -76,19 +76,18 @@ def dense_run(query_vectors: np.ndarray, query_ids: list[str], doc_vectors: np.n
 
 def jieba_tokens(text: str) -> list[str]:
     """Search-mode jieba words, lowercased, without whitespace and punctuation-only tokens."""
-    import jieba
+    from finbert2.segmentation import default_segmenter
 
-    return [t.lower() for t in jieba.lcut_for_search(text) if t.strip() and any(ch.isalnum() for ch in t)]
+    return [t.lower() for t in default_segmenter().lcut_for_search(text)
+            if t.strip() and any(ch.isalnum() for ch in t)]
 
 
 class BM25Retriever:
     """BM25 (bm25s, Lucene scoring, k1=1.5, b=0.75) over jieba words: the lexical baseline."""
 
     def __init__(self, doc_ids: list[str], doc_texts: list[str], k1: float = 1.5, b: float = 0.75):
-        import jieba
         import bm25s
 
-        jieba.setLogLevel(logging.WARNING)
         self.doc_ids = doc_ids
         self.model = bm25s.BM25(k1=k1, b=b)
         self.model.index([jieba_tokens(t) for t in doc_texts], show_progress=False)

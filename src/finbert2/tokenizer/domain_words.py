@@ -141,9 +141,9 @@ def select_domain_words(
 
 def jieba_single_word_filter(user_dict: str | None = None):
     """A ``keep`` filter: pieces jieba segments as exactly one word."""
-    import jieba
+    from finbert2.segmentation import new_segmenter
 
-    segmenter = jieba.Tokenizer()
+    segmenter = new_segmenter()
     if user_dict:
         if not Path(user_dict).is_file():
             raise DataError(user_dict, None, "no such jieba user dictionary")

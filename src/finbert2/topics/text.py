@@ -17,6 +17,7 @@ import jieba
 from sklearn.feature_extraction.text import CountVectorizer
 
 from finbert2.data import iter_lines
+from finbert2.segmentation import new_segmenter
 from finbert2.errors import DataError
 
 DEFAULT_STOPWORDS = "stopwords_zh.txt"
@@ -25,7 +26,6 @@ DEFAULT_USERDICT = "userdict_zh.txt"
 # A token that is only digits, punctuation, symbols or spaces (e.g. "2021", "7.5%", "——").
 _NOT_A_WORD = re.compile(r"^[\W\d_]+$", re.UNICODE)
 
-jieba.setLogLevel(60)  # jieba prints its dictionary loading to stderr otherwise
 
 
 def resource_path(name: str) -> Path:
@@ -64,7 +64,7 @@ class JiebaWordTokenizer:
 
     def _segmenter(self) -> jieba.Tokenizer:
         if self._jieba is None:
-            segmenter = jieba.Tokenizer()
+            segmenter = new_segmenter()
             segmenter.initialize()
             for word in self.user_words:
                 segmenter.add_word(word)
