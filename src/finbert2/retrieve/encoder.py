@@ -75,10 +75,51 @@ def load_encoder_model(name_or_path: str, trust_remote_code: bool = False, cache
         raise ConfigError(f"{name_or_path}: cannot load a model ({str(err).splitlines()[0]})") from None
 
 
+class ClsOnlyLastLayer(torch.nn.Module):
+    """A BERT-style encoder layer that computes its output at position 0 ([CLS]) only.
+
+    With CLS pooling every other position of the last layer is thrown away, so its queries,
+    attention output and feed-forward are computed for [CLS] alone (keys and values still for all
+    tokens): the same numbers (fp32, within rounding) for about 1/L less work. The wrapped
+    layer's submodules keep their names, so the model's state dict and ``save_pretrained`` are unchanged.
+    """
+
+    def __init__(self, layer: torch.nn.Module):
+        super().__init__()
+        self.attention, self.intermediate, self.output = layer.attention, layer.intermediate, layer.output
+
+    @staticmethod
+    def fits(layer: torch.nn.Module) -> bool:
+        """BERT/RoBERTa-shaped layers only (self-attention query/key/value, output, feed-forward)."""
+        attention = getattr(getattr(layer, "attention", None), "self", None)
+        return (all(hasattr(attention, name) for name in ("query", "key", "value", "num_attention_heads",
+                                                           "attention_head_size", "scaling"))
+                and hasattr(layer.attention, "output") and hasattr(layer, "intermediate")
+                and hasattr(layer, "output") and not getattr(layer, "is_decoder", False))
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
+        attention = self.attention.self
+        batch, length, _ = hidden_states.shape
+        heads, head_size = attention.num_attention_heads, attention.attention_head_size
+        cls_state = hidden_states[:, :1]
+        query = attention.query(cls_state).view(batch, 1, heads, head_size).transpose(1, 2)
+        key = attention.key(hidden_states).view(batch, length, heads, head_size).transpose(1, 2)
+        value = attention.value(hidden_states).view(batch, length, heads, head_size).transpose(1, 2)
+        if attention_mask is not None:  # the model's 4-D mask (boolean or additive): the [CLS] row
+            attention_mask = attention_mask[:, :, :1, :] if attention_mask.dim() == 4 else \
+                attention_mask[:, None, None, :].bool()
+        context = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                                                   scale=attention.scaling)
+        context = context.transpose(1, 2).reshape(batch, 1, heads * head_size)
+        attended = self.attention.output(context, cls_state)
+        return self.output(self.intermediate(attended), attended)  # (batch, 1, hidden): [CLS] only
+
+
 class DenseEncoder:
     """Encode queries and passages to L2-normalised vectors in length-sorted batches.
 
-    Sorting by length keeps padding small; ``bf16`` runs the forward pass under bf16 autocast
+    Batches are sorted by token count, so padding is nearly nil; ``from_pretrained`` with CLS pooling
+    computes the last layer at [CLS] only (``ClsOnlyLastLayer``); ``bf16`` runs the forward pass under bf16 autocast
     (about 2x on CPU, cosine ~0.999 to fp32); vectors are returned as float32 numpy arrays.
     """
 
@@ -93,6 +134,7 @@ class DenseEncoder:
         self.max_length = max_length
         self.batch_size = batch_size
         self.bf16 = bf16
+        self.sort_chunk = 8192  # texts tokenized and length-sorted together (bounds memory on huge corpora)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
 
@@ -114,8 +156,13 @@ class DenseEncoder:
         except (OSError, ValueError) as err:
             raise ConfigError(f"{tokenizer_name or name_or_path}: cannot load a tokenizer "
                               f"({str(err).splitlines()[0]})") from None
-        return cls(load_encoder_model(name_or_path, trust_remote_code), tokenizer, pooling=pooling,
-                   normalize=normalize, **kwargs)
+        model = load_encoder_model(name_or_path, trust_remote_code)
+        layers = getattr(getattr(model, "encoder", None), "layer", None)
+        # This model is ours alone (a model handed to __init__ may be in training): with CLS pooling
+        # its last layer needs only the [CLS] position.
+        if pooling == "cls" and layers is not None and len(layers) and ClsOnlyLastLayer.fits(layers[-1]):
+            layers[-1] = ClsOnlyLastLayer(layers[-1])
+        return cls(model, tokenizer, pooling=pooling, normalize=normalize, **kwargs)
 
     @property
     def dimension(self) -> int:
@@ -131,26 +178,45 @@ class DenseEncoder:
                show_progress: bool = False) -> np.ndarray:
         """Vectors of ``prompt + text`` for each text, in input order."""
         batch_size = batch_size or self.batch_size
-        inputs = [prompt + t for t in texts]
-        # Longest first: the first batch shows the peak memory, and padding stays small.
-        order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
-        vectors = np.zeros((len(inputs), self.dimension), dtype=np.float32)
-        batches = range(0, len(order), batch_size)
+        vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        progress = None
         if show_progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, desc="encode", unit="batch")
-        for start in batches:
-            ids = order[start:start + batch_size]
-            features = self.tokenizer([inputs[i] for i in ids], padding=True, truncation=True,
-                                      max_length=self.max_length, return_tensors="pt").to(self.device)
-            with self._autocast():
-                states = self.model(**features).last_hidden_state
-            emb = pool(states, features["attention_mask"], self.pooling).float()
-            if self.normalize:
-                emb = torch.nn.functional.normalize(emb, dim=-1)
-            vectors[ids] = emb.cpu().numpy()
+            progress = tqdm(total=-(-len(texts) // batch_size), desc="encode", unit="batch")
+        # Tokenize a chunk at once and batch it by token count, longest first: batches then hold
+        # texts of (nearly) one length, so there is almost no padding (sorting by characters left
+        # ~17% padding on the demo passages); the first batch shows the peak memory.
+        for chunk_start in range(0, len(texts), self.sort_chunk):
+            chunk = [prompt + t for t in texts[chunk_start:chunk_start + self.sort_chunk]]
+            ids = self.tokenizer(chunk, truncation=True, max_length=self.max_length,
+                                 return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+            order = sorted(range(len(chunk)), key=lambda i: -len(ids[i]))
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                input_ids, attention_mask = self._pad([ids[i] for i in rows])
+                with self._autocast():
+                    states = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                emb = pool(states, attention_mask, self.pooling).float()
+                if self.normalize:
+                    emb = torch.nn.functional.normalize(emb, dim=-1)
+                vectors[[chunk_start + i for i in rows]] = emb.cpu().numpy()
+                if progress is not None:
+                    progress.update(1)
+        if progress is not None:
+            progress.close()
         return vectors
+
+    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ids and their attention mask for one batch of token id lists."""
+        width = max(len(r) for r in rows)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            input_ids[r, :len(row)] = torch.tensor(row, dtype=torch.long)
+            attention_mask[r, :len(row)] = 1
+        return input_ids.to(self.device), attention_mask.to(self.device)
 
     def encode_queries(self, queries: list[str], **kwargs) -> np.ndarray:
         return self.encode(queries, prompt=self.query_instruction, **kwargs)
