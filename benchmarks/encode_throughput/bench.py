@@ -31,15 +31,16 @@ def demo_passages(n: int) -> list[str]:
     return [texts[i % len(texts)] for i in range(n)]
 
 
-def scratch_model(folder: Path) -> Path:
+def scratch_model(folder: Path, layers: int = 4, hidden: int = 256) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from finbert2.retrieve import save_sentence_transformer
 
     tokenizer = AutoTokenizer.from_pretrained(REPO / "data" / "demo" / "tokenizer")
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                        intermediate_size=1024, pad_token_id=tokenizer.pad_token_id)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden,
+                        pad_token_id=tokenizer.pad_token_id)
     BertModel(config, add_pooling_layer=False).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     save_sentence_transformer(folder, max_seq_length=256)
@@ -56,6 +57,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="A retriever folder (HF + sentence-transformers); default: a scratch tiny BERT.")
     parser.add_argument("--passages", type=int, default=10000)
+    parser.add_argument("--layers", type=int, default=4, help="Scratch model depth (12 with --hidden 768: BERT-base).")
+    parser.add_argument("--hidden", type=int, default=256, help="Scratch model width.")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--max_length", type=int, default=256)
     parser.add_argument("--no_bf16", action="store_true", help="Skip the bf16 run (slow on CPUs without bf16 units).")
@@ -65,7 +68,7 @@ def main() -> None:
 
     from finbert2.retrieve import DenseEncoder
 
-    folder = Path(args.model) if args.model else scratch_model(Path(tempfile.mkdtemp()) / "model")
+    folder = Path(args.model) if args.model else scratch_model(Path(tempfile.mkdtemp()) / "model", args.layers, args.hidden)
     passages = demo_passages(args.passages)
     st = SentenceTransformer(str(folder), device="cpu")
     st.max_seq_length = args.max_length
@@ -104,7 +107,7 @@ def main() -> None:
 
     record = {
         "passages": len(passages), "batch_size": args.batch_size, "max_length": args.max_length,
-        "model": str(args.model or "scratch 4-layer hidden-256 BERT, demo tokenizer"),
+        "model": str(args.model or f"scratch {args.layers}-layer hidden-{args.hidden} BERT, demo tokenizer"),
         "st_passages_per_s": len(passages) / st_s, "ours_fp32_passages_per_s": len(passages) / fp32_s,
         "ours_bf16_passages_per_s": len(passages) / bf16_s,
         "ratio_fp32": st_s / fp32_s, "ratio_bf16": st_s / bf16_s,
