@@ -37,7 +37,7 @@ def test_report_sections_from_partial_runs(tmp_path):
     mlm = _run(root / "mlm", "mlm", {"train_loss": 2.5, "perplexity": 12.0}, {"learning_rate": 6e-4})
     _loss_curve(mlm)
     ours = _run(root / "classify", "classify", {"test_macro_f1": 0.81, "test_accuracy": 0.85})
-    baseline = _run(root / "classify_baseline", "classify", {"test_macro_f1": 0.74, "test_accuracy": 0.80})
+    _run(root / "classify_baseline", "classify", {"test_macro_f1": 0.74, "test_accuracy": 0.80})
     (ours / "confusion_matrix.png").write_bytes((mlm / "loss.png").read_bytes())
     retrieve = _run(root / "retrieve_eval", "retrieve", {"ndcg_at_10": 0.6})
     (retrieve / "comparison.md").write_text("| model | ndcg_at_10 |\n|---|---|\n| bm25 | 0.55 |\n| ours | 0.60 |\n")

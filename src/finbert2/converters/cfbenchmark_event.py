@@ -12,8 +12,8 @@ import re
 import sys
 from pathlib import Path
 
-from finbert2.converters.cfbenchmark_sentiment import build_parser, convert_rows, write_output
-from finbert2.errors import ConfigError, FinBERT2Error
+from finbert2.converters.cfbenchmark_sentiment import convert_rows, run_converter
+from finbert2.errors import ConfigError
 
 EVENT_LEVEL1_LABELS = ("公司", "金融市场", "宏观", "行业")
 _SEPARATOR = re.compile(r"\s*[,，]\s*")
@@ -32,16 +32,11 @@ def convert_event(path: str | Path, level: int = 1) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser("finbert2 convert cfbenchmark-event", __doc__.splitlines()[0])
-    parser.add_argument("--level", type=int, default=1, help="tag-path depth kept as the label (1: 4 classes)")
-    args = parser.parse_args(argv)
-    try:
-        write_output(convert_event(args.input, args.level), args)
-    except FinBERT2Error as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    def add_level(parser):
+        parser.add_argument("--level", type=int, default=1, help="tag-path depth kept as the label (1: 4 classes)")
 
+    return run_converter(argv, "finbert2 convert cfbenchmark-event", __doc__.splitlines()[0],
+                         lambda args: convert_event(args.input, args.level), add_level)
 
 if __name__ == "__main__":
     sys.exit(main())

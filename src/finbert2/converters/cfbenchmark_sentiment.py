@@ -16,9 +16,10 @@ import re
 import sys
 from pathlib import Path
 
+from finbert2.cli import run_main
 from finbert2.data import iter_jsonl
 from finbert2.data.readers import get_text
-from finbert2.errors import DataError, FinBERT2Error
+from finbert2.errors import DataError
 
 SENTIMENT_LABELS = ("积极", "中性", "消极")
 _WHITESPACE = re.compile(r"\s+")
@@ -68,15 +69,17 @@ def write_output(rows: list[dict], args: argparse.Namespace) -> None:
           + ", ".join(f"{name} {n}" for name, n in counts.items()) + ")", file=sys.stderr)
 
 
-def run_converter(argv: list[str] | None, prog: str, doc: str, convert) -> int:
-    args = build_parser(prog, doc).parse_args(argv)
-    try:
-        rows = convert(args)
-        write_output(rows, args)
-    except FinBERT2Error as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+def run_converter(argv: list[str] | None, prog: str, doc: str, convert, add_arguments=None) -> int:
+    """Parse, convert, write; bad input is one ``error: path:line: reason`` line and exit 2 (``run_main``)."""
+    def convert_and_write(argv: list[str]) -> int:
+        parser = build_parser(prog, doc)
+        if add_arguments is not None:
+            add_arguments(parser)
+        args = parser.parse_args(argv)
+        write_output(convert(args), args)
+        return 0
+
+    return run_main(convert_and_write, argv)
 
 
 def main(argv: list[str] | None = None) -> int:

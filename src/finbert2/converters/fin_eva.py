@@ -22,7 +22,7 @@ from pathlib import Path
 
 from finbert2.cli import run_main
 from finbert2.data import write_json, write_jsonl
-from finbert2.errors import DataError
+from finbert2.errors import ConfigError, DataError
 
 CONTEXT_FILES = ["金融知识/金融文档抽取.csv", "金融逻辑/保险条款解读.csv", "金融逻辑/金融事件解读.csv",
                  "金融逻辑/金融产品分析.csv", "金融逻辑/保险属性抽取.csv"]
@@ -108,8 +108,7 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
     if not 0 < args.test_fraction < 1:
-        print("error: --test_fraction must be in (0, 1)", file=sys.stderr)
-        return 2
+        raise ConfigError("--test_fraction must be in (0, 1)")
     counts = convert(Path(args.input_dir), Path(args.output_dir), args.test_fraction, args.negatives, args.seed)
     print(" ".join(f"{k}={v}" for k, v in counts.items()))
     return 0

@@ -43,7 +43,7 @@ def convert(path: str | Path, max_docs: int | None = None, seed: int = 42) -> li
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="finbert2 convert jingewu", description=__doc__.splitlines()[0])
     parser.add_argument("input_file", help="JINGEWU data/CH.csv")
     parser.add_argument("--output_file", required=True, help="JSONL to write ({'text'} per headline)")
@@ -56,5 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Convert; a bad input file is one ``error: path:line: reason`` line and exit code 2 (``run_main``)."""
+    return run_main(_main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(main())

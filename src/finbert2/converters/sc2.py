@@ -13,9 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from finbert2.cli import run_main
 from finbert2.data import iter_csv, write_jsonl
 from finbert2.data.readers import get_text
-from finbert2.errors import DataError, FinBERT2Error
+from finbert2.errors import DataError
 
 SC2_LABELS = ("0", "1")
 
@@ -34,20 +35,20 @@ def convert_sc2(path: str | Path) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="finbert2 convert sc2", description=__doc__.splitlines()[0])
     parser.add_argument("input", help="test_SC_2.csv or train_SC_2.csv")
     parser.add_argument("output", help="the .jsonl to write")
     args = parser.parse_args(argv)
-    try:
-        rows = convert_sc2(args.input)
-        write_jsonl(args.output, rows)
-    except FinBERT2Error as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    rows = convert_sc2(args.input)
+    write_jsonl(args.output, rows)
     print(f"{args.input}: {len(rows)} rows -> {args.output}", file=sys.stderr)
     return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Convert; a bad input file is one ``error: path:line: reason`` line and exit code 2 (``run_main``)."""
+    return run_main(_main, argv)
 
 if __name__ == "__main__":
     sys.exit(main())
