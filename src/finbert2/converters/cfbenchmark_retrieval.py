@@ -17,6 +17,7 @@ from pathlib import Path
 from finbert2.cli import run_main
 from finbert2.data import iter_jsonl, write_json, write_jsonl
 from finbert2.data.readers import get_text
+from finbert2.data.splits import held_out_count
 from finbert2.errors import DataError
 
 
@@ -36,7 +37,7 @@ def convert(input_dir: Path, output_dir: Path, test_fraction: float = 0.3, negat
     rng = random.Random(seed)
     order = reports[:]
     rng.shuffle(order)
-    test_reports = set(order[: round(len(order) * test_fraction)])
+    test_reports = set(order[: held_out_count(len(order), test_fraction, path, "reports")])
     train_reports = [r for r in reports if r not in test_reports]
 
     train_rows, queries, qrels = [], [], []

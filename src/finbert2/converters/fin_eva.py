@@ -14,14 +14,14 @@ distractors, as in FIR-bench). Prints the counts.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import random
 import sys
 from pathlib import Path
 
 from finbert2.cli import run_main
-from finbert2.data import write_json, write_jsonl
+from finbert2.data import iter_csv, write_json, write_jsonl
+from finbert2.data.splits import held_out_count
 from finbert2.errors import ConfigError, DataError
 
 CONTEXT_FILES = ["金融知识/金融文档抽取.csv", "金融逻辑/保险条款解读.csv", "金融逻辑/金融事件解读.csv",
@@ -36,14 +36,12 @@ def read_pairs(input_dir: Path) -> list[tuple[str, str, str]]:
         path = root / relative
         if not path.is_file():
             raise DataError(path, None, "missing Fin-Eva context file (expected <input_dir>/data/Ant/...)")
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            reader = csv.DictReader(handle)
-            if not {"context", "question"} <= set(reader.fieldnames or []):
+        for _, row in iter_csv(path):
+            if "context" not in row or "question" not in row:
                 raise DataError(path, 1, "expected columns 'context' and 'question'")
-            for row in reader:
-                question, context = (row.get("question") or "").strip(), (row.get("context") or "").strip()
-                if question and context:
-                    pairs.append((path.stem, question, context))
+            question, context = (row["question"] or "").strip(), (row["context"] or "").strip()
+            if question and context:
+                pairs.append((path.stem, question, context))
     return pairs
 
 
@@ -58,7 +56,8 @@ def convert(input_dir: Path, output_dir: Path, test_fraction: float = 0.3, negat
     rng = random.Random(seed)
     order = contexts[:]
     rng.shuffle(order)
-    test_contexts = set(order[: round(len(order) * test_fraction)])
+    root = input_dir / "data" / "Ant" if (input_dir / "data" / "Ant").is_dir() else input_dir
+    test_contexts = set(order[: held_out_count(len(order), test_fraction, root, "contexts")])
 
     train_pool_by_source: dict[str, list[str]] = {}
     for source, _, context in pairs:

@@ -6,6 +6,8 @@ import random
 from collections.abc import Sequence
 from typing import TypeVar
 
+from finbert2.errors import DataError
+
 T = TypeVar("T")
 
 
@@ -19,3 +21,11 @@ def split_heldout(items: Sequence[T], percentage: float, seed: int) -> tuple[lis
     heldout_ids = set(order[:n_heldout])
     return ([x for i, x in enumerate(items) if i not in heldout_ids],
             [x for i, x in enumerate(items) if i in heldout_ids])
+
+
+def held_out_count(n_groups: int, fraction: float, source, what: str) -> int:
+    """How many of ``n_groups`` (contexts, reports) go to a test split: the rounded fraction, but at
+    least one and never all, so neither the training file nor the evaluation folder comes out empty."""
+    if n_groups < 2:
+        raise DataError(source, None, f"{n_groups} distinct {what}: need at least 2 to hold some out for test")
+    return min(n_groups - 1, max(1, round(n_groups * fraction)))
