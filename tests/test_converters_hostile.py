@@ -97,25 +97,24 @@ def test_cfbenchmark_classification_converters(content, task):
             assert rows.texts and set(rows.labels) <= set(labels)
 
 
-@SETTINGS
-@given(content=sc2_bytes)
-def test_sc2_converter(content):
-    with tempfile.TemporaryDirectory() as tmp:
-        source, output = Path(tmp) / "test_SC_2.csv", Path(tmp) / "sc2.jsonl"
-        source.write_bytes(content)
-        if _run(sc2.main, [str(source), str(output)], source) == 0:
-            rows = read_classification(output)
-            assert rows.texts and set(rows.labels) <= {0, 1}
+CSV_CONVERTERS = {  # name: (main, source file, arguments after the source, hostile source, check of the output)
+    "sc2": (sc2.main, "test_SC_2.csv", lambda out: [str(out)], sc2_bytes,
+            lambda out: set(read_classification(out).labels) <= {0, 1}),
+    "jingewu": (jingewu.main, "CH.csv", lambda out: ["--output_file", str(out)], jingewu_bytes,
+                lambda out: bool(read_topic_docs(out).texts)),
+}
 
 
+@pytest.mark.parametrize("name", sorted(CSV_CONVERTERS))
 @SETTINGS
-@given(content=jingewu_bytes)
-def test_jingewu_converter(content):
+@given(data=st.data())
+def test_csv_converters(name, data):
+    main, file_name, arguments, source_bytes, output_ok = CSV_CONVERTERS[name]
     with tempfile.TemporaryDirectory() as tmp:
-        source, output = Path(tmp) / "CH.csv", Path(tmp) / "titles.jsonl"
-        source.write_bytes(content)
-        if _run(jingewu.main, [str(source), "--output_file", str(output)], source) == 0:
-            assert read_topic_docs(output).texts
+        source, output = Path(tmp) / file_name, Path(tmp) / "out.jsonl"
+        source.write_bytes(data.draw(source_bytes))
+        if _run(main, [str(source), *arguments(output)], source) == 0:
+            assert output_ok(output)
 
 
 @SETTINGS
