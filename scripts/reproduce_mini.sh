@@ -15,7 +15,7 @@
 #   topics/*    a sample of JINGEWU headlines: RetroMAE retriever embeddings vs TF-IDF/LSA
 #   report      finbert2 report OUT --output OUT/report
 # A stage whose metrics.json exists is skipped, so a rerun resumes; the first failing stage
-# stops the pipeline, named. Defaults: about 35-40 minutes on an idle 2-core CPU. On a GPU
+# stops the pipeline, named. Defaults: about 30 minutes on an idle 2-core CPU. On a GPU
 # raise the sizes below, e.g. MLM_STEPS=20000 RETROMAE_STEPS=10000 HIDDEN=768 LAYERS=12 USE_CPU=false.
 set -e
 if [ $# -ne 2 ]; then
@@ -36,9 +36,10 @@ SEQ_LEN=${SEQ_LEN:-128}                  # pretraining sequence length
 MLM_STEPS=${MLM_STEPS:-200}              # MLM optimizer steps of MLM_BATCH sequences
 MLM_BATCH=${MLM_BATCH:-32}
 RETROMAE_STEPS=${RETROMAE_STEPS:-60}    # RetroMAE steps of MLM_BATCH passages
-CLS_EPOCHS=${CLS_EPOCHS:-3}              # classification epochs (best epoch chosen on validation)
+CLS_EPOCHS=${CLS_EPOCHS:-8}              # classification epochs (best epoch chosen on validation)
+CLS_BATCH=${CLS_BATCH:-16}               # 3 epochs of 32 (13 steps each) left both encoders at the label prior
 CLS_MAX_LENGTH=${CLS_MAX_LENGTH:-192}    # tokens per text (head+tail of long news)
-CLS_LR=${CLS_LR:-5e-4}                   # one learning rate for pretrained and random init alike
+CLS_LR=${CLS_LR:-1e-4}                   # one learning rate for pretrained and random init alike
 RET_STEPS=${RET_STEPS:-40}              # contrastive steps per retriever
 RET_BATCH=${RET_BATCH:-16}               # queries per step (in-batch negatives)
 RET_GROUP=${RET_GROUP:-2}                # passages per query: 1 positive + (RET_GROUP-1) negatives
@@ -143,6 +144,7 @@ stage retromae "$OUT/retromae" \
 for task in cfb_sentiment sc2; do
     DATA_ARGS="--train_data $D/$task/train.jsonl --eval_data $D/$task/validation.jsonl --test_data $D/$task/test.jsonl"
     CLS_ARGS="$DATA_ARGS --max_length $CLS_MAX_LENGTH --num_train_epochs $CLS_EPOCHS --learning_rate $CLS_LR
+        --per_device_train_batch_size $CLS_BATCH
         --seed $SEED --early_stopping_patience $CLS_EPOCHS"
     stage "classify $task (MLM encoder)" "$OUT/classify/${task}_pretrained" \
         "$PYTHON" -m finbert2 classify train configs/classify/tiny.yaml $CLS_ARGS \
