@@ -151,3 +151,14 @@ def test_cross_device_negatives_use_both_ranks_passages():
         # ... and each rank's passages get the gradient of both ranks' queries (sum over ranks).
         assert torch.allclose(q_grad, q_ref.grad[rank * b:(rank + 1) * b], atol=1e-6)
         assert torch.allclose(p_grad, p_ref.grad[rank * b * g:(rank + 1) * b * g], atol=1e-6)
+
+
+def test_chance_level_warning_names_the_chance_loss():
+    from finbert2.retrieve.trainer import chance_level_warning
+
+    chance = math.log(48)  # 3.871: 16 queries x 3 passages, every one scored alike
+    message = chance_level_warning(3.8715, 48)
+    assert message is not None and "ln(48) = 3.871" in message
+    assert chance_level_warning(chance * 1.05, 48) is not None  # above chance: still nothing learned
+    assert chance_level_warning(chance * 0.97, 48) is None  # learning has begun
+    assert chance_level_warning(2.5, 48) is None and chance_level_warning(None, 48) is None

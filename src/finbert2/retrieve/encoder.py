@@ -160,7 +160,10 @@ class DenseEncoder:
         layers = getattr(getattr(model, "encoder", None), "layer", None)
         # This model is ours alone (a model handed to __init__ may be in training): with CLS pooling
         # its last layer needs only the [CLS] position.
-        if pooling == "cls" and layers is not None and len(layers) and ClsOnlyLastLayer.fits(layers[-1]):
+        # Only where the layers get the dense 4-D mask (flash-attention kernels unpad instead).
+        dense_mask = getattr(model.config, "_attn_implementation", None) in {"sdpa", "eager"}
+        if (pooling == "cls" and dense_mask and layers is not None and len(layers)
+                and ClsOnlyLastLayer.fits(layers[-1])):
             layers[-1] = ClsOnlyLastLayer(layers[-1])
         return cls(model, tokenizer, pooling=pooling, normalize=normalize, **kwargs)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from typing import Any
 
@@ -88,6 +89,21 @@ class EpochCallback(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.dataset.set_epoch(int(state.epoch or 0))
+
+
+def chance_level_warning(final_loss: float | None, passages_per_query: int, tolerance: float = 0.02) -> str | None:
+    """A warning when the last logged loss is still InfoNCE's chance level, ln(passages per query).
+
+    There every passage scores alike: the encoder has not learned to tell them apart, or has
+    collapsed to one vector (seen with mean pooling at a high learning rate); the loss curve alone
+    does not say so to someone who does not know the number.
+    """
+    chance = math.log(passages_per_query)
+    if final_loss is None or passages_per_query < 2 or final_loss < chance * (1 - tolerance):
+        return None
+    return (f"the contrastive loss ended at {final_loss:.3f}, chance level ln({passages_per_query}) = {chance:.3f}: "
+            "the encoder does not yet tell passages apart (too few steps, or a collapse: try a lower "
+            "learning rate, or --pooling cls with a pretrained encoder)")
 
 
 def build_bi_encoder(model_args: ModelArguments, tokenizer, training_args) -> BiEncoder:
@@ -167,7 +183,12 @@ def run_training(model_args: ModelArguments, data_args, training_args, run_args)
         plot_loss_curves(output_dir, title="retriever: contrastive loss")
         metrics.update({"train_groups": len(rows), "train_group_size": data_args.train_group_size,
                         "passages_per_query": model.passages_scored,
+                        "chance_loss": math.log(model.passages_scored),
                         "world_size": world, "total_seconds": time.perf_counter() - started})
+        logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        warning = chance_level_warning(logged[-1] if logged else None, model.passages_scored)
+        if warning:
+            logger.warning(warning)
         metrics = write_metrics(output_dir, metrics)
         logger.info("metrics: %s", json.dumps(metrics, ensure_ascii=False, default=str))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
