@@ -12,10 +12,7 @@ from pathlib import Path
 
 
 def cache_dir() -> Path:
-    """The per-user cache, the only place a run writes outside its output_dir.
-
-    ``$FINBERT2_CACHE``, else ``$XDG_CACHE_HOME/finbert2``, else ``~/.cache/finbert2``.
-    """
+    """``$FINBERT2_CACHE``, else ``$XDG_CACHE_HOME/finbert2``, else ``~/.cache/finbert2``."""
     if os.environ.get("FINBERT2_CACHE"):
         return Path(os.environ["FINBERT2_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

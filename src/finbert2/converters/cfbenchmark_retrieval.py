@@ -9,13 +9,12 @@ train and test so the two sides share no report; the evaluation corpus holds eve
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 from pathlib import Path
 
-from finbert2.cli import run_main
-from finbert2.data import iter_jsonl, write_json, write_jsonl
+from finbert2.converters._retrieval_split import run_retrieval_converter, write_retrieval_split
+from finbert2.data import iter_jsonl
 from finbert2.data.readers import get_text
 from finbert2.data.splits import held_out_count
 from finbert2.errors import DataError
@@ -49,35 +48,18 @@ def convert(input_dir: Path, output_dir: Path, test_fraction: float = 0.3, negat
         else:
             pool = [r for r in train_reports if r != report]
             train_rows.append({"query": summary, "pos": [report], "neg": rng.sample(pool, min(negatives, len(pool)))})
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_jsonl(output_dir / "train.jsonl", train_rows)
-    write_jsonl(output_dir / "eval" / "corpus.jsonl", [{"id": report_ids[r], "title": "", "text": r} for r in reports])
-    write_jsonl(output_dir / "eval" / "test_queries.jsonl", queries)
-    write_jsonl(output_dir / "eval" / "test_qrels.jsonl", qrels)
     counts = {"pairs": len(pairs), "skipped_without_summary": skipped, "reports": len(reports), "train_rows": len(train_rows),
               "test_queries": len(queries)}
-    write_json(output_dir / "conversion.json", {"source": "CFBenchmark-Basic summary (non-commercial research)",
-                                                "seed": seed, "test_fraction": test_fraction, **counts})
+    write_retrieval_split(output_dir, train_rows, [{"id": report_ids[r], "title": "", "text": r} for r in reports],
+                          queries, qrels, {"source": "CFBenchmark-Basic summary (non-commercial research)",
+                                           "seed": seed, "test_fraction": test_fraction, **counts})
     return counts
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Convert; a bad input file is one ``error: path:line: reason`` line and exit code 2 (``run_main``)."""
-    return run_main(_main, argv)
-
-
-def _main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="finbert2 convert cfbenchmark-retrieval", description=__doc__.splitlines()[0])
-    parser.add_argument("--input_dir", default="../shared/data/cfbenchmark-basic", help="CFBenchmark-Basic folder.")
-    parser.add_argument("--output_dir", required=True, help="Where train.jsonl and eval/ go.")
-    parser.add_argument("--test_fraction", type=float, default=0.3)
-    parser.add_argument("--negatives", type=int, default=7, help="Random negatives per training row.")
-    parser.add_argument("--seed", type=int, default=42)
-    args = parser.parse_args(argv)
-    counts = convert(Path(args.input_dir), Path(args.output_dir), args.test_fraction, args.negatives, args.seed)
-    print(" ".join(f"{k}={v}" for k, v in counts.items()))
-    return 0
-
+    return run_retrieval_converter(argv, "finbert2 convert cfbenchmark-retrieval", __doc__.splitlines()[0],
+                                   "../shared/data/cfbenchmark-basic", "CFBenchmark-Basic folder.",
+                                   "Share of reports held out for test.", convert)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,24 +13,28 @@ distractors, as in FIR-bench). Prints the counts.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import random
 import sys
 from pathlib import Path
 
-from finbert2.cli import run_main
-from finbert2.data import iter_csv, write_json, write_jsonl
+from finbert2.converters._retrieval_split import run_retrieval_converter, write_retrieval_split
+from finbert2.data import iter_csv
 from finbert2.data.splits import held_out_count
-from finbert2.errors import ConfigError, DataError
+from finbert2.errors import DataError
 
 CONTEXT_FILES = ["金融知识/金融文档抽取.csv", "金融逻辑/保险条款解读.csv", "金融逻辑/金融事件解读.csv",
                  "金融逻辑/金融产品分析.csv", "金融逻辑/保险属性抽取.csv"]
 
 
+def context_root(input_dir: Path) -> Path:
+    """The folder holding CONTEXT_FILES: ``<input_dir>/data/Ant`` in the Fin-Eva checkout, else ``input_dir``."""
+    return input_dir / "data" / "Ant" if (input_dir / "data" / "Ant").is_dir() else input_dir
+
+
 def read_pairs(input_dir: Path) -> list[tuple[str, str, str]]:
     """``(source file stem, question, context)`` for every row with both fields."""
-    root = input_dir / "data" / "Ant" if (input_dir / "data" / "Ant").is_dir() else input_dir
+    root = context_root(input_dir)
     pairs = []
     for relative in CONTEXT_FILES:
         path = root / relative
@@ -56,8 +60,7 @@ def convert(input_dir: Path, output_dir: Path, test_fraction: float = 0.3, negat
     rng = random.Random(seed)
     order = contexts[:]
     rng.shuffle(order)
-    root = input_dir / "data" / "Ant" if (input_dir / "data" / "Ant").is_dir() else input_dir
-    test_contexts = set(order[: held_out_count(len(order), test_fraction, root, "contexts")])
+    test_contexts = set(order[: held_out_count(len(order), test_fraction, context_root(input_dir), "contexts")])
 
     train_pool_by_source: dict[str, list[str]] = {}
     for source, _, context in pairs:
@@ -81,37 +84,17 @@ def convert(input_dir: Path, output_dir: Path, test_fraction: float = 0.3, negat
     qrels = list({(r["qid"], r["docid"]): r for r in qrels}.values())
     corpus = [{"id": context_id(c), "title": "", "text": c} for c in contexts]
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_jsonl(output_dir / "train.jsonl", train_rows)
-    write_jsonl(output_dir / "eval" / "corpus.jsonl", corpus)
-    write_jsonl(output_dir / "eval" / "test_queries.jsonl", queries)
-    write_jsonl(output_dir / "eval" / "test_qrels.jsonl", qrels)
     counts = {"pairs": len(pairs), "contexts": len(contexts), "test_contexts": len(test_contexts),
               "train_rows": len(train_rows), "test_queries": len(queries), "corpus": len(corpus)}
-    write_json(output_dir / "conversion.json", {"source": "Fin-Eva (CC BY 4.0)", "seed": seed,
-                                                "test_fraction": test_fraction, **counts})
+    write_retrieval_split(output_dir, train_rows, corpus, queries, qrels,
+                          {"source": "Fin-Eva (CC BY 4.0)", "seed": seed, "test_fraction": test_fraction, **counts})
     return counts
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Convert; a bad input file is one ``error: path:line: reason`` line and exit code 2 (``run_main``)."""
-    return run_main(_main, argv)
-
-
-def _main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="finbert2 convert fin-eva", description=__doc__.splitlines()[0])
-    parser.add_argument("--input_dir", default="../shared/data/fin-eva", help="Fin-Eva folder (with data/Ant/).")
-    parser.add_argument("--output_dir", required=True, help="Where train.jsonl and eval/ go.")
-    parser.add_argument("--test_fraction", type=float, default=0.3, help="Share of contexts held out for test.")
-    parser.add_argument("--negatives", type=int, default=7, help="Random negatives per training row.")
-    parser.add_argument("--seed", type=int, default=42)
-    args = parser.parse_args(argv)
-    if not 0 < args.test_fraction < 1:
-        raise ConfigError("--test_fraction must be in (0, 1)")
-    counts = convert(Path(args.input_dir), Path(args.output_dir), args.test_fraction, args.negatives, args.seed)
-    print(" ".join(f"{k}={v}" for k, v in counts.items()))
-    return 0
-
+    return run_retrieval_converter(argv, "finbert2 convert fin-eva", __doc__.splitlines()[0],
+                                   "../shared/data/fin-eva", "Fin-Eva folder (with data/Ant/).",
+                                   "Share of contexts held out for test.", convert)
 
 if __name__ == "__main__":
     sys.exit(main())

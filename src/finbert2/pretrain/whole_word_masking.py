@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from finbert2.errors import DataError
 
 IGNORE_INDEX = -100  # label of positions without a prediction target (CrossEntropyLoss's ignore_index)
 
@@ -31,12 +30,7 @@ class JiebaWordSegmenter:
     def __init__(self, user_dict: str | Path | None = None):
         from finbert2.segmentation import new_segmenter
 
-        self._jieba = new_segmenter()
-        if user_dict is not None:
-            path = Path(user_dict)
-            if not path.is_file():
-                raise DataError(path, None, "no such jieba user dictionary")
-            self._jieba.load_userdict(str(path))
+        self._jieba = new_segmenter(user_dict)
 
     def char_to_word(self, text: str) -> list[int]:
         """For every character of ``text``, the index of the jieba word holding it."""

@@ -159,8 +159,7 @@ class DenseEncoder:
         model = load_encoder_model(name_or_path, trust_remote_code)
         layers = getattr(getattr(model, "encoder", None), "layer", None)
         # This model is ours alone (a model handed to __init__ may be in training): with CLS pooling
-        # its last layer needs only the [CLS] position.
-        # Only where the layers get the dense 4-D mask (flash-attention kernels unpad instead).
+        # its last layer needs only [CLS], where the layers get the dense 4-D mask (flash kernels unpad).
         dense_mask = getattr(model.config, "_attn_implementation", None) in {"sdpa", "eager"}
         if (pooling == "cls" and dense_mask and layers is not None and len(layers)
                 and ClsOnlyLastLayer.fits(layers[-1])):

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from finbert2.errors import ConfigError
+from finbert2.segmentation import default_segmenter
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +77,6 @@ def dense_run(query_vectors: np.ndarray, query_ids: list[str], doc_vectors: np.n
 
 def jieba_tokens(text: str) -> list[str]:
     """Search-mode jieba words, lowercased, without whitespace and punctuation-only tokens."""
-    from finbert2.segmentation import default_segmenter
-
     return [t.lower() for t in default_segmenter().lcut_for_search(text)
             if t.strip() and any(ch.isalnum() for ch in t)]
 

@@ -143,9 +143,5 @@ def jieba_single_word_filter(user_dict: str | None = None):
     """A ``keep`` filter: pieces jieba segments as exactly one word."""
     from finbert2.segmentation import new_segmenter
 
-    segmenter = new_segmenter()
-    if user_dict:
-        if not Path(user_dict).is_file():
-            raise DataError(user_dict, None, "no such jieba user dictionary")
-        segmenter.load_userdict(user_dict)
+    segmenter = new_segmenter(user_dict)
     return lambda word: segmenter.lcut(word, HMM=False) == [word]
