@@ -154,7 +154,7 @@ def test_cross_device_negatives_use_both_ranks_passages():
 
 
 def test_chance_level_warning_names_the_chance_loss():
-    from finbert2.retrieve.trainer import chance_level_warning
+    from finbert2.guards import chance_loss_collapse as chance_level_warning
 
     chance = math.log(48)  # 3.871: 16 queries x 3 passages, every one scored alike
     message = chance_level_warning(3.8715, 48)

@@ -112,7 +112,8 @@ def test_encoder_follows_the_pooling_a_folder_was_saved_with(tiny_bert_dir, tmp_
     assert saved_sentence_settings(str(folder)) == {}  # a plain HF folder: CLS + L2, upstream's choice
     assert DenseEncoder.from_pretrained(str(folder)).pooling == "cls"
     save_sentence_transformer(folder, max_seq_length=64, pooling="mean")
-    assert saved_sentence_settings(str(folder)) == {"pooling": "mean", "normalize": True}
+    assert saved_sentence_settings(str(folder)) == {
+        "pooling": "mean", "normalize": True, "prompts": {"query": "为这个句子生成表示以用于检索相关文章：", "document": ""}}
     ours = DenseEncoder.from_pretrained(str(folder), max_length=64)
     assert ours.pooling == "mean"
     texts = ["央行降准0.5个百分点", "公司发布2023年年度报告，营业收入同比增长"]

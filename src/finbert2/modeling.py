@@ -94,16 +94,11 @@ def load_model(auto_class, model_args: ModelArguments, tokenizer: PreTrainedToke
                     config.num_hidden_layers, config.hidden_size, config.vocab_size)
         return auto_class.from_config(config)
     check_weights_format(model_args.model_name_or_path, model_args.allow_pickle_weights)
-    try:
-        model = auto_class.from_pretrained(
-            model_args.model_name_or_path,
-            cache_dir=model_args.cache_dir,
-            trust_remote_code=model_args.trust_remote_code,
-            use_safetensors=None if model_args.allow_pickle_weights else True,
-            **kwargs,
-        )
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{model_args.model_name_or_path}: cannot load a model ({str(err).splitlines()[0]})") from None
+    model = from_pretrained_quietly(
+        auto_class, model_args.model_name_or_path, cache_dir=model_args.cache_dir,
+        trust_remote_code=model_args.trust_remote_code,
+        use_safetensors=None if model_args.allow_pickle_weights else True, **kwargs,
+    )
     rows = model.get_input_embeddings().weight.shape[0]
     if rows < len(tokenizer) and grow_embeddings:
         from finbert2.tokenizer.embeddings import resize_embeddings_mean_init
@@ -117,6 +112,48 @@ def load_model(auto_class, model_args: ModelArguments, tokenizer: PreTrainedToke
             f"but the tokenizer has {len(tokenizer)} tokens; grow them with "
             "finbert2.tokenizer.resize_embeddings_mean_init first"
         )
+    return model
+
+
+def _module_names(keys: list[str]) -> list[str]:
+    """``cls.predictions.transform.dense.weight`` ... -> ``cls.predictions.transform.dense``, deduplicated."""
+    return sorted({key.rsplit(".", 1)[0] if key.endswith((".weight", ".bias")) else key for key in keys})
+
+
+def from_pretrained_quietly(auto_class, name_or_path: str, **kwargs):
+    """``auto_class.from_pretrained`` with transformers' load report replaced by one clear log line.
+
+    Starting a task head on an encoder checkpoint (an MLM head on e5, which released none; a
+    classifier on any encoder) is the normal case here, and transformers reports it as a table of
+    MISSING keys that reads like a corrupted checkpoint. We log which modules are new instead
+    (and whether the MLM decoder is tied to the word embeddings); a checkpoint whose *shapes* do
+    not fit stays an error.
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = auto_class.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{name_or_path}: cannot load a model ({str(err).splitlines()[0]})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if info.get("mismatched_keys"):
+        raise ConfigError(f"{name_or_path}: checkpoint shapes do not fit {type(model).__name__} "
+                          f"({', '.join(str(k) for k in list(info['mismatched_keys'])[:3])})")
+    missing = _module_names(list(info.get("missing_keys") or []))
+    if missing:
+        output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        tied = (output is not None
+                and output.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr())
+        logger.info("%s: %s starts new %s (not in the checkpoint, initialised from the seed)%s",
+                    name_or_path, type(model).__name__, ", ".join(missing),
+                    "; the MLM decoder is tied to the word embeddings" if tied else "")
+    unexpected = _module_names(list(info.get("unexpected_keys") or []))
+    if unexpected:
+        logger.info("%s: checkpoint weights %s are not used by %s", name_or_path, ", ".join(unexpected),
+                    type(model).__name__)
     return model
 
 

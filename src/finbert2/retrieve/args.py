@@ -10,6 +10,13 @@ from finbert2.errors import ConfigError
 from finbert2.retrieve.encoder import QUERY_INSTRUCTION
 
 
+PROMPT_HELP = {
+    "query": "Query prefix. Default: each model folder's saved query prompt (e5: 'query: '), else FinBERT2's "
+             "instruction.",
+    "passage": "Passage prefix. Default: each model folder's saved document prompt (e5: 'passage: '), else none.",
+}
+
+
 @dataclass
 class RetrieverDataArguments:
     train_data: list[str] | None = field(
@@ -26,10 +33,14 @@ class RetrieverDataArguments:
     )
     query_max_len: int = field(default=64, metadata={"help": "Longest query in tokens, instruction included (upstream: 512)."})
     passage_max_len: int = field(default=256, metadata={"help": "Longest passage in tokens (upstream: 512)."})
-    query_instruction_for_retrieval: str = field(
-        default=QUERY_INSTRUCTION, metadata={"help": "Prepended to every query in training, evaluation and the saved model."}
+    query_instruction_for_retrieval: str | None = field(
+        default=None, metadata={"help": "Prepended to every query in training, evaluation and the saved model. "
+                                "Default: the starting model's saved query prompt (e5: 'query: '), else "
+                                f"FinBERT2's '{QUERY_INSTRUCTION}'."}
     )
-    passage_instruction_for_retrieval: str = field(default="", metadata={"help": "Prepended to every passage (upstream: none)."})
+    passage_instruction_for_retrieval: str | None = field(
+        default=None, metadata={"help": "Prepended to every passage. Default: the starting model's saved "
+                                "document prompt (e5: 'passage: '), else none (upstream)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
     eval_k: int = field(default=100, metadata={"help": "Documents retrieved per query in evaluation."})
 
@@ -48,7 +59,9 @@ class RetrieverTrainingArguments(TrainingArguments):
     negatives_cross_device: bool = field(
         default=False, metadata={"help": "Under torchrun, score every query against every rank's passages."}
     )
-    pooling: str = field(default="cls", metadata={"help": "Sentence vector: cls (upstream) or mean."})
+    pooling: str | None = field(
+        default=None, metadata={"help": "Sentence vector: cls (upstream) or mean. Default: the starting model's "
+                                "saved pooling (e5: mean), else cls."})
     normalized: bool = field(default=True, metadata={"help": "L2-normalise vectors (cosine scores; upstream: True)."})
     grad_cache: bool = field(
         default=False,
@@ -64,7 +77,7 @@ class RetrieverTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if self.temperature <= 0:
             raise ConfigError("retrieve train: temperature must be positive")
-        if self.pooling not in {"cls", "mean"}:
+        if self.pooling not in {None, "cls", "mean"}:
             raise ConfigError("retrieve train: pooling must be cls or mean")
         if self.grad_cache_chunk_size < 1:
             raise ConfigError("retrieve train: grad_cache_chunk_size must be at least 1")
@@ -96,7 +109,8 @@ class MineArguments:
         metadata={"help": "Also drop candidates whose cosine to a positive reaches this (e.g. 0.98 with a trained "
                   "encoder). Texts equal to a positive up to whitespace are always dropped."},
     )
-    query_instruction_for_retrieval: str = field(default=QUERY_INSTRUCTION, metadata={"help": "Query prefix."})
+    query_instruction_for_retrieval: str | None = field(default=None, metadata={"help": PROMPT_HELP["query"]})
+    passage_instruction_for_retrieval: str | None = field(default=None, metadata={"help": PROMPT_HELP["passage"]})
     max_length: int = field(default=512, metadata={"help": "Longest input in tokens."})
     batch_size: int = field(default=64, metadata={"help": "Encoding batch size."})
     use_faiss_ivf: bool = field(default=False, metadata={"help": "Search an IVF index (large pools) instead of flat."})
@@ -128,7 +142,8 @@ class EvaluateArguments:
     )
     labels: list[str] | None = field(default=None, metadata={"help": "Row names for the models (default: folder names)."})
     split: str = field(default="test", metadata={"help": "Query/qrels file prefix."})
-    query_instruction: str = field(default=QUERY_INSTRUCTION, metadata={"help": "Query prefix for dense models."})
+    query_instruction: str | None = field(default=None, metadata={"help": PROMPT_HELP["query"]})
+    passage_instruction: str | None = field(default=None, metadata={"help": PROMPT_HELP["passage"]})
     max_length: int = field(default=512, metadata={"help": "Longest input in tokens."})
     batch_size: int = field(default=64, metadata={"help": "Encoding batch size."})
     pooling: str | None = field(default=None, metadata={
@@ -156,7 +171,8 @@ class IndexArguments:
     index_type: str = field(default="flat", metadata={"help": "flat (exact) or ivf (large corpora)."})
     nlist: int = field(default=0, metadata={"help": "IVF cells (0: about 4*sqrt(n))."})
     nprobe: int = field(default=16, metadata={"help": "IVF cells searched per query."})
-    query_instruction: str = field(default=QUERY_INSTRUCTION, metadata={"help": "Stored for search."})
+    query_instruction: str | None = field(default=None, metadata={"help": PROMPT_HELP["query"] + " Stored for search."})
+    passage_instruction: str | None = field(default=None, metadata={"help": PROMPT_HELP["passage"]})
     max_length: int = field(default=512, metadata={"help": "Longest input in tokens."})
     batch_size: int = field(default=64, metadata={"help": "Encoding batch size."})
     bf16: bool = field(default=False, metadata={"help": "Encode under bf16 autocast."})

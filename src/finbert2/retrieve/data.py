@@ -8,6 +8,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from finbert2.retrieve.modeling import text_ids
+
 
 class ContrastiveGroupDataset(Dataset):
     """FlagEmbedding-format rows ``{"query", "pos", "neg"}`` to ``(query, [pos, neg...])`` groups.
@@ -67,4 +69,7 @@ class ContrastiveCollator:
         return {
             "query": dict(self.tokenizer(queries, max_length=self.query_max_len, **kwargs)),
             "passage": dict(self.tokenizer(passages, max_length=self.passage_max_len, **kwargs)),
+            # text ids: the loss leaves in-batch copies of a query's positive out of its negatives
+            "query_ids": text_ids(queries),
+            "passage_ids": text_ids(passages),
         }

@@ -36,10 +36,12 @@ def pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor, pooling:
 
 
 def saved_sentence_settings(name_or_path: str) -> dict:
-    """Pooling and normalisation a sentence-transformers folder was saved with ({} for anything else).
+    """Pooling, normalisation and prompts a sentence-transformers folder was saved with ({} for anything else).
 
-    A retriever fine-tuned with mean pooling must be encoded with mean pooling: reading the folder's
-    own ``modules.json`` keeps every command (evaluate, mine, index) consistent with training.
+    A retriever fine-tuned with mean pooling and e5's ``query: ``/``passage: `` prompts must be
+    encoded that way: reading the folder's own ``modules.json`` and
+    ``config_sentence_transformers.json`` keeps every command (evaluate, mine, index, topics)
+    consistent with training. Keys: ``pooling``, ``normalize``, ``prompts`` (each only when saved).
     """
     folder = Path(name_or_path)
     modules_file = folder / "modules.json"
@@ -58,9 +60,23 @@ def saved_sentence_settings(name_or_path: str) -> dict:
                     settings["pooling"] = mode
                 else:
                     raise ConfigError(f"{folder}: pooling {pooling} is not supported (cls or mean)")
+        st_config = folder / "config_sentence_transformers.json"
+        if st_config.is_file():
+            prompts = json.loads(st_config.read_text(encoding="utf-8")).get("prompts")
+            if isinstance(prompts, dict) and prompts:
+                settings["prompts"] = {str(k): str(v) for k, v in prompts.items()}
     except (OSError, ValueError, KeyError, AttributeError) as err:
         raise ConfigError(f"{modules_file}: unreadable sentence-transformers modules ({err})") from None
     return settings
+
+
+def resolve_prompts(name_or_path: str | None, query: str | None = None,
+                    passage: str | None = None) -> tuple[str, str]:
+    """``(query prompt, passage prompt)``: the ones given, else the model folder's saved prompts, else
+    FinBERT2's query instruction and no passage prompt (upstream's convention for its models)."""
+    saved = saved_sentence_settings(name_or_path).get("prompts", {}) if name_or_path else {}
+    return (query if query is not None else saved.get("query", QUERY_INSTRUCTION),
+            passage if passage is not None else saved.get("document", ""))
 
 
 def load_encoder_model(name_or_path: str, trust_remote_code: bool = False, cache_dir: str | None = None):
@@ -125,12 +141,14 @@ class DenseEncoder:
 
     def __init__(self, model, tokenizer, pooling: str = "cls", normalize: bool = True,
                  query_instruction: str = QUERY_INSTRUCTION, max_length: int = 512,
-                 batch_size: int = 64, bf16: bool = False, device: str | None = None):
+                 batch_size: int = 64, bf16: bool = False, device: str | None = None,
+                 passage_instruction: str = ""):
         self.model = model
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.normalize = normalize
         self.query_instruction = query_instruction or ""
+        self.passage_instruction = passage_instruction or ""
         self.max_length = max_length
         self.batch_size = batch_size
         self.bf16 = bf16
@@ -141,10 +159,14 @@ class DenseEncoder:
     @classmethod
     def from_pretrained(cls, name_or_path: str, tokenizer_name: str | None = None,
                         trust_remote_code: bool = False, pooling: str | None = None,
-                        normalize: bool | None = None, **kwargs) -> DenseEncoder:
-        """Load a folder or hub id; ``pooling``/``normalize`` left None follow the folder's saved
-        sentence-transformers modules when it has them, else CLS + L2 (upstream)."""
+                        normalize: bool | None = None, query_instruction: str | None = None,
+                        passage_instruction: str | None = None, **kwargs) -> DenseEncoder:
+        """Load a folder or hub id; ``pooling``/``normalize`` and the prompts left None follow the
+        folder's saved sentence-transformers settings when it has them, else CLS + L2 and FinBERT2's
+        query instruction (upstream)."""
         saved = saved_sentence_settings(name_or_path)
+        query_instruction, passage_instruction = resolve_prompts(name_or_path, query_instruction,
+                                                                 passage_instruction)
         if pooling is not None and saved.get("pooling", pooling) != pooling:
             logger.warning("%s was saved with %s pooling; encoding with %s as asked", name_or_path,
                            saved["pooling"], pooling)
@@ -164,7 +186,8 @@ class DenseEncoder:
         if (pooling == "cls" and dense_mask and layers is not None and len(layers)
                 and ClsOnlyLastLayer.fits(layers[-1])):
             layers[-1] = ClsOnlyLastLayer(layers[-1])
-        return cls(model, tokenizer, pooling=pooling, normalize=normalize, **kwargs)
+        return cls(model, tokenizer, pooling=pooling, normalize=normalize, query_instruction=query_instruction,
+                   passage_instruction=passage_instruction, **kwargs)
 
     @property
     def dimension(self) -> int:
@@ -224,17 +247,23 @@ class DenseEncoder:
         return self.encode(queries, prompt=self.query_instruction, **kwargs)
 
     def encode_passages(self, passages: list[str], **kwargs) -> np.ndarray:
-        return self.encode(passages, **kwargs)
+        return self.encode(passages, prompt=self.passage_instruction, **kwargs)
 
 
-def save_sentence_transformer(folder: str | Path, query_instruction: str = QUERY_INSTRUCTION,
+def default_prompts(query_instruction: str = QUERY_INSTRUCTION, passage_instruction: str = "") -> dict[str, str]:
+    """The prompts saved with a retriever: ``query`` and ``document`` (sentence-transformers' names)."""
+    return {"query": query_instruction, "document": passage_instruction}
+
+
+def save_sentence_transformer(folder: str | Path, prompts: dict[str, str] | None = None,
                               max_seq_length: int = 512, pooling: str = "cls", normalize: bool = True) -> Path:
     """Turn an HF encoder folder into a sentence-transformers model in place.
 
     Writes ``modules.json``, ``1_Pooling/``, ``2_Normalize/`` and ``config_sentence_transformers.json``
-    with the prompts ``{"query": instruction, "document": ""}``: ``encode_query`` (or
-    ``encode(..., prompt_name="query")``) adds the instruction; plain ``encode`` does not, as in upstream's
-    README, where the caller prepends it.
+    with ``prompts`` (default: FinBERT2's ``{"query": instruction, "document": ""}``; e5:
+    ``query: ``/``passage: ``): ``encode_query``/``encode_document`` (or ``encode(...,
+    prompt_name=...)``) add them; plain ``encode`` does not, as in upstream's README, where the
+    caller prepends the instruction. Every later command reads the prompts back from the folder.
     """
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
@@ -245,7 +274,18 @@ def save_sentence_transformer(folder: str | Path, query_instruction: str = QUERY
     modules = [transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)]
     if normalize:
         modules.append(Normalize())
-    model = SentenceTransformer(modules=modules, prompts={"query": query_instruction, "document": ""},
+    model = SentenceTransformer(modules=modules, prompts=dict(prompts or default_prompts()),
                                 similarity_fn_name="cosine", device="cpu")
     model.save(str(folder))
     return folder
+
+
+def inherit_sentence_settings(source: str | None, folder: str | Path, max_seq_length: int = 512) -> bool:
+    """Give ``folder`` (a stage's saved encoder) the pooling, normalisation and prompts of the model it
+    started from, when that was a sentence-transformers folder (e5 as converted); True if it did."""
+    saved = saved_sentence_settings(source) if source else {}
+    if "pooling" not in saved:
+        return False
+    save_sentence_transformer(folder, prompts=saved.get("prompts"), max_seq_length=max_seq_length,
+                              pooling=saved["pooling"], normalize=saved.get("normalize", True))
+    return True

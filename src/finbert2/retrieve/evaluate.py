@@ -77,7 +77,8 @@ def run_evaluation(args, run_args) -> dict[str, Any]:
     for name in args.models:  # load every model first: a bad name fails before output_dir is touched
         if name != BM25:
             encoders[name] = DenseEncoder.from_pretrained(
-                name, query_instruction=args.query_instruction, max_length=args.max_length,
+                name, query_instruction=args.query_instruction, passage_instruction=args.passage_instruction,
+                max_length=args.max_length,
                 batch_size=args.batch_size, bf16=args.bf16, pooling=args.pooling)
 
     output_dir = prepare_output_dir(args.output_dir, overwrite=run_args.overwrite_output_dir)

@@ -56,6 +56,7 @@ def run_index(args, run_args) -> dict[str, Any]:
     started = time.perf_counter()
     docs = read_documents(args.corpus)
     encoder = DenseEncoder.from_pretrained(args.model_name_or_path, query_instruction=args.query_instruction,
+                                           passage_instruction=args.passage_instruction,
                                            max_length=args.max_length, batch_size=args.batch_size, bf16=args.bf16)
     output_dir = prepare_output_dir(args.output_dir, overwrite=run_args.overwrite_output_dir, clear=True)
     setup_logging(output_dir)
@@ -65,7 +66,8 @@ def run_index(args, run_args) -> dict[str, Any]:
     faiss.write_index(index, str(output_dir / INDEX_FILE))
     write_jsonl(output_dir / DOCS_FILE, docs)
     write_json(output_dir / INDEX_CONFIG, {
-        "model_name_or_path": args.model_name_or_path, "query_instruction": args.query_instruction,
+        "model_name_or_path": args.model_name_or_path, "query_instruction": encoder.query_instruction,
+        "passage_instruction": encoder.passage_instruction, "pooling": encoder.pooling,
         "max_length": args.max_length, "index_type": args.index_type, "nprobe": getattr(index, "nprobe", None),
         "dimension": encoder.dimension, "documents": len(docs), "bf16": args.bf16,
     })
@@ -91,6 +93,7 @@ class SearchIndex:
         self.docs = [obj for _, obj in iter_jsonl(index_dir / DOCS_FILE)]
         self.encoder = DenseEncoder.from_pretrained(
             self.config["model_name_or_path"], query_instruction=self.config["query_instruction"],
+            passage_instruction=self.config.get("passage_instruction", ""), pooling=self.config.get("pooling"),
             max_length=self.config["max_length"], batch_size=batch_size, bf16=self.config.get("bf16", False))
 
     def search(self, queries: list[str], k: int = 10) -> list[list[dict[str, Any]]]:

@@ -101,7 +101,9 @@ def run_mining(args) -> dict[str, Any]:
     rows = read_queries_with_positives(args.input_file)
     pool = list(iter_corpus(args.candidate_pool)) if args.candidate_pool else []
     encoder = DenseEncoder.from_pretrained(args.model_name_or_path, query_instruction=args.query_instruction_for_retrieval,
+                                           passage_instruction=args.passage_instruction_for_retrieval,
                                            max_length=args.max_length, batch_size=args.batch_size, bf16=args.bf16)
+    logger.info("prompts: query %r, passage %r", encoder.query_instruction, encoder.passage_instruction)
     if args.output_dir:
         prepare_output_dir(args.output_dir, overwrite=args.overwrite_output_file, clear=True)
         setup_logging(args.output_dir)

@@ -11,6 +11,7 @@ flows back to the rank that encoded each passage.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable
 
 import torch
@@ -35,15 +36,60 @@ def gather_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(tensor.contiguous()), dim=0)
 
 
+def false_negative_mask(query_ids: torch.Tensor, passage_ids: torch.Tensor) -> torch.Tensor:
+    """``(B, B*G)`` bool: the columns that must not count as negatives of each query.
+
+    Column ``j`` is another copy of query ``i``'s positive (the same text, from another group or
+    among its own hard negatives), or the positive of another row with the same query text (Fin-Eva
+    has rows that share a templated question): treating those as negatives punishes the right
+    answer. The query's own target column is never masked. Ids are text hashes
+    (``text_ids``), so this also works across ranks.
+    """
+    batch, columns = query_ids.numel(), passage_ids.numel()
+    group_size = columns // batch
+    targets = torch.arange(batch, device=passage_ids.device) * group_size
+    same_positive = passage_ids[None, :] == passage_ids[targets][:, None]
+    is_positive_column = torch.zeros(columns, dtype=torch.bool, device=passage_ids.device)
+    is_positive_column[targets] = True
+    same_query = query_ids[:, None] == query_ids[None, :]  # (B, B): row k asks the same as row i
+    positive_of_same_query = torch.zeros(batch, columns, dtype=torch.bool, device=passage_ids.device)
+    positive_of_same_query[:, targets] = same_query
+    mask = same_positive | (positive_of_same_query & is_positive_column[None, :])
+    mask[torch.arange(batch), targets] = False
+    return mask
+
+
 def contrastive_loss(q_emb: torch.Tensor, p_emb: torch.Tensor, temperature: float,
-                     cross_device: bool = False) -> torch.Tensor:
-    """InfoNCE of queries ``(B, d)`` against passages ``(B*G, d)`` grouped by query."""
+                     cross_device: bool = False, query_ids: torch.Tensor | None = None,
+                     passage_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE of queries ``(B, d)`` against passages ``(B*G, d)`` grouped by query; with text ids,
+    in-batch false negatives (``false_negative_mask``) are left out of the softmax."""
     if cross_device:
         q_emb, p_emb = gather_across_ranks(q_emb), gather_across_ranks(p_emb)
+        if query_ids is not None and passage_ids is not None:
+            query_ids, passage_ids = gather_ids(query_ids), gather_ids(passage_ids)
     group_size = p_emb.size(0) // q_emb.size(0)
     scores = q_emb @ p_emb.T / temperature
+    if query_ids is not None and passage_ids is not None:
+        scores = scores.masked_fill(false_negative_mask(query_ids.to(scores.device), passage_ids.to(scores.device)),
+                                    torch.finfo(scores.dtype).min)
     target = torch.arange(q_emb.size(0), device=scores.device) * group_size
     return F.cross_entropy(scores, target)
+
+
+def gather_ids(ids: torch.Tensor) -> torch.Tensor:
+    """Concatenate an id tensor from every rank (no gradient)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return ids
+    parts = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, ids.contiguous())
+    return torch.cat(parts)
+
+
+def text_ids(texts: list[str]) -> torch.Tensor:
+    """A stable 63-bit id per text (identical texts, identical ids, on every rank and run)."""
+    return torch.tensor([int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(), "little")
+                         >> 1 for t in texts], dtype=torch.long)
 
 
 class BiEncoder(nn.Module):
@@ -65,20 +111,24 @@ class BiEncoder(nn.Module):
         emb = pool(states, attention_mask, self.pooling)
         return F.normalize(emb, dim=-1) if self.normalize else emb
 
-    def loss(self, q_emb: torch.Tensor, p_emb: torch.Tensor) -> torch.Tensor:
+    def loss(self, q_emb: torch.Tensor, p_emb: torch.Tensor, query_ids: torch.Tensor | None = None,
+             passage_ids: torch.Tensor | None = None) -> torch.Tensor:
         q_emb, p_emb = q_emb.float(), p_emb.float()
         if self.negatives_cross_device and self.training:
             q_emb, p_emb = gather_across_ranks(q_emb), gather_across_ranks(p_emb)
+            if query_ids is not None and passage_ids is not None:
+                query_ids, passage_ids = gather_ids(query_ids), gather_ids(passage_ids)
         self.passages_scored = p_emb.size(0)
-        return contrastive_loss(q_emb, p_emb, self.temperature)
+        return contrastive_loss(q_emb, p_emb, self.temperature, query_ids=query_ids, passage_ids=passage_ids)
 
     def forward(self, query: dict | None = None, passage: dict | None = None,
-                features: dict | None = None) -> dict[str, torch.Tensor]:
+                features: dict | None = None, query_ids: torch.Tensor | None = None,
+                passage_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``query`` + ``passage`` -> ``{"loss"}``; ``features`` alone -> ``{"embeddings"}`` (grad caching)."""
         if features is not None:
             return {"embeddings": self.embed(**features)}
         q_emb, p_emb = self.embed(**query), self.embed(**passage)
-        return {"loss": self.loss(q_emb, p_emb), "q_emb": q_emb, "p_emb": p_emb}
+        return {"loss": self.loss(q_emb, p_emb, query_ids, passage_ids), "q_emb": q_emb, "p_emb": p_emb}
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
         self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
@@ -104,11 +154,11 @@ def grad_cache_step(model: nn.Module, query: dict, passage: dict, chunk_size: in
     """
     backward = backward or (lambda t: t.backward())
     q_chunks, p_chunks = _chunks(query, chunk_size), _chunks(passage, chunk_size)
-    rng_states = []  # replay dropout exactly in the second pass
+    rng_states = []  # replay dropout exactly in the second pass, on the CPU and every accelerator
     with torch.no_grad():
         q_parts, p_parts = [], []
         for chunk, parts in [(c, q_parts) for c in q_chunks] + [(c, p_parts) for c in p_chunks]:
-            rng_states.append(torch.get_rng_state())
+            rng_states.append(RngState())
             parts.append(model(features=chunk)["embeddings"])
     q_emb = torch.cat(q_parts).detach().requires_grad_()
     p_emb = torch.cat(p_parts).detach().requires_grad_()
@@ -116,14 +166,50 @@ def grad_cache_step(model: nn.Module, query: dict, passage: dict, chunk_size: in
     (loss * scale).backward()
     grads = list(q_emb.grad.split([len(p) for p in q_parts])) + list(p_emb.grad.split([len(p) for p in p_parts]))
     chunks = q_chunks + p_chunks
-    saved_state = torch.get_rng_state()
+    saved_state = RngState()
     for index, (chunk, grad, state) in enumerate(zip(chunks, grads, rng_states)):
         last = index == len(chunks) - 1
-        torch.set_rng_state(state)
+        state.restore()
         context = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
         with context:
             emb = model(features=chunk)["embeddings"]
             # d(sum(emb * grad))/d(theta) = grad^T d(emb)/d(theta): the chain rule through the cache.
             backward(torch.dot(emb.flatten().float(), grad.flatten()))
-    torch.set_rng_state(saved_state)
+    saved_state.restore()
     return loss.detach()
+
+
+def _accelerator_rng_modules() -> list:
+    """The torch device modules with their own RNG that are in use (CUDA, XPU, MPS)."""
+    modules = []
+    for name in ("cuda", "xpu", "mps"):
+        module = getattr(torch, name, None)
+        if module is not None and getattr(module, "is_available", lambda: False)():
+            modules.append(module)
+    return modules
+
+
+class RngState:
+    """The RNG state of the CPU and of every accelerator, captured now and restorable later.
+
+    Dropout on a GPU draws from the GPU's generator, not the CPU's: replaying only
+    ``torch.get_rng_state()`` gives the re-forward of gradient caching other dropout masks, and
+    its gradients are then not those of the plain loss.
+    """
+
+    def __init__(self):
+        self.cpu = torch.get_rng_state()
+        self.devices = []
+        for module in _accelerator_rng_modules():
+            if hasattr(module, "get_rng_state_all"):
+                self.devices.append((module, module.get_rng_state_all(), True))
+            else:
+                self.devices.append((module, module.get_rng_state(), False))
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        for module, state, per_device in self.devices:
+            if per_device:
+                module.set_rng_state_all(state)
+            else:
+                module.set_rng_state(state)

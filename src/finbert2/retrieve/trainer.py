@@ -12,9 +12,11 @@ eval_results.md and metrics.json.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import random
 import time
 from typing import Any
 
@@ -25,7 +27,14 @@ from finbert2.data import RetrievalEvalData, read_retrieval_eval, read_retrieval
 from finbert2.errors import ConfigError
 from finbert2.modeling import ModelArguments, load_model, tokenizer_for
 from finbert2.retrieve.data import ContrastiveCollator, ContrastiveGroupDataset
-from finbert2.retrieve.encoder import DenseEncoder, save_sentence_transformer
+from finbert2.guards import chance_loss_collapse, embedding_collapse, record_collapse
+from finbert2.retrieve.encoder import (
+    DenseEncoder,
+    default_prompts,
+    resolve_prompts,
+    save_sentence_transformer,
+    saved_sentence_settings,
+)
 from finbert2.retrieve.evaluate import dense_evaluation
 from finbert2.retrieve.modeling import BiEncoder, grad_cache_step
 
@@ -35,14 +44,17 @@ logger = logging.getLogger("finbert2.retrieve")
 class RetrieverTrainer(Trainer):
     """``Trainer`` over a ``BiEncoder``; ``eval_dataset`` is a ``RetrievalEvalData`` folder."""
 
-    def __init__(self, *args, query_instruction: str = "", eval_max_len: int = 512, eval_k: int = 100, **kwargs):
+    def __init__(self, *args, query_instruction: str = "", passage_instruction: str = "", eval_max_len: int = 512,
+                 eval_k: int = 100, **kwargs):
         super().__init__(*args, **kwargs)
         self.query_instruction = query_instruction
+        self.passage_instruction = passage_instruction
         self.eval_max_len = eval_max_len
         self.eval_k = eval_k
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(query=inputs["query"], passage=inputs["passage"])
+        outputs = model(query=inputs["query"], passage=inputs["passage"], query_ids=inputs.get("query_ids"),
+                        passage_ids=inputs.get("passage_ids"))
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -55,8 +67,13 @@ class RetrieverTrainer(Trainer):
         bi_encoder = self.accelerator.unwrap_model(model)
         scale = 1.0 / self.current_gradient_accumulation_steps
         no_sync = getattr(model, "no_sync", None)  # DDP: all-reduce once, after the last chunk
+        query_ids, passage_ids = inputs.get("query_ids"), inputs.get("passage_ids")
+
+        def loss_fn(q_emb, p_emb):
+            return bi_encoder.loss(q_emb, p_emb, query_ids, passage_ids)
+
         with self.compute_loss_context_manager():
-            loss = grad_cache_step(model, query, passage, self.args.grad_cache_chunk_size, bi_encoder.loss,
+            loss = grad_cache_step(model, query, passage, self.args.grad_cache_chunk_size, loss_fn,
                                    scale=scale, backward=self.accelerator.backward, no_sync=no_sync)
         return loss * scale
 
@@ -69,6 +86,7 @@ class RetrieverTrainer(Trainer):
         was_training = bi_encoder.training
         encoder = DenseEncoder(bi_encoder.encoder, self.processing_class, pooling=bi_encoder.pooling,
                                normalize=bi_encoder.normalize, query_instruction=self.query_instruction,
+                               passage_instruction=self.passage_instruction,
                                max_length=self.eval_max_len, device=str(self.args.device),
                                bf16=self.args.bf16)
         mean, _, _ = dense_evaluation(encoder, data, self.eval_k)
@@ -91,21 +109,6 @@ class EpochCallback(TrainerCallback):
         self.dataset.set_epoch(int(state.epoch or 0))
 
 
-def chance_level_warning(final_loss: float | None, passages_per_query: int, tolerance: float = 0.02) -> str | None:
-    """A warning when the last logged loss is still InfoNCE's chance level, ln(passages per query).
-
-    There every passage scores alike: the encoder has not learned to tell them apart, or has
-    collapsed to one vector (seen with mean pooling at a high learning rate); the loss curve alone
-    does not say so to someone who does not know the number.
-    """
-    chance = math.log(passages_per_query)
-    if final_loss is None or passages_per_query < 2 or final_loss < chance * (1 - tolerance):
-        return None
-    return (f"the contrastive loss ended at {final_loss:.3f}, chance level ln({passages_per_query}) = {chance:.3f}: "
-            "the encoder does not yet tell passages apart (too few steps, or a collapse: try a lower "
-            "learning rate, or --pooling cls with a pretrained encoder)")
-
-
 def build_bi_encoder(model_args: ModelArguments, tokenizer, training_args) -> BiEncoder:
     """The encoder (pooler dropped: CLS pooling reads the raw [CLS] state) inside a ``BiEncoder``."""
     extra = {} if model_args.model_name_or_path is None else {"add_pooling_layer": False}
@@ -115,6 +118,46 @@ def build_bi_encoder(model_args: ModelArguments, tokenizer, training_args) -> Bi
     return BiEncoder(encoder, temperature=training_args.temperature, pooling=training_args.pooling,
                      normalize=training_args.normalized,
                      negatives_cross_device=training_args.negatives_cross_device)
+
+
+def passage_sample_vectors(model: BiEncoder, tokenizer, rows: list[dict], data_args, training_args,
+                           sample: int = 256):
+    """The trained encoder's vectors of (up to) ``sample`` distinct training passages, for the collapse check."""
+    passages = list(dict.fromkeys(p for row in rows for p in [*row["pos"], *(row.get("neg") or [])]))
+    passages = random.Random(training_args.seed).sample(passages, min(sample, len(passages)))
+    encoder = DenseEncoder(model.encoder, tokenizer, pooling=model.pooling, normalize=model.normalize,
+                           passage_instruction=data_args.passage_instruction_for_retrieval,
+                           max_length=data_args.passage_max_len, device=str(training_args.device))
+    vectors = encoder.encode_passages(passages)
+    model.train()
+    return vectors
+
+
+def with_validation(training_args):
+    """``training_args`` set to evaluate on the validation folder and keep the best checkpoint.
+
+    The settings are changed through ``dataclasses.replace``, so ``TrainingArguments`` validates
+    them as it validates a user's own (evaluation and save steps aligned for
+    ``load_best_model_at_end``): evaluation follows the save schedule when none was given.
+    """
+    changes: dict[str, Any] = {}
+    if training_args.eval_strategy == "no":
+        if training_args.save_strategy in ("steps", "epoch"):
+            changes["eval_strategy"] = str(getattr(training_args.save_strategy, "value", training_args.save_strategy))
+            if changes["eval_strategy"] == "steps":
+                changes["eval_steps"] = training_args.save_steps
+        else:
+            changes.update(eval_strategy="epoch", save_strategy="epoch")
+    if training_args.metric_for_best_model is None:
+        changes.update(metric_for_best_model="ndcg_at_10", greater_is_better=True)
+    if not training_args.load_best_model_at_end:
+        changes["load_best_model_at_end"] = True
+    if not changes:
+        return training_args
+    try:
+        return dataclasses.replace(training_args, **changes)
+    except ValueError as err:
+        raise ConfigError(f"retrieve train: eval_data given, but {str(err).splitlines()[0]}") from None
 
 
 def run_training(model_args: ModelArguments, data_args, training_args, run_args) -> dict[str, Any]:
@@ -132,6 +175,14 @@ def run_training(model_args: ModelArguments, data_args, training_args, run_args)
         raise ConfigError(f"{data_args.train_data[0]}: {len(rows)} rows, fewer than one batch "
                           f"({training_args.per_device_train_batch_size} x {world} processes)")
     tokenizer = tokenizer_for(model_args)
+    if eval_data is not None:
+        training_args = with_validation(training_args)
+    # Prompts and pooling not given follow the starting model's saved ones (e5: query:/passage:, mean).
+    start = saved_sentence_settings(model_args.model_name_or_path) if model_args.model_name_or_path else {}
+    data_args.query_instruction_for_retrieval, data_args.passage_instruction_for_retrieval = resolve_prompts(
+        model_args.model_name_or_path, data_args.query_instruction_for_retrieval,
+        data_args.passage_instruction_for_retrieval)
+    training_args.pooling = training_args.pooling or start.get("pooling", "cls")
 
     if training_args.should_save:
         prepare_output_dir(training_args.output_dir, overwrite=run_args.overwrite_output_dir)
@@ -144,13 +195,9 @@ def run_training(model_args: ModelArguments, data_args, training_args, run_args)
     if training_args.should_save:
         write_run_config(training_args.output_dir, model_args, data_args, training_args, run_args,
                          stage="retrieve train")
+    logger.info("pooling %s; query prompt %r; passage prompt %r", training_args.pooling,
+                data_args.query_instruction_for_retrieval, data_args.passage_instruction_for_retrieval)
 
-    if eval_data is not None:
-        training_args.eval_strategy = training_args.eval_strategy if training_args.eval_strategy != "no" else "steps"
-        if training_args.metric_for_best_model is None:
-            training_args.metric_for_best_model = "ndcg_at_10"
-            training_args.greater_is_better = True
-        training_args.load_best_model_at_end = True
     dataset = ContrastiveGroupDataset(rows, data_args.train_group_size, data_args.query_instruction_for_retrieval,
                                       data_args.passage_instruction_for_retrieval, training_args.seed)
     collator = ContrastiveCollator(tokenizer, data_args.query_max_len, data_args.passage_max_len)
@@ -159,7 +206,7 @@ def run_training(model_args: ModelArguments, data_args, training_args, run_args)
         data_collator=collator, processing_class=tokenizer,
         callbacks=[LossLogCallback(training_args.output_dir), EpochCallback(dataset)],
         query_instruction=data_args.query_instruction_for_retrieval,
-        eval_max_len=data_args.passage_max_len, eval_k=data_args.eval_k,
+        passage_instruction=data_args.passage_instruction_for_retrieval, eval_max_len=data_args.passage_max_len, eval_k=data_args.eval_k,
     )
     logger.info("training on %d groups of %d passages, batch %d x %d process(es), cross-device negatives: %s, "
                 "grad cache: %s", len(rows), data_args.train_group_size, training_args.per_device_train_batch_size,
@@ -177,18 +224,20 @@ def run_training(model_args: ModelArguments, data_args, training_args, run_args)
         output_dir = training_args.output_dir
         model.encoder.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
-        save_sentence_transformer(output_dir, data_args.query_instruction_for_retrieval,
-                                  max_seq_length=data_args.passage_max_len, pooling=training_args.pooling,
-                                  normalize=training_args.normalized)
+        prompts = {**start.get("prompts", {}), **default_prompts(data_args.query_instruction_for_retrieval,
+                                                                 data_args.passage_instruction_for_retrieval)}
+        save_sentence_transformer(output_dir, prompts, max_seq_length=data_args.passage_max_len,
+                                  pooling=training_args.pooling, normalize=training_args.normalized)
         plot_loss_curves(output_dir, title="retriever: contrastive loss")
         metrics.update({"train_groups": len(rows), "train_group_size": data_args.train_group_size,
                         "passages_per_query": model.passages_scored,
                         "chance_loss": math.log(model.passages_scored),
                         "world_size": world, "total_seconds": time.perf_counter() - started})
         logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-        warning = chance_level_warning(logged[-1] if logged else None, model.passages_scored)
-        if warning:
-            logger.warning(warning)
+        metrics["passage_mean_cosine"], collapse = embedding_collapse(
+            passage_sample_vectors(model, tokenizer, rows, data_args, training_args))
+        record_collapse(metrics, [collapse, chance_loss_collapse(logged[-1] if logged else None,
+                                                                 model.passages_scored)])
         metrics = write_metrics(output_dir, metrics)
         logger.info("metrics: %s", json.dumps(metrics, ensure_ascii=False, default=str))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
