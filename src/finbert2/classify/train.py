@@ -33,6 +33,7 @@ from finbert2.classify.longtext import LongTextSettings
 from finbert2.classify.metrics import majority_macro_f1, summary_metrics, write_split_report
 from finbert2.data import write_jsonl
 from finbert2.errors import ConfigError
+from finbert2.guards import prediction_collapse, record_collapse
 from finbert2.modeling import ModelArguments, load_model, tokenizer_for
 from finbert2.run import RunArguments, prepare_output_dir, setup_logging, write_metrics, write_run_config
 from finbert2.training import plot_loss_curves, resume_checkpoint, standard_callbacks
@@ -186,6 +187,7 @@ def run_train(model_args: ModelArguments, data_args: DataArguments, training_arg
         "best_checkpoint_step": int(best_checkpoint.rsplit("-", 1)[-1]) if best_checkpoint else None,
     }
     metrics.update(write_split_report(output_dir, "eval", val_targets, val_pred.predicted(), label_names))
+    record_collapse(metrics, [None if multi_label else prediction_collapse(val_pred.predicted(), label_names)])
     metrics["eval_texts_per_second"] = val_pred.stats["texts_per_second"]
     write_jsonl(output_dir / "predictions_eval.jsonl",
                 prediction_rows(splits.validation.texts, splits.validation.labels, val_pred))

@@ -76,6 +76,15 @@ class RetroMAEArguments:
                   "hidden, the sentence embedding at position 0 always shown)."},
     )
 
+    sentence_pooling: str | None = field(
+        default=None,
+        metadata={"help": "The sentence embedding the decoder reconstructs from: cls (RetroMAE, FinBERT2) or mean. "
+                  "Default: the starting model's saved pooling (e5: mean), else cls. Saved with the encoder, so "
+                  "the retriever stage uses the same."},
+    )
+
     def __post_init__(self):
+        if self.sentence_pooling not in {None, "cls", "mean"}:
+            raise ConfigError("retromae: sentence_pooling must be cls or mean")
         if not 0 <= self.decoder_mask_ratio < 1:
             raise ConfigError("retromae: decoder_mask_ratio must be in [0, 1)")

@@ -104,6 +104,8 @@ class RetroMAEForPretraining(BertForMaskedLM):
     token reconstructed from the sentence embedding and the visible original tokens).
     """
 
+    sentence_pooling = "cls"  # how the encoder's sentence embedding is read: cls (RetroMAE) or mean (e5)
+
     def __init__(self, config: BertConfig):
         super().__init__(config)
         self.retromae_decoder = EnhancedDecoderLayer(config)
@@ -111,22 +113,33 @@ class RetroMAEForPretraining(BertForMaskedLM):
 
     def decode(self, sentence_embedding: torch.Tensor, decoder_input_ids: torch.Tensor,
                decoder_visible: torch.Tensor) -> torch.Tensor:
-        """The decoder's hidden states for every position, from the sentence embedding (the encoder's
-        last-layer [CLS], ``(batch, hidden)``) and the visible original tokens."""
+        """The decoder's hidden states for every position, from the sentence embedding
+        ``(batch, hidden)`` and the visible original tokens.
+
+        As in the RetroMAE authors' code: the query stream is the sentence embedding plus each
+        position's embedding (no token type, no LayerNorm); the content stream is the original
+        tokens through the embedding layer, with position 0 replaced by the sentence embedding.
+        (FlagEmbedding's copy passes the query stream through the whole embedding layer instead;
+        its position-only line is left commented out there.)
+        """
         sentence = sentence_embedding[:, None]
         length = decoder_input_ids.shape[1]
-        # Query stream: the sentence embedding at every position, plus position (and type) embeddings.
-        query_stream = self.bert.embeddings(inputs_embeds=sentence.expand(-1, length, -1))
-        # Content stream: the original tokens' embeddings, position 0 replaced by the sentence embedding.
+        positions = torch.arange(length, device=decoder_input_ids.device)
+        query_stream = sentence + self.bert.embeddings.position_embeddings(positions)[None]
         content = self.bert.embeddings(input_ids=decoder_input_ids)
         content_stream = torch.cat([sentence, content[:, 1:]], dim=1)
         return self.retromae_decoder(query_stream, content_stream, decoder_visible)
+
+    def sentence_embedding(self, encoded: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from finbert2.retrieve.encoder import pool
+
+        return pool(encoded, attention_mask, self.sentence_pooling)
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, decoder_input_ids=None,
                 decoder_labels=None, decoder_visible=None):
         encoded = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         encoder_loss = masked_lm_loss(self, encoded, labels)
-        decoded = self.decode(encoded[:, 0], decoder_input_ids, decoder_visible)
+        decoded = self.decode(self.sentence_embedding(encoded, attention_mask), decoder_input_ids, decoder_visible)
         decoder_loss = masked_lm_loss(self, decoded, decoder_labels)
         return RetroMAEOutput(loss=encoder_loss + decoder_loss, encoder_mlm_loss=encoder_loss.detach(),
                               decoder_loss=decoder_loss.detach())

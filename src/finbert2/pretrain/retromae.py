@@ -32,13 +32,24 @@ from finbert2.run import RunArguments, setup_logging
 LOSS_COMPONENTS = ("encoder_mlm_loss", "decoder_loss")
 
 
-def decoder_visibility(length: int, mask_ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def decoder_visibility(word_ids, mask_ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """A ``(length, length)`` bool matrix: row ``i`` says which positions decoder position ``i`` sees.
 
-    Each position hides a random ``mask_ratio`` of the others and always itself (it must be
-    predicted without seeing itself); position 0, the sentence embedding, is always visible.
+    As in the reference collator (RetroMAE's ``_whole_word_mask`` per row), each position draws its
+    own whole-word mask: every word (jieba, all its tokens together) is hidden with probability
+    ``mask_ratio``; the position itself is always hidden (it must be predicted without seeing
+    itself), special tokens ([CLS], whose slot carries the sentence embedding, and [SEP]) never.
+    The reference draws min(L, 128) masks and gives each position a random one of them; drawing one
+    per position is the same distribution without the reuse.
     """
-    visible = torch.rand(length, length, generator=generator) >= mask_ratio
+    words = torch.as_tensor(word_ids, dtype=torch.long)
+    length = words.numel()
+    maskable = words >= 0
+    visible = torch.ones(length, length, dtype=torch.bool)
+    if bool(maskable.any()):
+        unique_words, word_index = torch.unique(words[maskable], return_inverse=True)
+        hidden_words = torch.rand(length, unique_words.numel(), generator=generator) < mask_ratio
+        visible[:, maskable] = ~hidden_words[:, word_index]
     visible.fill_diagonal_(False)
     visible[:, 0] = True
     return visible
@@ -61,7 +72,7 @@ class RetroMAECollator:
         return {
             "input_ids": masked, "labels": labels, "decoder_input_ids": original,
             "decoder_labels": original.masked_fill(special, IGNORE_INDEX),
-            "decoder_visible": decoder_visibility(len(original), self.decoder_mask_ratio, generator),
+            "decoder_visible": decoder_visibility(example["word_ids"], self.decoder_mask_ratio, generator),
         }
 
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
@@ -107,10 +118,19 @@ def retromae_collators(data_args: PretrainDataArguments, retromae_args: RetroMAE
 
 def run(model_args: ModelArguments, data_args: PretrainDataArguments, retromae_args: RetroMAEArguments,
         training_args: TrainingArguments, run_args: RunArguments, callbacks=()) -> dict:
+    from finbert2.retrieve.encoder import saved_sentence_settings
+
+    start = saved_sentence_settings(model_args.model_name_or_path) if model_args.model_name_or_path else {}
+    retromae_args.sentence_pooling = retromae_args.sentence_pooling or start.get("pooling", "cls")
+
+    def configure(model: RetroMAEForPretraining) -> None:
+        model.sentence_pooling = retromae_args.sentence_pooling
+
     metrics = run_pretraining(
         "retromae", model_args, data_args, training_args, run_args,
         model_class=RetroMAEForPretraining, make_collators=retromae_collators(data_args, retromae_args),
         loss_components=LOSS_COMPONENTS, extra_args=(retromae_args,), callbacks=callbacks,
+        configure_model=configure, sentence_pooling=retromae_args.sentence_pooling,
     )
     return finish(training_args.output_dir, metrics, training_args.process_index == 0)
 

@@ -16,10 +16,12 @@ import torch
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from finbert2.errors import ConfigError, OutputDirError
+from finbert2.guards import embedding_collapse, record_collapse
 from finbert2.modeling import ModelArguments, load_model, scratch_bert_config, tokenizer_for
 from finbert2.pretrain.args import PretrainDataArguments
 from finbert2.pretrain.data import EpochMaskedDataset, PretrainDataset, build_datasets
 from finbert2.pretrain.modeling import save_encoder
+from finbert2.retrieve.encoder import inherit_sentence_settings
 from finbert2.run import (
     METRICS_FILE,
     RunArguments,
@@ -126,6 +128,32 @@ def evaluate_losses(trainer: Trainer, dataset: PretrainDataset, components: Sequ
     return {("eval_loss" if n == "loss" else f"eval_{n}"): round(v, 6) for n, v in zip(names, means)}
 
 
+@torch.no_grad()
+def sentence_vectors(model, dataset: PretrainDataset, pad_id: int, pooling: str = "mean", sample: int = 256,
+                     batch_size: int = 32):
+    """The encoder's pooled last-layer vectors of (up to) ``sample`` sequences, for the collapse check."""
+    from finbert2.retrieve.encoder import pool
+
+    encoder = model.bert
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    rows = [e["input_ids"] for e in dataset.examples[:sample]]
+    vectors = []
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        width = max(len(r) for r in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, row in enumerate(batch):
+            ids[i, :len(row)] = torch.as_tensor(row)
+            mask[i, :len(row)] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        vectors.append(pool(encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask, pooling).float().cpu())
+    encoder.train(was_training)
+    return torch.cat(vectors).numpy()
+
+
 def run_pretraining(
     stage: str,
     model_args: ModelArguments,
@@ -138,12 +166,17 @@ def run_pretraining(
     loss_components: Sequence[str] = (),
     extra_args: Sequence = (),
     callbacks: Sequence[TrainerCallback] = (),
+    configure_model: Callable | None = None,
+    sentence_pooling: str | None = None,
 ) -> dict:
     """Train ``model_class`` on the corpus of ``data_args``; returns the metrics written to ``metrics.json``.
 
     ``make_collators(tokenizer, eval_dataset, seed)`` returns the collator (its ``mask_example``
     masks a training sequence when fetched, anew each epoch; its call pads a batch) and the
-    evaluation set with its masks drawn once.
+    evaluation set with its masks drawn once. ``configure_model`` adjusts the built model (RetroMAE:
+    its sentence pooling). The saved encoder keeps the starting model's sentence-transformers
+    settings (pooling, prompts; ``sentence_pooling`` overrides the pooling), so later stages embed
+    it as it was pretrained.
     """
     output_dir = Path(training_args.output_dir)
     # Refuse a finished run before any work; everything else is validated before output_dir is touched.
@@ -167,6 +200,8 @@ def run_pretraining(
                          extra={"data": data_summary, "world_size": training_args.world_size})
 
     model = build_model(model_class, model_args, tokenizer, training_args.seed)
+    if configure_model is not None:
+        configure_model(model)
     collator, eval_masked = make_collators(tokenizer, eval_dataset, training_args.seed)
     train_masked = EpochMaskedDataset(train_dataset, collator.mask_example, training_args.seed)
     # Count real (non-padding) tokens for train_tokens_per_second; keep every column for our collator.
@@ -215,6 +250,10 @@ def run_pretraining(
         "world_size": training_args.world_size,
         **data_summary,
     }
+    check_set = train_dataset if len(eval_dataset) < 2 else eval_dataset
+    metrics["sentence_mean_cosine"], collapse = embedding_collapse(
+        sentence_vectors(trainer.model, check_set, tokenizer.pad_token_id or 0, sentence_pooling or "mean"))
+    record_collapse(metrics, [collapse])
     # The components under the names the issue asks for (encoder_mlm_loss, decoder_loss), held-out values.
     for name in loss_components:
         if f"eval_{name}" in final:
@@ -222,6 +261,8 @@ def run_pretraining(
     if is_main:
         trainer.save_state()
         save_encoder(trainer.model, tokenizer, output_dir)
+        inherit_sentence_settings(model_args.model_name_or_path, output_dir, pooling=sentence_pooling,
+                                  max_seq_length=min(tokenizer.model_max_length, model.config.max_position_embeddings))
         plot_loss_curves(output_dir, title=f"{stage}: {output_dir.name}")
     training_args.distributed_state.wait_for_everyone()
     return metrics

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +47,7 @@ def saved_sentence_settings(name_or_path: str) -> dict:
     """
     folder = Path(name_or_path)
     modules_file = folder / "modules.json"
-    if not modules_file.is_file():
+    if not modules_file.is_file():  # a plain transformers folder, or a hub id
         return {}
     try:
         modules = json.loads(modules_file.read_text(encoding="utf-8"))
@@ -250,6 +252,9 @@ class DenseEncoder:
         return self.encode(passages, prompt=self.passage_instruction, **kwargs)
 
 
+ST_FILES = {"modules.json", "config_sentence_transformers.json", "sentence_bert_config.json"}
+
+
 def default_prompts(query_instruction: str = QUERY_INSTRUCTION, passage_instruction: str = "") -> dict[str, str]:
     """The prompts saved with a retriever: ``query`` and ``document`` (sentence-transformers' names)."""
     return {"query": query_instruction, "document": passage_instruction}
@@ -276,16 +281,30 @@ def save_sentence_transformer(folder: str | Path, prompts: dict[str, str] | None
         modules.append(Normalize())
     model = SentenceTransformer(modules=modules, prompts=dict(prompts or default_prompts()),
                                 similarity_fn_name="cosine", device="cpu")
-    model.save(str(folder))
+    # Saved aside and only sentence-transformers' own files copied in: its save would rewrite the
+    # weights as a bare encoder, dropping what else the folder holds (a pretraining stage's MLM head).
+    with tempfile.TemporaryDirectory(prefix="finbert2-st-", dir=folder) as tmp:
+        model.save(tmp)
+        for entry in Path(tmp).iterdir():
+            if entry.name in ST_FILES or entry.name.endswith(("_Pooling", "_Normalize")):
+                target = folder / entry.name
+                if entry.is_dir():
+                    shutil.rmtree(target, ignore_errors=True)
+                    shutil.copytree(entry, target)
+                else:
+                    shutil.copyfile(entry, target)
     return folder
 
 
-def inherit_sentence_settings(source: str | None, folder: str | Path, max_seq_length: int = 512) -> bool:
+def inherit_sentence_settings(source: str | None, folder: str | Path, max_seq_length: int = 512,
+                              pooling: str | None = None) -> bool:
     """Give ``folder`` (a stage's saved encoder) the pooling, normalisation and prompts of the model it
-    started from, when that was a sentence-transformers folder (e5 as converted); True if it did."""
-    saved = saved_sentence_settings(source) if source else {}
-    if "pooling" not in saved:
+    started from, when that was a sentence-transformers folder (e5 as converted), with ``pooling``
+    instead of the saved one when given; True if it wrote them. A plain BERT start (FinBERT2-style)
+    with no pooling asked for leaves a plain folder (CLS pooling and FinBERT2's instruction then)."""
+    saved = saved_sentence_settings(source) if source and Path(source).is_dir() else {}
+    if "pooling" not in saved and (pooling is None or pooling == "cls"):
         return False
     save_sentence_transformer(folder, prompts=saved.get("prompts"), max_seq_length=max_seq_length,
-                              pooling=saved["pooling"], normalize=saved.get("normalize", True))
+                              pooling=pooling or saved["pooling"], normalize=saved.get("normalize", True))
     return True

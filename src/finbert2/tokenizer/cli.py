@@ -27,7 +27,9 @@ from finbert2.tokenizer.domain_words import (
     write_vocab_file,
 )
 from finbert2.tokenizer.vocab import (
-    extend_tokenizer,
+    backend_model_type,
+    extend_vocabulary,
+    is_one_token,
     load_base_tokenizer,
     tokens_per_char,
     train_scratch_tokenizer,
@@ -98,16 +100,17 @@ def run(args: TokenizerArguments, run_args: RunArguments) -> dict:
         min_length=args.min_word_length,
         max_length=args.max_word_length,
         max_words=args.max_added_words,
-        keep=keep,
+        # a word the base already produces as one token (a unigram base has many) is not new
+        keep=lambda word: not is_one_token(base, word) and (keep is None or keep(word)),
         num_threads=args.num_threads,
     )
-    tokenizer = base  # extended in place: base ids stay, new ids are appended
-    added = extend_tokenizer(tokenizer, [w.word for w in words])
+    tokenizer, added = extend_vocabulary(base, [w.word for w in words])  # base ids stay, new ids appended
     logger.info("added %d domain words (vocab %d -> %d)", added, base_vocab_size, len(tokenizer))
     tpc = tokens_per_char(tokenizer, heldout_docs) if heldout_docs else None
 
     tokenizer.save_pretrained(output_dir)
-    write_vocab_txt(tokenizer, output_dir / "vocab.txt")
+    if backend_model_type(tokenizer) == "WordPiece":
+        write_vocab_txt(tokenizer, output_dir / "vocab.txt")
     (output_dir / "domain_words.tsv").write_text(
         "word\tfrequency\tspm_score\n"
         + "".join(f"{w.word}\t{'' if w.frequency is None else w.frequency}\t{w.score:.4f}\n" for w in words),
@@ -117,6 +120,7 @@ def run(args: TokenizerArguments, run_args: RunArguments) -> dict:
         "base_tokenizer": args.base_tokenizer or "scratch",
         "base_vocab_size": base_vocab_size,
         "added_tokens": added,
+        "method": "unigram pieces" if backend_model_type(tokenizer) == "Unigram" else "added tokens",
     })
 
     metrics = {

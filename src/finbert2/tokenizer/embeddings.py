@@ -7,6 +7,8 @@ import logging
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from finbert2.tokenizer.vocab import word_pieces
+
 logger = logging.getLogger(__name__)
 
 
@@ -36,7 +38,7 @@ def resize_embeddings_mean_init(
     pieces_of: dict[int, list[int]] = {}
     for new_id in range(old_size, new_size):
         word = tokenizer.convert_ids_to_tokens(new_id)
-        piece_ids = [i for i in base_tokenizer(word, add_special_tokens=False)["input_ids"] if i < old_size]
+        piece_ids = [i for i in word_pieces(base_tokenizer, word) if i < old_size]
         pieces_of[new_id] = piece_ids
         if not piece_ids:
             logger.warning("new token %r has no base pieces; initialised as the mean embedding", word)

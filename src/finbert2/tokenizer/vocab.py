@@ -1,15 +1,19 @@
-"""BERT WordPiece tokenizers: load a base vocab, build one from scratch, extend it with domain words.
+"""Tokenizers: load a base vocab, build a BERT one from scratch, extend any fast tokenizer with domain words.
 
-New words are appended as added tokens (``normalized=False``) of a standard fast BERT tokenizer.
+For a BERT WordPiece base, new words are appended as added tokens (``normalized=False``) of a standard fast BERT tokenizer.
 The tokenizers library matches added tokens leftmost-longest on the raw text before BERT's
 normalizer puts spaces around every Chinese character, so ``净利润`` stays one token while every
 base token keeps its id and tokenization elsewhere is unchanged. The saved folder holds only
-standard files, so ``AutoTokenizer.from_pretrained(folder)`` loads it with no custom code.
+standard files, so ``AutoTokenizer.from_pretrained(folder)`` loads it with no custom code. A
+unigram (SentencePiece) base such as e5's XLM-R vocabulary gets the words as new pieces of its
+model instead (``extend_vocabulary``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -24,6 +28,7 @@ from finbert2.errors import DataError
 logger = logging.getLogger(__name__)
 
 BERT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+SPM_WORD_START = "\u2581"  # SentencePiece's word-start marker
 
 
 def read_vocab_txt(path: str | Path) -> list[str]:
@@ -96,6 +101,58 @@ def extend_tokenizer(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -
     return added
 
 
+def backend_model_type(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The tokenizers-library model type of a fast tokenizer: WordPiece, Unigram, BPE (None if slow)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return json.loads(backend.to_str())["model"]["type"] if backend is not None else None
+
+
+def word_pieces(tokenizer: PreTrainedTokenizerBase, word: str) -> list[int]:
+    """The ids ``tokenizer`` splits ``word`` into, without a lone SentencePiece word-start marker
+    (``▁``: a word inside a Chinese sentence carries none)."""
+    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+    return [i for i in ids if tokenizer.convert_ids_to_tokens(i) != SPM_WORD_START]
+
+
+def is_one_token(tokenizer: PreTrainedTokenizerBase, word: str) -> bool:
+    """``word`` is already a single token of ``tokenizer`` (nothing to add)."""
+    return len(word_pieces(tokenizer, word)) == 1
+
+
+def extend_vocabulary(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> tuple[PreTrainedTokenizerBase, int]:
+    """Append ``words`` to any fast tokenizer's vocabulary; returns ``(tokenizer, number added)``.
+
+    Every base token keeps its id; new ids follow the last. A WordPiece (BERT) tokenizer gets them
+    as added tokens (``extend_tokenizer``, in place): BERT's pre-tokenizer splits Chinese into
+    characters, so a multi-character piece could never be produced otherwise. A unigram
+    (SentencePiece, e.g. XLM-R/e5) tokenizer gets them as new pieces of its own model, with the
+    score of its most probable ordinary piece: the unigram segmentation then prefers the whole
+    word wherever it occurs and handles the ``▁`` word-start marker exactly as for its own pieces
+    (as added tokens, every word would be followed by a spurious ``▁`` token). Text without a
+    domain word tokenizes exactly as before.
+    """
+    if backend_model_type(tokenizer) != "Unigram":
+        return tokenizer, extend_tokenizer(tokenizer, words)
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    existing = {piece for piece, _ in vocab} | set(tokenizer.get_vocab())
+    new_words = [w for w in dict.fromkeys(words) if w not in existing]
+    if not new_words:
+        return tokenizer, 0
+    score = max(score for piece, score in vocab if score < 0)  # special pieces score 0
+    vocab.extend([word, score] for word in new_words)
+    if len(tokenizer) != len(vocab) - len(new_words):
+        raise ValueError("tokenizer has tokens outside its unigram model; cannot append pieces after them")
+    # Rebuilt through the public save/load path: the saved tokenizer.json is replaced by the extended one.
+    with tempfile.TemporaryDirectory(prefix="finbert2-tokenizer-") as tmp:
+        tokenizer.save_pretrained(tmp)
+        Path(tmp, "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+        extended = AutoTokenizer.from_pretrained(tmp)
+    if len(extended) != len(vocab):
+        raise ValueError(f"extended tokenizer has {len(extended)} tokens, expected {len(vocab)}")
+    return extended, len(new_words)
+
+
 def tokens_per_char(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], batch_size: int = 512) -> float:
     """Tokens (no special tokens) per non-whitespace character over ``texts``."""
     total_tokens = 0
@@ -111,7 +168,7 @@ def tokens_per_char(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], ba
 
 
 def write_vocab_txt(tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
-    """All tokens in id order, so tools that read vocab.txt see the extended vocab too."""
+    """All tokens in id order, so tools that read vocab.txt see the extended vocab too (WordPiece only)."""
     vocab = tokenizer.get_vocab()
     tokens = sorted(vocab, key=vocab.get)
     if [vocab[t] for t in tokens] != list(range(len(tokens))):

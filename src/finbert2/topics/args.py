@@ -45,6 +45,11 @@ class TopicArguments:
     embeddings: str | None = field(
         default=None, metadata={"help": "Precomputed (documents x dim) .npy, row i for title i; skips encoding."}
     )
+    prompt_name: str | None = field(
+        default=None,
+        metadata={"help": "Which of the encoder's saved prompts to prepend to every title. Default: 'clustering' "
+                  "when the model has one (e5 as converted: 'query: ', e5's advice for clustering), else none."},
+    )
     max_seq_length: int = field(default=64, metadata={"help": "Tokens per title for the encoder (titles are short)."})
     batch_size: int = field(default=64, metadata={"help": "Titles per encoder batch."})
     lsa_components: int = field(default=100, metadata={"help": "SVD dimensions of the TF-IDF/LSA baseline."})

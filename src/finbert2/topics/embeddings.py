@@ -62,6 +62,20 @@ def load_encoder(model_name_or_path: str, tokenizer_name: str | None = None, max
     return SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
 
 
+CLUSTERING_PROMPT = "clustering"
+
+
+def topic_prompt(model, prompt_name: str | None = None) -> str:
+    """The text prepended to titles: the model's saved ``prompt_name`` prompt, by default its
+    ``clustering`` prompt if it has one (e5: ``query: ``), else nothing."""
+    prompts = getattr(model, "prompts", None) or {}
+    if prompt_name is None:
+        return prompts.get(CLUSTERING_PROMPT, "")
+    if prompt_name not in prompts:
+        raise ConfigError(f"topics: the encoder has no prompt '{prompt_name}' (it has: {', '.join(prompts) or 'none'})")
+    return prompts[prompt_name]
+
+
 def scratch_encoder(tokenizer_name: str, folder: str | Path, seed: int, max_seq_length: int = 128,
                     hidden_size: int = 128, num_hidden_layers: int = 2, num_attention_heads: int = 2,
                     intermediate_size: int = 256):
@@ -87,10 +101,11 @@ def scratch_encoder(tokenizer_name: str, folder: str | Path, seed: int, max_seq_
     return load_encoder(str(folder), max_seq_length=max_seq_length)
 
 
-def encode(model, texts: list[str], batch_size: int = 64, show_progress_bar: bool = True) -> np.ndarray:
-    """Normalised float32 vectors, one row per text."""
+def encode(model, texts: list[str], batch_size: int = 64, show_progress_bar: bool = True,
+           prompt: str = "") -> np.ndarray:
+    """Normalised float32 vectors of ``prompt + text``, one row per text."""
     vectors = model.encode(texts, batch_size=batch_size, show_progress_bar=show_progress_bar,
-                           convert_to_numpy=True, normalize_embeddings=True)
+                           convert_to_numpy=True, normalize_embeddings=True, prompt=prompt or None)
     return np.asarray(vectors, dtype=np.float32)
 
 

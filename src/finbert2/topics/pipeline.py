@@ -35,6 +35,7 @@ from finbert2.topics.embeddings import (
     encode,
     is_sentence_transformers_folder,
     load_encoder,
+    topic_prompt,
     load_npy_embeddings,
     scratch_encoder,
 )
@@ -55,17 +56,17 @@ METRICS_TOP_N = 10  # topic diversity and NPMI on each topic's top-10 words (ups
 class TopicEmbedder(BaseEmbedder):
     """BERTopic's documented custom backend over our encoder or the LSA baseline."""
 
-    def __init__(self, model=None, lsa: LsaEmbedder | None = None, batch_size: int = 64):
+    def __init__(self, model=None, lsa: LsaEmbedder | None = None, batch_size: int = 64, prompt: str = ""):
         super().__init__()
         if (model is None) == (lsa is None):
             raise ValueError("give exactly one of model, lsa")
-        self.model, self.lsa, self.batch_size = model, lsa, batch_size
+        self.model, self.lsa, self.batch_size, self.prompt = model, lsa, batch_size, prompt
 
     def embed(self, documents: list[str], verbose: bool = False) -> np.ndarray:
         documents = list(documents)
         if self.lsa is not None:
             return self.lsa.transform(documents)
-        return encode(self.model, documents, self.batch_size, show_progress_bar=verbose)
+        return encode(self.model, documents, self.batch_size, show_progress_bar=verbose, prompt=self.prompt)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,7 +132,9 @@ def prepare_vectors(args: TopicArguments, npy: np.ndarray | None, tokenizer: Jie
     if args.model_name_or_path:
         model = load_encoder(args.model_name_or_path, args.tokenizer_name, args.max_seq_length,
                              args.trust_remote_code, args.cache_dir)
-        return TopicEmbedder(model=model, batch_size=args.batch_size), npy, args.model_name_or_path
+        prompt = topic_prompt(model, args.prompt_name)
+        logger.info("encoder %s, title prompt %r", args.model_name_or_path, prompt)
+        return TopicEmbedder(model=model, batch_size=args.batch_size, prompt=prompt), npy, args.model_name_or_path
     if npy is not None:
         return None, npy, args.embeddings
     model = scratch_encoder(args.scratch_tokenizer, scratch_dir, args.seed, args.max_seq_length,
@@ -316,7 +319,8 @@ def save_topic_model(model_dir: Path, topic_model: BERTopic, args: TopicArgument
     else:
         local = Path(source).is_dir()
         encoder.update({"name_or_path": str(Path(source).resolve()) if local else source,
-                        "tokenizer_name": args.tokenizer_name, "max_seq_length": args.max_seq_length})
+                        "tokenizer_name": args.tokenizer_name, "max_seq_length": args.max_seq_length,
+                        "prompt": embedder.prompt})
         if not local or is_sentence_transformers_folder(source):
             pointer = encoder["name_or_path"]
     # BERTopic records the pointer for BERTopic.load(); a plain transformers folder is left out,
@@ -344,14 +348,16 @@ def load_topic_model(model_dir: str | Path, model_name_or_path: str | None = Non
     batch_size = meta.get("batch_size", 64)
     embedder = None
     if model_name_or_path:
-        embedder = TopicEmbedder(model=load_encoder(model_name_or_path), batch_size=batch_size)
+        model = load_encoder(model_name_or_path)
+        embedder = TopicEmbedder(model=model, batch_size=batch_size, prompt=topic_prompt(model))
     elif encoder["kind"] == "tfidf":
         embedder = TopicEmbedder(lsa=LsaEmbedder.load(model_dir / encoder["path"], tokenizer))
     elif encoder.get("path"):
         embedder = TopicEmbedder(model=load_encoder(str(model_dir / encoder["path"])), batch_size=batch_size)
     elif encoder.get("name_or_path"):
         embedder = TopicEmbedder(model=load_encoder(encoder["name_or_path"], encoder.get("tokenizer_name"),
-                                                    encoder.get("max_seq_length", 64)), batch_size=batch_size)
+                                                    encoder.get("max_seq_length", 64)), batch_size=batch_size,
+                                 prompt=encoder.get("prompt", ""))
     topic_model = BERTopic.load(str(model_dir), embedding_model=embedder)
     # BERTopic rebuilds a plain CountVectorizer with the saved vocabulary; put our word counter back.
     topic_model.vectorizer_model = build_vectorizer(tokenizer, vocabulary=topic_model.vectorizer_model.vocabulary_)
