@@ -87,6 +87,9 @@ def run_evaluation(args, run_args) -> dict[str, Any]:
     logger.info("evaluating %d model(s) on %s: %d documents, %d judged queries", len(args.models),
                 args.eval_data, len(data.corpus), len(data.qrels))
 
+    for name, encoder in encoders.items():
+        logger.info("%s: pooling %s, query prompt %r, passage prompt %r", name, encoder.pooling,
+                    encoder.query_instruction, encoder.passage_instruction)
     results: dict[str, dict[str, float]] = {}
     flat: dict[str, Any] = {}
     for name, label in zip(args.models, labels):

@@ -103,11 +103,11 @@ def run_mining(args) -> dict[str, Any]:
     encoder = DenseEncoder.from_pretrained(args.model_name_or_path, query_instruction=args.query_instruction_for_retrieval,
                                            passage_instruction=args.passage_instruction_for_retrieval,
                                            max_length=args.max_length, batch_size=args.batch_size, bf16=args.bf16)
-    logger.info("prompts: query %r, passage %r", encoder.query_instruction, encoder.passage_instruction)
     if args.output_dir:
         prepare_output_dir(args.output_dir, overwrite=args.overwrite_output_file, clear=True)
         setup_logging(args.output_dir)
         write_run_config(args.output_dir, args, stage="retrieve mine")
+    logger.info("prompts: query %r, passage %r", encoder.query_instruction, encoder.passage_instruction)
     mined, stats = mine_hard_negatives(encoder, rows, pool, args.range_start, args.range_end, args.negative_number,
                                        args.margin, args.duplicate_threshold, args.use_faiss_ivf, args.seed)
     empty = [r for r in mined if not r["neg"]]
