@@ -32,7 +32,7 @@ MAX_CELL_CHARS = 80
 
 @dataclass
 class Block:
-    kind: str  # heading | text | table | image | markdown | details
+    kind: str  # heading | text | warning | table | image | markdown | details
     data: Any
 
 
@@ -98,6 +98,8 @@ def run_blocks(run_dir: Path, name: str) -> list[Block]:
     if metrics is None:
         blocks.append(Block("text", "**Unfinished run**: no metrics.json."))
     else:
+        if metrics.get("collapsed"):
+            blocks.append(Block("warning", collapse_message(name, metrics)))
         blocks.append(Block("table", (["metric", "value"], [[k, _format_value(v)] for k, v in metrics.items()])))
     for image in sorted(run_dir.glob("*.png")):
         blocks.append(Block("image", image))
@@ -116,6 +118,10 @@ def run_blocks(run_dir: Path, name: str) -> list[Block]:
         arguments = record["arguments"]
         blocks.append(Block("details", ("config", [[k, _format_value(v)] for k, v in sorted(arguments.items())])))
     return blocks
+
+
+def collapse_message(name: str, metrics: dict) -> str:
+    return f"{name}: collapsed ({metrics.get('collapse_reason') or 'see run.log'})"
 
 
 def comparison_blocks(run_dirs: list[Path]) -> list[Block]:
@@ -141,6 +147,10 @@ def build_blocks(run_dirs: list[Path], title: str) -> list[Block]:
     summary = [[stage, str(len(by_stage[stage])),
                 str(sum((d / METRICS_FILE).exists() for d in by_stage[stage]))] for stage in order]
     blocks.append(Block("table", (["stage", "runs", "finished"], summary)))
+    for run_dir in run_dirs:  # a collapsed model is the first thing a reader must see
+        metrics = _read_json(run_dir / METRICS_FILE) or {}
+        if metrics.get("collapsed"):
+            blocks.append(Block("warning", collapse_message(run_dir.name, metrics)))
     for stage in order:
         blocks.append(Block("heading", (2, stage)))
         if len(by_stage[stage]) > 1:
@@ -173,6 +183,8 @@ def render_markdown(blocks: list[Block], output_dir: Path) -> str:
             parts.append("#" * level + " " + text)
         elif block.kind == "text":
             parts.append(block.data)
+        elif block.kind == "warning":
+            parts.append(f'> <span style="color:#c00">**WARNING**</span> {_md_cell(block.data)}')
         elif block.kind == "table":
             parts.append(_md_table(*block.data))
         elif block.kind == "image":
@@ -222,7 +234,8 @@ def _markdown_table_to_html(text: str) -> str:
 STYLE = """body{font-family:-apple-system,"Noto Sans CJK SC","Microsoft YaHei",sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222}table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 8px;
 font-size:13px;text-align:left}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee;margin:.4em 0}
-h2{border-bottom:2px solid #ddd;margin-top:2em}code{background:#f6f6f6;padding:0 3px}"""
+h2{border-bottom:2px solid #ddd;margin-top:2em}code{background:#f6f6f6;padding:0 3px}
+.warning{color:#c00;border-left:4px solid #c00;padding-left:.6em}"""
 
 
 def render_html(blocks: list[Block], title: str) -> str:
@@ -239,6 +252,8 @@ def render_html(blocks: list[Block], title: str) -> str:
             while text.count("**") >= 2:
                 text = text.replace("**", "<b>", 1).replace("**", "</b>", 1)
             parts.append(f"<p>{text}</p>")
+        elif block.kind == "warning":
+            parts.append(f'<p class="warning"><b>WARNING</b> {html.escape(block.data)}</p>')
         elif block.kind == "table":
             parts.append(_html_table(*block.data))
         elif block.kind == "image":
