@@ -55,7 +55,7 @@ def test_collapse_check_fires_on_a_collapsed_encoder_and_not_on_e5(collapsed_ber
     cosine, reason = embedding_collapse(DenseEncoder.from_pretrained(str(collapsed_bert)).encode_passages(passages))
     assert cosine > 0.999 and "embedding collapse" in reason
     cosine, reason = embedding_collapse(DenseEncoder.from_pretrained(str(e5_pruned_dir)).encode_passages(passages))
-    assert reason is None and cosine < 0.95  # measured 0.83 here: e5 vectors are anisotropic, not collapsed
+    assert reason is None and cosine < 0.95  # measured 0.885: e5 vectors are anisotropic, not collapsed
 
 
 def test_collapsed_retriever_run_says_so_in_metrics_log_and_report(collapsed_bert, tiny_bert_dir, tmp_path):
