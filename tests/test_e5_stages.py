@@ -10,7 +10,6 @@ import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from conftest import DEMO_DIR
-from finbert2.data import read_corpus
 from finbert2.pretrain.whole_word_masking import JiebaWordSegmenter, WholeWordMaskCollator, token_word_ids
 
 CORPUS = DEMO_DIR / "corpus.jsonl"

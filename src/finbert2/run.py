@@ -129,6 +129,14 @@ def write_metrics(output_dir: str | Path, metrics: dict[str, Any]) -> dict[str, 
     return flat
 
 
+def peak_memory_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
 def read_metrics(output_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(output_dir) / METRICS_FILE).read_text(encoding="utf-8"))
 

@@ -35,7 +35,7 @@ from finbert2.data import write_jsonl
 from finbert2.errors import ConfigError
 from finbert2.guards import prediction_collapse, record_collapse
 from finbert2.modeling import ModelArguments, load_model, tokenizer_for
-from finbert2.run import RunArguments, prepare_output_dir, setup_logging, write_metrics, write_run_config
+from finbert2.run import RunArguments, peak_memory_mb, prepare_output_dir, setup_logging, write_metrics, write_run_config
 from finbert2.training import plot_loss_curves, resume_checkpoint, standard_callbacks
 
 logger = logging.getLogger("finbert2.classify")
@@ -159,6 +159,12 @@ def run_train(model_args: ModelArguments, data_args: DataArguments, training_arg
     )
     if loss_func is not None:
         trainer.loss_is_scaled_for_ga = False  # our loss is a per-batch mean (public Trainer attribute)
+    # The untrained starting model's row (encoder + a fresh head): what fine-tuning must improve on.
+    initial_pred = SequenceClassifier(model, tokenizer, settings, data_args.threshold).predict(
+        splits.validation.texts, training_args.per_device_eval_batch_size)
+    initial = summary_metrics(val_targets, initial_pred.predicted(), num_labels)
+    logger.info("validation before fine-tuning: %s", {k: round(v, 4) for k, v in initial.items()})
+    model.train()
     train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(output_dir,
                                                                           training_args.resume_from_checkpoint))
     best_checkpoint = trainer.state.best_model_checkpoint
@@ -186,6 +192,9 @@ def run_train(model_args: ModelArguments, data_args: DataArguments, training_arg
         "threshold": threshold if multi_label else None,
         "best_checkpoint_step": int(best_checkpoint.rsplit("-", 1)[-1]) if best_checkpoint else None,
     }
+    metrics.update({f"initial_eval_{k}": v for k, v in initial.items()})
+    if not multi_label:
+        metrics["eval_majority_macro_f1"] = majority_macro_f1(val_targets, num_labels)
     metrics.update(write_split_report(output_dir, "eval", val_targets, val_pred.predicted(), label_names))
     record_collapse(metrics, [None if multi_label else prediction_collapse(val_pred.predicted(), label_names)])
     metrics["eval_texts_per_second"] = val_pred.stats["texts_per_second"]
@@ -201,6 +210,7 @@ def run_train(model_args: ModelArguments, data_args: DataArguments, training_arg
                     prediction_rows(splits.test.texts, splits.test.labels, test_pred))
     plot_loss_curves(output_dir, title="classification fine-tuning")
     metrics["total_seconds"] = time.perf_counter() - started
+    metrics["peak_memory_mb"] = peak_memory_mb()
     metrics = write_metrics(output_dir, {k: v for k, v in metrics.items()
                                          if v is not None and not (isinstance(v, float) and math.isnan(v))})
     logger.info("metrics: %s", json.dumps(metrics, ensure_ascii=False))

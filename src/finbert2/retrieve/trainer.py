@@ -18,12 +18,13 @@ import logging
 import math
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModel, Trainer, TrainerCallback, set_seed
 
-from finbert2.data import RetrievalEvalData, read_retrieval_eval, read_retrieval_train
+from finbert2.data import RetrievalEvalData, read_retrieval_eval, read_retrieval_train, write_json
 from finbert2.errors import ConfigError
 from finbert2.modeling import ModelArguments, load_model, tokenizer_for
 from finbert2.retrieve.data import ContrastiveCollator, ContrastiveGroupDataset
@@ -39,6 +40,8 @@ from finbert2.retrieve.evaluate import dense_evaluation
 from finbert2.retrieve.modeling import BiEncoder, grad_cache_step
 
 logger = logging.getLogger("finbert2.retrieve")
+
+INITIAL_EVAL_FILE = "initial_eval.json"  # the validation scores before training, kept for resumed runs
 
 
 class RetrieverTrainer(Trainer):
@@ -77,11 +80,8 @@ class RetrieverTrainer(Trainer):
                                    scale=scale, backward=self.accelerator.backward, no_sync=no_sync)
         return loss * scale
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        data = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if not isinstance(data, RetrievalEvalData):
-            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        started = time.perf_counter()
+    def retrieval_metrics(self, data: RetrievalEvalData) -> dict[str, float]:
+        """nDCG/MRR/recall/MAP of the model as it is now on a validation folder."""
         bi_encoder = self.accelerator.unwrap_model(self.model)
         was_training = bi_encoder.training
         encoder = DenseEncoder(bi_encoder.encoder, self.processing_class, pooling=bi_encoder.pooling,
@@ -91,7 +91,14 @@ class RetrieverTrainer(Trainer):
                                bf16=self.args.bf16)
         mean, _, _ = dense_evaluation(encoder, data, self.eval_k)
         bi_encoder.train(was_training)
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in mean.items()}
+        return mean
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        data = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if not isinstance(data, RetrievalEvalData):
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        started = time.perf_counter()
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in self.retrieval_metrics(data).items()}
         metrics[f"{metric_key_prefix}_runtime"] = time.perf_counter() - started
         metrics["epoch"] = self.state.epoch
         self.log(metrics)
@@ -161,7 +168,7 @@ def with_validation(training_args):
 
 
 def run_training(model_args: ModelArguments, data_args, training_args, run_args) -> dict[str, Any]:
-    from finbert2.run import prepare_output_dir, setup_logging, write_metrics, write_run_config
+    from finbert2.run import peak_memory_mb, prepare_output_dir, setup_logging, write_metrics, write_run_config
     from finbert2.training import LossLogCallback, plot_loss_curves, resume_checkpoint
 
     started = time.perf_counter()
@@ -212,9 +219,19 @@ def run_training(model_args: ModelArguments, data_args, training_args, run_args)
                 "grad cache: %s", len(rows), data_args.train_group_size, training_args.per_device_train_batch_size,
                 world, training_args.negatives_cross_device, training_args.grad_cache)
     checkpoint = resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
+    initial: dict[str, float] = {}
+    if eval_data is not None:  # the untrained starting model's row, kept across a resume
+        initial_path = Path(training_args.output_dir) / INITIAL_EVAL_FILE
+        if checkpoint and initial_path.is_file():
+            initial = json.loads(initial_path.read_text(encoding="utf-8"))
+        else:
+            initial = {f"initial_eval_{k}": v for k, v in trainer.retrieval_metrics(eval_data).items()}
+            if training_args.should_save:
+                write_json(initial_path, initial)
+        logger.info("validation before training: %s", json.dumps({k: round(v, 4) for k, v in initial.items()}))
     result = trainer.train(resume_from_checkpoint=checkpoint)
 
-    metrics: dict[str, Any] = dict(result.metrics)
+    metrics: dict[str, Any] = {**result.metrics, **initial}
     if eval_data is not None:
         metrics.update(trainer.evaluate())  # the kept (best) model's scores
         if trainer.state.best_model_checkpoint:
@@ -232,7 +249,8 @@ def run_training(model_args: ModelArguments, data_args, training_args, run_args)
         metrics.update({"train_groups": len(rows), "train_group_size": data_args.train_group_size,
                         "passages_per_query": model.passages_scored,
                         "chance_loss": math.log(model.passages_scored),
-                        "world_size": world, "total_seconds": time.perf_counter() - started})
+                        "world_size": world, "total_seconds": time.perf_counter() - started,
+                        "peak_memory_mb": peak_memory_mb()})
         logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
         metrics["passage_mean_cosine"], collapse = embedding_collapse(
             passage_sample_vectors(model, tokenizer, rows, data_args, training_args))
