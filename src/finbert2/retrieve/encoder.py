@@ -93,6 +93,17 @@ def load_encoder_model(name_or_path: str, trust_remote_code: bool = False, cache
         raise ConfigError(f"{name_or_path}: cannot load a model ({str(err).splitlines()[0]})") from None
 
 
+def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and their attention mask for one batch of token id lists."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        input_ids[r, :len(row)] = torch.as_tensor(row, dtype=torch.long)
+        attention_mask[r, :len(row)] = 1
+    return input_ids, attention_mask
+
+
 class ClsOnlyLastLayer(torch.nn.Module):
     """A BERT-style encoder layer that computes its output at position 0 ([CLS]) only.
 
@@ -235,14 +246,8 @@ class DenseEncoder:
         return vectors
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded ids and their attention mask for one batch of token id lists."""
-        width = max(len(r) for r in rows)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):
-            input_ids[r, :len(row)] = torch.tensor(row, dtype=torch.long)
-            attention_mask[r, :len(row)] = 1
+        input_ids, attention_mask = pad_batch(rows, pad_id)
         return input_ids.to(self.device), attention_mask.to(self.device)
 
     def encode_queries(self, queries: list[str], **kwargs) -> np.ndarray:

@@ -113,13 +113,11 @@ class BiEncoder(nn.Module):
 
     def loss(self, q_emb: torch.Tensor, p_emb: torch.Tensor, query_ids: torch.Tensor | None = None,
              passage_ids: torch.Tensor | None = None) -> torch.Tensor:
-        q_emb, p_emb = q_emb.float(), p_emb.float()
-        if self.negatives_cross_device and self.training:
-            q_emb, p_emb = gather_across_ranks(q_emb), gather_across_ranks(p_emb)
-            if query_ids is not None and passage_ids is not None:
-                query_ids, passage_ids = gather_ids(query_ids), gather_ids(passage_ids)
-        self.passages_scored = p_emb.size(0)
-        return contrastive_loss(q_emb, p_emb, self.temperature, query_ids=query_ids, passage_ids=passage_ids)
+        cross_device = self.negatives_cross_device and self.training
+        world = dist.get_world_size() if cross_device and dist.is_available() and dist.is_initialized() else 1
+        self.passages_scored = p_emb.size(0) * world
+        return contrastive_loss(q_emb.float(), p_emb.float(), self.temperature, cross_device=cross_device,
+                                query_ids=query_ids, passage_ids=passage_ids)
 
     def forward(self, query: dict | None = None, passage: dict | None = None,
                 features: dict | None = None, query_ids: torch.Tensor | None = None,
