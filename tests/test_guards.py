@@ -66,7 +66,9 @@ def test_collapsed_retriever_run_says_so_in_metrics_log_and_report(collapsed_ber
     eval_dir = _small_eval_folder(tmp_path, n_queries=10)
     short = {"max_steps": 6, "eval_steps": 6, "save_steps": 6}
     assert main(["train", *_train_args(collapsed_bert, collapsed, eval_dir, learning_rate=1e-9, **short)]) == 0
-    assert main(["train", *_train_args(tiny_bert_dir, healthy, eval_dir, pooling="mean", **short)]) == 0
+    # 12 steps: after 6 the healthy run's last loss sat within 2% of chance on some runs (a flaky margin)
+    assert main(["train", *_train_args(tiny_bert_dir, healthy, eval_dir, pooling="mean", max_steps=12, eval_steps=6,
+                                       save_steps=6)]) == 0
     bad = json.loads((collapsed / "metrics.json").read_text())
     good = json.loads((healthy / "metrics.json").read_text())
     assert bad["collapsed"] is True and "embedding collapse" in bad["collapse_reason"]
