@@ -108,9 +108,17 @@ def test_save_load_transform_new_titles(encoder_run, tmp_path):
     topic_vectors = np.asarray(topic_model.topic_embeddings_)
     topic_vectors /= np.linalg.norm(topic_vectors, axis=1, keepdims=True)
     ids = sorted(topic_model.topic_sizes_)
-    expected = [ids[i] for i in np.argmax(vectors @ topic_vectors.T, axis=1)]
-    assert predicted["topic"].tolist() == expected
-    assert np.allclose(predicted["similarity"], np.max(vectors @ topic_vectors.T, axis=1), atol=1e-5)
+    similarity = vectors @ topic_vectors.T
+    expected = [ids[i] for i in np.argmax(similarity, axis=1)]
+    # the tiny random encoder puts titles at cosine ~0.9999 to several topics; where the best two are
+    # within float noise (BERTopic's float64 cosine vs this float32 product), either is the argmax
+    top_two = np.sort(similarity, axis=1)[:, -2:]
+    clear = top_two[:, 1] - top_two[:, 0] > 1e-6
+    assert clear.sum() >= 40
+    assert predicted["topic"][clear].tolist() == [e for e, c in zip(expected, clear) if c]
+    chosen = [similarity[i, ids.index(t)] for i, t in enumerate(predicted["topic"])]
+    assert np.allclose(chosen, similarity.max(axis=1), atol=1e-6)
+    assert np.allclose(predicted["similarity"], similarity.max(axis=1), atol=1e-5)
 
     # the training titles mostly land where the fit put them (centroids of the final assignment)
     again, _ = topic_model.transform(docs["text"].tolist(), embeddings=np.load(encoder_run / "embeddings.npy"))
