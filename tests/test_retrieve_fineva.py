@@ -23,6 +23,31 @@ def test_fin_eva_converter_splits_by_context(tmp_path):
     assert len(data.corpus) == 1294 and len(train) + sum(len(d) for d in data.qrels.values()) >= 1400
 
 
+def test_fin_eva_validation_split_leaves_test_alone_and_shares_no_passage(tmp_path):
+    from finbert2.converters.fin_eva import convert
+    from finbert2.data import read_retrieval_eval, read_retrieval_train
+
+    source = require_public("fin-eva")
+    convert(source, tmp_path / "plain")
+    counts = convert(source, tmp_path / "fe", validation_fraction=0.15)
+    plain = read_retrieval_eval(tmp_path / "plain" / "eval")
+    test = read_retrieval_eval(tmp_path / "fe" / "eval")
+    val = read_retrieval_eval(tmp_path / "fe" / "validation")
+    assert test.qrels == plain.qrels and test.queries == plain.queries  # the test split did not move
+    assert counts["validation_contexts"] == round(1294 * 0.15) and counts["validation_queries"] == len(val.queries)
+
+    def positives(data):
+        return {data.corpus[d]["text"] for docs in data.qrels.values() for d in docs}
+
+    train = read_retrieval_train(tmp_path / "fe" / "train.jsonl")
+    train_passages = {p for row in train for p in row["pos"] + row["neg"]}
+    assert not positives(val) & train_passages and not positives(val) & positives(test)
+    # validation ranks the training and validation contexts only: no test passage in model selection
+    assert not positives(test) & {doc["text"] for doc in val.corpus.values()}
+    assert len(val.corpus) == 1294 - counts["test_contexts"]
+    assert len(train) + len(val.queries) + len(test.queries) <= counts["pairs"]
+
+
 def test_cfbenchmark_converter(tmp_path):
     from finbert2.converters.cfbenchmark_retrieval import convert
     from finbert2.data import read_retrieval_eval, read_retrieval_train

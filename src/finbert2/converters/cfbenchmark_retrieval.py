@@ -13,15 +13,14 @@ import random
 import sys
 from pathlib import Path
 
-from finbert2.converters._retrieval_split import run_retrieval_converter, write_retrieval_split
+from finbert2.converters._retrieval_split import partition_groups, run_retrieval_converter, write_retrieval_split
 from finbert2.data import iter_jsonl
 from finbert2.data.readers import get_text
-from finbert2.data.splits import held_out_count
 from finbert2.errors import DataError
 
 
 def convert(input_dir: Path, output_dir: Path, test_fraction: float = 0.3, negatives: int = 7,
-            seed: int = 42) -> dict[str, int]:
+            seed: int = 42, validation_fraction: float = 0.0) -> dict[str, int]:
     path = input_dir / "data" / "summary.jsonl" if (input_dir / "data").is_dir() else input_dir / "summary.jsonl"
     pairs, skipped = [], 0
     for lineno, obj in iter_jsonl(path):
@@ -36,23 +35,34 @@ def convert(input_dir: Path, output_dir: Path, test_fraction: float = 0.3, negat
     rng = random.Random(seed)
     order = reports[:]
     rng.shuffle(order)
-    test_reports = set(order[: held_out_count(len(order), test_fraction, path, "reports")])
-    train_reports = [r for r in reports if r not in test_reports]
+    test_reports, validation_reports = partition_groups(order, test_fraction, validation_fraction, path, "reports")
+    train_reports = [r for r in reports if r not in test_reports and r not in validation_reports]
 
-    train_rows, queries, qrels = [], [], []
+    train_rows = []
+    held_out = {"test": ([], []), "validation": ([], [])}
     for summary, report in pairs:
-        if report in test_reports:
-            qid = f"q{len(queries):04d}"
-            queries.append({"id": qid, "text": summary})
-            qrels.append({"qid": qid, "docid": report_ids[report], "relevance": 1})
-        else:
+        split = "test" if report in test_reports else "validation" if report in validation_reports else None
+        if split is None:
             pool = [r for r in train_reports if r != report]
             train_rows.append({"query": summary, "pos": [report], "neg": rng.sample(pool, min(negatives, len(pool)))})
+            continue
+        queries, qrels = held_out[split]
+        qid = f"{'q' if split == 'test' else 'v'}{len(queries):04d}"
+        queries.append({"id": qid, "text": summary})
+        qrels.append({"qid": qid, "docid": report_ids[report], "relevance": 1})
+    (queries, qrels), (val_queries, val_qrels) = held_out["test"], held_out["validation"]
+    corpus = [{"id": report_ids[r], "title": "", "text": r} for r in reports]
+    validation = None
+    if validation_reports:
+        validation = ([row for row, r in zip(corpus, reports) if r not in test_reports], val_queries, val_qrels)
     counts = {"pairs": len(pairs), "skipped_without_summary": skipped, "reports": len(reports), "train_rows": len(train_rows),
               "test_queries": len(queries)}
-    write_retrieval_split(output_dir, train_rows, [{"id": report_ids[r], "title": "", "text": r} for r in reports],
-                          queries, qrels, {"source": "CFBenchmark-Basic summary (non-commercial research)",
-                                           "seed": seed, "test_fraction": test_fraction, **counts})
+    if validation:
+        counts.update(validation_queries=len(val_queries), validation_corpus=len(validation[0]))
+    write_retrieval_split(output_dir, train_rows, corpus, queries, qrels,
+                          {"source": "CFBenchmark-Basic summary (non-commercial research)", "seed": seed,
+                           "test_fraction": test_fraction, "validation_fraction": validation_fraction, **counts},
+                          validation=validation)
     return counts
 
 

@@ -48,7 +48,8 @@ class TopicArguments:
     prompt_name: str | None = field(
         default=None,
         metadata={"help": "Which of the encoder's saved prompts to prepend to every title. Default: 'clustering' "
-                  "when the model has one (e5 as converted: 'query: ', e5's advice for clustering), else none."},
+                  "when the model has one (e5 as converted: 'query: ', e5's advice for clustering), else none; "
+                  "'none': no prompt."},
     )
     max_seq_length: int = field(default=64, metadata={"help": "Tokens per title for the encoder (titles are short)."})
     batch_size: int = field(default=64, metadata={"help": "Titles per encoder batch."})

@@ -65,10 +65,15 @@ def load_encoder(model_name_or_path: str, tokenizer_name: str | None = None, max
 CLUSTERING_PROMPT = "clustering"
 
 
+NO_PROMPT = "none"
+
+
 def topic_prompt(model, prompt_name: str | None = None) -> str:
     """The text prepended to titles: the model's saved ``prompt_name`` prompt, by default its
-    ``clustering`` prompt if it has one (e5: ``query: ``), else nothing."""
+    ``clustering`` prompt if it has one (e5: ``query: ``), else nothing; ``none``: no prompt."""
     prompts = getattr(model, "prompts", None) or {}
+    if prompt_name == NO_PROMPT:
+        return ""
     if prompt_name is None:
         return prompts.get(CLUSTERING_PROMPT, "")
     if prompt_name not in prompts:

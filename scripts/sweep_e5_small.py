@@ -1,0 +1,211 @@
+"""The validation sweeps behind the ``configs/*/e5-small.yaml`` recipes (multilingual-e5-small).
+
+    python scripts/sweep_e5_small.py retriever  DATA_DIR OUT [--max_steps 30]
+    python scripts/sweep_e5_small.py retromae   DATA_DIR OUT [--max_steps 40]
+    python scripts/sweep_e5_small.py topics     DATA_DIR OUT
+    python scripts/sweep_e5_small.py tables     DATA_DIR OUT       # markdown -> OUT/<sweep>.md
+
+DATA_DIR is the public data folder (``FINBERT2_PUBLIC_DATA``). Every choice is made on validation
+data: Fin-Eva is converted with a validation split (``--validation_fraction 0.15``; its corpus holds
+no test passage), the retrieval runs evaluate on ``validation/`` only and the test folder is never
+read. RetroMAE is scored by what it is for: the zero-shot validation nDCG@10 of the continued
+encoder. Topics are unsupervised: the settings are compared on the fit's own metrics. Runs are
+sequential (one training process at a time on a small machine); a run whose folder already holds
+``metrics.json`` is skipped, so an interrupted sweep is resumed by running it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# (learning rate, temperature, pooling); the first varies the rate, then temperature, then pooling
+RETRIEVER_GRID = [("1e-5", "0.02", "mean"), ("3e-5", "0.02", "mean"), ("1e-4", "0.02", "mean"),
+                  ("3e-5", "0.01", "mean"), ("3e-5", "0.05", "mean"), ("3e-5", "0.02", "cls")]
+RETROMAE_LRS = ["2e-5", "5e-5", "1e-4"]
+TOPIC_PROMPTS = ["clustering", "document", "none"]  # e5's "query: " (its clustering prompt), "passage: ", no prefix
+
+
+def run(out: Path, name: str, cmd: list[str]) -> Path:
+    """One command, logged to OUT/logs/NAME.log, skipped when its run folder is complete."""
+    folder = out / name
+    if (folder / "metrics.json").is_file():
+        print(f"[skip] {name}", flush=True)
+        return folder
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    print(f"[run] {name}: {' '.join(cmd)}", flush=True)
+    started = time.time()
+    with open(out / "logs" / f"{name}.log", "w", encoding="utf-8") as log:
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    print(f"[done] {name}: exit {rc} in {time.time() - started:.0f} s", flush=True)
+    if rc != 0:
+        sys.exit(f"{name} failed (exit {rc}); see {out / 'logs' / (name + '.log')}")
+    return folder
+
+
+def e5_model(out: Path) -> Path:
+    """The pruned conversion (Chinese + ASCII pieces), exported once into OUT/e5-small."""
+    folder = out / "e5-small"
+    if not (folder / "metrics.json").is_file():
+        subprocess.check_call(["finbert2", "convert", "multilingual-e5-small", str(folder), "--prune_vocab"], cwd=REPO)
+    return folder
+
+
+def fin_eva(data_dir: Path, out: Path) -> Path:
+    folder = out / "fin-eva"
+    if not (folder / "conversion.json").is_file():
+        subprocess.check_call(["finbert2", "convert", "fin-eva", "--input_dir", str(data_dir / "fin-eva"),
+                               "--output_dir", str(folder), "--validation_fraction", "0.15"], cwd=REPO)
+    return folder
+
+
+def retriever_name(lr: str, temperature: str, pooling: str) -> str:
+    return f"retriever_lr{lr}_t{temperature}_{pooling}"
+
+
+def sweep_retriever(data_dir: Path, out: Path, max_steps: int) -> None:
+    model, data = e5_model(out), fin_eva(data_dir, out)
+    run(out, "retriever_zeroshot", ["finbert2", "retrieve", "evaluate", "--eval_data", str(data / "validation"),
+                                    "--models", "bm25", str(model), "--max_length", "256",
+                                    "--output_dir", str(out / "retriever_zeroshot")])
+    half = max(1, max_steps // 2)
+    for lr, temperature, pooling in RETRIEVER_GRID:
+        run(out, retriever_name(lr, temperature, pooling), [
+            "finbert2", "retrieve", "train", "configs/retriever/e5-small.yaml", "--model_name_or_path", str(model),
+            "--train_data", str(data / "train.jsonl"), "--eval_data", str(data / "validation"),
+            "--learning_rate", lr, "--temperature", temperature, "--pooling", pooling, "--max_steps", str(max_steps),
+            "--eval_steps", str(half), "--save_steps", str(half), "--seed", "42",
+            "--output_dir", str(out / retriever_name(lr, temperature, pooling))])
+
+
+def sweep_retromae(data_dir: Path, out: Path, max_steps: int) -> None:
+    """Continue e5 with RetroMAE on the Fin-Eva training contexts, then score each encoder zero-shot."""
+    model, data = e5_model(out), fin_eva(data_dir, out)
+    corpus = out / "retromae_corpus.txt"
+    if not corpus.is_file():  # the training side's passages only: no validation or test context
+        rows = [json.loads(line) for line in (data / "train.jsonl").read_text("utf-8").splitlines() if line.strip()]
+        texts = sorted({p for row in rows for p in row["pos"] + row["neg"]})
+        corpus.write_text("".join(t.replace("\n", " ") + "\n" for t in texts), encoding="utf-8")
+    encoders = []
+    for lr in RETROMAE_LRS:
+        folder = run(out, f"retromae_lr{lr}", [
+            "finbert2", "retromae", "configs/retromae/e5-small.yaml", "--model_name_or_path", str(model),
+            "--train_data", str(corpus), "--learning_rate", lr, "--max_steps", str(max_steps),
+            "--eval_steps", str(max_steps), "--save_steps", str(max_steps), "--seed", "42",
+            "--output_dir", str(out / f"retromae_lr{lr}")])
+        encoders.append(str(folder))
+    run(out, "retromae_zeroshot", ["finbert2", "retrieve", "evaluate", "--eval_data", str(data / "validation"),
+                                   "--models", str(model), *encoders, "--labels", "e5-small",
+                                   *[f"retromae_lr{lr}" for lr in RETROMAE_LRS], "--max_length", "256",
+                                   "--output_dir", str(out / "retromae_zeroshot")])
+
+
+def sweep_topics(data_dir: Path, out: Path) -> None:
+    model = e5_model(out)
+    headlines = out / "jingewu_titles.jsonl"
+    if not headlines.is_file():
+        subprocess.check_call(["finbert2", "convert", "jingewu",
+                               str(data_dir / "jingewu-financial-sentiment-analysis" / "data" / "CH.csv"),
+                               "--output_file", str(headlines), "--max_docs", "3000", "--seed", "42"], cwd=REPO)
+    for prompt in TOPIC_PROMPTS:
+        run(out, f"topics_{prompt}", ["finbert2", "topics", "configs/topics/e5-small.yaml",
+                                      "--model_name_or_path", str(model), "--train_data", str(headlines),
+                                      "--prompt_name", prompt, "--output_dir", str(out / f"topics_{prompt}")])
+
+
+# ----------------------------------------------------------------------------- tables
+
+def metrics(folder: Path) -> dict:
+    path = folder / "metrics.json"
+    return json.loads(path.read_text("utf-8")) if path.is_file() else {}
+
+
+def fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def eval_history(folder: Path, key: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of every evaluation, from the last checkpoint's trainer state."""
+    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    if not checkpoints:
+        return []
+    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text("utf-8"))
+    return [(e["step"], e[key]) for e in state["log_history"] if key in e]
+
+
+def retriever_table(out: Path) -> str:
+    zero = metrics(out / "retriever_zeroshot")
+    lines = ["| model | lr | temperature | pooling | val nDCG@10 (step: value) | best | passage cosine | "
+             "collapsed | s/step |", "|---|---|---|---|---|---|---|---|---|",
+             "| chance (random ranking) | | | | | " + fmt(zero.get("chance_ndcg_at_10")) + " | | | |",
+             "| BM25 (jieba) | | | | | " + fmt(zero.get("bm25_ndcg_at_10")) + " | | | |",
+             "| e5-small zero-shot | | | mean | | " + fmt(zero.get("e5-small_ndcg_at_10")) + " | | | |"]
+    for lr, temperature, pooling in RETRIEVER_GRID:
+        folder = out / retriever_name(lr, temperature, pooling)
+        m = metrics(folder)
+        if not m:
+            lines.append(f"| fine-tuned | {lr} | {temperature} | {pooling} | not run | | | | |")
+            continue
+        history = [(0, m.get("initial_eval_ndcg_at_10"))] + eval_history(folder, "eval_ndcg_at_10")
+        best = max((v for s, v in history[1:]), default=None)
+        per_step = m.get("train_runtime", 0) / max(1, m.get("train_steps") or m.get("global_step") or 1)
+        lines.append(f"| fine-tuned | {lr} | {temperature} | {pooling} | "
+                     + ", ".join(f"{s}: {fmt(v, 3)}" for s, v in history) + f" | {fmt(best)} | "
+                     f"{fmt(m.get('passage_mean_cosine'), 3)} | {str(m.get('collapsed', False)).lower()} | {per_step:.1f} |")
+    return "\n".join(lines)
+
+
+def retromae_table(out: Path) -> str:
+    zero = metrics(out / "retromae_zeroshot")
+    lines = ["| encoder | lr | held-out loss | sentence cosine | zero-shot val nDCG@10 |", "|---|---|---|---|---|",
+             "| e5-small as converted | | | | " + fmt(zero.get("e5-small_ndcg_at_10")) + " |"]
+    for lr in RETROMAE_LRS:
+        m = metrics(out / f"retromae_lr{lr}")
+        lines.append(f"| + RetroMAE | {lr} | {fmt(m.get('eval_loss'))} | {fmt(m.get('sentence_mean_cosine'), 3)} "
+                     f"| {fmt(zero.get(f'retromae_lr{lr}_ndcg_at_10'))} |")
+    return "\n".join(lines)
+
+
+def topics_table(out: Path) -> str:
+    keys = ("num_topics", "outlier_ratio", "silhouette", "davies_bouldin", "topic_diversity", "npmi")
+    lines = ["| prompt | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for prompt in TOPIC_PROMPTS:
+        m = metrics(out / f"topics_{prompt}")
+        lines.append(f"| {prompt} | " + " | ".join(fmt(m.get(k), 3) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", choices=["retriever", "retromae", "topics", "tables"])
+    parser.add_argument("data_dir", type=Path, help="public data folder (FINBERT2_PUBLIC_DATA)")
+    parser.add_argument("out", type=Path, help="where the runs and tables go")
+    parser.add_argument("--max_steps", type=int, default=None)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.sweep == "retriever":
+        sweep_retriever(args.data_dir, args.out, args.max_steps or 30)
+    elif args.sweep == "retromae":
+        sweep_retromae(args.data_dir, args.out, args.max_steps or 40)
+    elif args.sweep == "topics":
+        sweep_topics(args.data_dir, args.out)
+    for name, table in (("retriever", retriever_table), ("retromae", retromae_table), ("topics", topics_table)):
+        text = table(args.out)
+        (args.out / f"{name}.md").write_text(text + "\n", encoding="utf-8")
+        if args.sweep in (name, "tables"):
+            print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
