@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 
 from finbert2.data import write_json
@@ -51,7 +52,8 @@ def test_report_sections_from_partial_runs(tmp_path):
     assert summary == {"runs": 6, "images": 2, "finished_runs": 5}
     md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     # stages in pipeline order, each with its numbers
-    assert [m for m in re.findall(r"^## (\S+)$", md, re.M)] == ["mlm", "retromae", "classify", "retrieve", "topics"]
+    assert [m for m in re.findall(r"^## (\S+)$", md, re.M)] == ["Results", "Runs", "mlm", "retromae", "classify",
+                                                              "retrieve", "topics"]
     assert "| perplexity | 12 |" in md and "| learning_rate | 0.0006 |" in md
     assert "**Unfinished run**" in md
     assert "| classify | 0.81 | 0.85 |" in md and "| classify_baseline | 0.74 | 0.8 |" in md  # side by side
@@ -65,6 +67,61 @@ def test_report_sections_from_partial_runs(tmp_path):
     assert len(images) == 2 and base64.b64decode(images[0])[:4] == b"\x89PNG"
     assert not re.search(r'src="(?!data:)', page)  # self-contained: no external files
     assert "<td>bm25</td><td>0.55</td>" in page
+
+
+def test_report_leads_with_headline_tables_and_lists_changed_arguments_only(tmp_path):
+    root = tmp_path / "runs"
+    _run(root / "classify", "classify train", {"eval_macro_f1": 0.95, "test_macro_f1": 0.93,
+                                               "initial_eval_macro_f1": 0.21, "eval_majority_macro_f1": 0.18})
+    _run(root / "classify_baseline", "classify baseline", {"eval_macro_f1": 0.90, "test_macro_f1": 0.88})
+    start, tuned = root / "retromae", root / "retriever"
+    _run(start, "retromae", {"initial_eval_loss": 9.0, "eval_loss": 7.5, "sentence_mean_cosine": 0.9995,
+                             "collapsed": True, "collapse_reason": "sentence vectors alike (mean cosine 0.9995)"})
+    _run(tuned, "retrieve train", {"eval_ndcg_at_10": 0.7, "initial_eval_ndcg_at_10": 0.2},
+         {"model_name_or_path": str(start)})
+    _run(root / "retriever_eval", "retrieve evaluate",
+         {"bm25_ndcg_at_10": 0.9, "retromae_ndcg_at_10": 0.25, "fin-retriever_ndcg_at_10": 0.84,
+          "chance_ndcg_at_10": 0.01},
+         {"models": ["bm25", str(start), str(tuned)], "labels": ["bm25", "retromae", "fin-retriever"]})
+    run_config = root / "classify" / "run_config.json"
+    write_json(run_config, {"stage": "classify train", "arguments": {"learning_rate": 1e-4, "seed": 42},
+                            "changed_arguments": ["learning_rate"]})
+    build_report([root], tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+
+    results, runs = md.index("## Results"), md.index("## Runs")
+    assert results < runs and md.index("### Classification") < runs and md.index("### Retrieval") < runs
+    # best vs baseline with the difference; the untrained start and chance rows (hand-computed)
+    assert "| fine-tuned (best) | classify | 0.9500 | 0.9300 | +0.0500 |" in md
+    assert "| baseline: TF-IDF + LR | classify_baseline | 0.9000 | 0.8800 |  |" in md
+    assert "| untrained start | classify | 0.2100 |" in md and "| chance: majority class |  | 0.1800 |" in md
+    # the retriever's untrained start is found among the evaluated models through its run config
+    assert "| retriever_eval | fin-retriever | 0.8400 | 0.9000 | -0.0600 | 0.2500 | 0.0100 |" in md
+    # a collapsed run is flagged in red inside the results, before any per-run detail
+    warning = md.index("WARNING**</span> retromae: collapsed")
+    assert warning < runs and 'style="color:#c00"' in md
+    assert "| retromae | 9.0000 | 7.5000 | -1.5000 | 0.9995 | yes |" in md
+    # config: only the changed argument, with a link to the full record
+    detail = md[md.index("### classify\n"):]
+    assert "1 arguments differ from the defaults (all 2 in run_config.json)" in detail
+    assert "| learning_rate | 0.0001 |" in detail and "| seed |" not in detail.split("### ")[1]
+    assert "[full config: run_config.json](../runs/classify/run_config.json)" in detail
+    page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert page.index("<h2>Results</h2>") < page.index("<h2>Runs</h2>")
+    assert '<p class="warning"><b>WARNING</b> retromae: collapsed' in page
+    assert '<a href="../runs/classify/run_config.json">' in page
+
+
+def test_run_config_records_which_arguments_differ_from_the_defaults(tmp_path):
+    from transformers import TrainingArguments
+
+    from finbert2.run import RUN_CONFIG_FILE, write_run_config
+
+    training = TrainingArguments(output_dir=str(tmp_path / "out"), learning_rate=1e-4, use_cpu=True)
+    record = write_run_config(tmp_path, training, stage="x")
+    assert {"output_dir", "learning_rate", "use_cpu"} <= set(record["changed_arguments"])
+    assert not {"seed", "warmup_steps", "num_train_epochs", "debug"} & set(record["changed_arguments"])
+    assert json.loads((tmp_path / RUN_CONFIG_FILE).read_text())["changed_arguments"] == record["changed_arguments"]
 
 
 def test_report_on_a_single_unfinished_run(tmp_path, run_cli):

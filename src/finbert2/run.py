@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import enum
 import json
 import logging
 import math
@@ -94,11 +95,43 @@ def _to_dict(obj: Any) -> dict[str, Any]:
     return dict(obj)
 
 
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def _field_defaults(obj: Any) -> dict[str, Any]:
+    """Each field's default as the resolved arguments would show it: a fresh instance given only the
+    required fields (so ``__post_init__`` resolves the defaults the same way), else the declared ones."""
+    fields = dataclasses.fields(obj)
+    required = {f.name: getattr(obj, f.name) for f in fields
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    try:
+        return _to_dict(type(obj)(**required))
+    except Exception:  # a validating __post_init__ may refuse the bare defaults
+        return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in fields if f.name not in required}
+
+
+def changed_arguments(obj: Any, resolved: dict[str, Any]) -> list[str]:
+    """Names of the arguments whose resolved value is not the default (what a reader of the run
+    wants to see; the rest are the stage's documented defaults). Required ones always count."""
+    if not dataclasses.is_dataclass(obj):
+        return list(resolved)
+    defaults = _field_defaults(obj)
+    missing = object()
+    return [name for name, value in resolved.items()
+            if json.dumps(_plain(value), default=str) != json.dumps(_plain(defaults.get(name, missing)), default=str)]
+
+
 def write_run_config(output_dir: str | Path, *args_objects: Any, stage: str, extra: dict | None = None) -> dict:
-    """Record every resolved argument, the package version, the git commit and the command."""
+    """Record every resolved argument (and which differ from their defaults), the package version,
+    the git commit and the command."""
     arguments: dict[str, Any] = {}
+    changed: list[str] = []
     for obj in args_objects:
-        arguments.update(_to_dict(obj))
+        resolved = _to_dict(obj)
+        arguments.update(resolved)
+        changed += [name for name in changed_arguments(obj, resolved) if name not in changed]
     record = {
         "stage": stage,
         "finbert2_version": finbert2.__version__,
@@ -107,6 +140,7 @@ def write_run_config(output_dir: str | Path, *args_objects: Any, stage: str, ext
         "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "arguments": arguments,
+        "changed_arguments": changed,
     }
     if extra:
         record.update(extra)

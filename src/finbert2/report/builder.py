@@ -14,6 +14,7 @@ import base64
 import csv
 import html
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,9 @@ from typing import Any
 from finbert2.data.writers import atomic_write_text
 from finbert2.run import METRICS_FILE, RUN_CONFIG_FILE
 
-# Order of stages in the report; unknown stages follow in name order.
-STAGE_ORDER = ["tokenizer", "mlm", "retromae", "classify", "classify-baseline", "retrieve", "topics"]
+# Order of stages in the report (the names run_config.json records); unknown stages follow in name order.
+STAGE_ORDER = ["tokenizer", "mlm", "retromae", "classify train", "classify baseline", "classify", "retrieve mine",
+               "retrieve train", "retrieve evaluate", "retrieve index", "retrieve", "topics"]
 # CSV files that are logs or per-document dumps, not tables for a person.
 SKIPPED_CSV = {"loss_log.csv", "doc_topics.csv"}
 MAX_TABLE_ROWS = 15
@@ -32,7 +34,7 @@ MAX_CELL_CHARS = 80
 
 @dataclass
 class Block:
-    kind: str  # heading | text | warning | table | image | markdown | details
+    kind: str  # heading | text | warning | table | image | markdown | details | link
     data: Any
 
 
@@ -116,7 +118,12 @@ def run_blocks(run_dir: Path, name: str) -> list[Block]:
             blocks.append(Block("table", (header, rows)))
     if record and record.get("arguments"):
         arguments = record["arguments"]
-        blocks.append(Block("details", ("config", [[k, _format_value(v)] for k, v in sorted(arguments.items())])))
+        changed = record.get("changed_arguments")  # absent in folders of older versions: show all
+        shown = sorted(arguments) if changed is None else sorted(k for k in changed if k in arguments)
+        summary = (f"config: {len(shown)} arguments differ from the defaults (all {len(arguments)} in "
+                   f"{RUN_CONFIG_FILE})" if changed is not None else "config")
+        blocks.append(Block("details", (summary, [[k, _format_value(arguments[k])] for k in shown])))
+        blocks.append(Block("link", ("full config: " + RUN_CONFIG_FILE, run_dir / RUN_CONFIG_FILE)))
     return blocks
 
 
@@ -138,19 +145,141 @@ def comparison_blocks(run_dirs: list[Path]) -> list[Block]:
     return [Block("text", "Runs side by side:"), Block("table", (["run"] + numeric, rows))]
 
 
+# ---------------------------------------------------------------------------------------------
+# headline: per task, the best model against its baseline, the untrained start and chance
+
+
+def _score(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "–"
+
+
+def _difference(value: Any, reference: Any) -> str:
+    if isinstance(value, (int, float)) and isinstance(reference, (int, float)):
+        return f"{value - reference:+.4f}"
+    return "–"
+
+
+def _runs_of(run_dirs: list[Path], stage: str) -> list[tuple[Path, dict, dict]]:
+    """``(folder, arguments, metrics)`` of the finished runs of one stage."""
+    out = []
+    for run_dir in run_dirs:
+        record = _read_json(run_dir / RUN_CONFIG_FILE) or {}
+        metrics = _read_json(run_dir / METRICS_FILE)
+        if metrics and _stage_of(run_dir, record) == stage:
+            out.append((run_dir, record.get("arguments") or {}, metrics))
+    return out
+
+
+def _collapse_warnings(runs) -> list[Block]:
+    return [Block("warning", collapse_message(d.name, m)) for d, _, m in runs if m.get("collapsed")]
+
+
+def classification_headline(run_dirs: list[Path]) -> list[Block]:
+    models, baselines = _runs_of(run_dirs, "classify train"), _runs_of(run_dirs, "classify baseline")
+    if not models:
+        return []
+    split = "test" if any("test_macro_f1" in m for _, _, m in models) else "eval"
+
+    def best(runs):
+        return max(runs, key=lambda r: r[2].get(f"{split}_macro_f1", float("-inf")), default=None)
+
+    model, baseline = best(models), best(baselines)
+    reference = baseline[2].get(f"{split}_macro_f1") if baseline else None
+    rows = [["fine-tuned (best)", model[0].name, _score(model[2].get("eval_macro_f1")),
+             _score(model[2].get("test_macro_f1")), _difference(model[2].get(f"{split}_macro_f1"), reference)]]
+    if baseline:
+        rows.append(["baseline: TF-IDF + LR", baseline[0].name, _score(baseline[2].get("eval_macro_f1")),
+                     _score(baseline[2].get("test_macro_f1")), ""])
+    rows.append(["untrained start", model[0].name, _score(model[2].get("initial_eval_macro_f1")), "–", ""])
+    rows.append(["chance: majority class", "", _score(model[2].get("eval_majority_macro_f1")), "–", ""])
+    header = ["classification", "run", "validation macro-F1", "test macro-F1", f"{split} vs baseline"]
+    return [Block("heading", (3, "Classification")), Block("table", (header, rows)), *_collapse_warnings(models)]
+
+
+def _evaluation_labels(arguments: dict) -> dict[str, str]:
+    """Model name -> the label ``retrieve evaluate`` gave it (its own naming rule)."""
+    from finbert2.retrieve.evaluate import model_label
+
+    models = list(arguments.get("models") or [])
+    labels = list(arguments.get("labels") or [])
+    for name in models[len(labels):]:
+        labels.append(model_label(name, set(labels)))
+    return dict(zip(models, labels))
+
+
+def retrieval_headline(run_dirs: list[Path]) -> list[Block]:
+    evaluations, trainings = _runs_of(run_dirs, "retrieve evaluate"), _runs_of(run_dirs, "retrieve train")
+    if not evaluations and not trainings:
+        return []
+    # a fine-tuned model's starting point, to find the untrained row among the evaluated models
+    start_of = {str(d.resolve()): str(a.get("model_name_or_path") or "") for d, a, _ in trainings}
+    rows = []
+    for run_dir, arguments, metrics in evaluations:
+        labels = _evaluation_labels(arguments)
+        dense = {name: label for name, label in labels.items() if label != "bm25"}
+        if not dense:
+            continue
+        best = max(dense, key=lambda n: metrics.get(f"{dense[n]}_ndcg_at_10", float("-inf")))
+        score = metrics.get(f"{dense[best]}_ndcg_at_10")
+        bm25 = metrics.get("bm25_ndcg_at_10")
+        start = start_of.get(str(Path(best).resolve()))
+        untrained = next((metrics.get(f"{label}_ndcg_at_10") for name, label in labels.items()
+                          if start and Path(name).resolve() == Path(start).resolve()), None)
+        rows.append([run_dir.name, dense[best], _score(score), _score(bm25), _difference(score, bm25),
+                     _score(untrained), _score(metrics.get("chance_ndcg_at_10"))])
+    for run_dir, _, metrics in trainings if not rows else []:  # no evaluation run: the validation scores
+        rows.append([f"{run_dir.name} (validation)", run_dir.name, _score(metrics.get("eval_ndcg_at_10")), "–", "–",
+                     _score(metrics.get("initial_eval_ndcg_at_10")), "–"])
+    header = ["retrieval (nDCG@10)", "best dense model", "score", "BM25", "vs BM25", "untrained start", "chance"]
+    return [Block("heading", (3, "Retrieval")), Block("table", (header, rows)), *_collapse_warnings(trainings)]
+
+
+def topics_headline(run_dirs: list[Path]) -> list[Block]:
+    runs = _runs_of(run_dirs, "topics")
+    if not runs:
+        return []
+    baseline = next((m for _, a, m in runs if a.get("embedding_backend") == "tfidf"), None)
+    rows = []
+    for run_dir, arguments, metrics in runs:
+        backend = arguments.get("embedding_backend")
+        embeddings = "TF-IDF/LSA (baseline)" if backend == "tfidf" else str(arguments.get("model_name_or_path") or backend)
+        rows.append([run_dir.name, Path(embeddings).name if backend != "tfidf" else embeddings,
+                     str(metrics.get("num_topics", "–")), _score(metrics.get("npmi")),
+                     _score(metrics.get("topic_diversity")), _score(metrics.get("silhouette")),
+                     "" if backend == "tfidf" or baseline is None else _difference(metrics.get("npmi"), baseline.get("npmi"))])
+    header = ["topics", "embeddings", "topics found", "NPMI", "topic diversity", "silhouette", "NPMI vs baseline"]
+    return [Block("heading", (3, "Topics")), Block("table", (header, rows))]
+
+
+def pretraining_headline(run_dirs: list[Path]) -> list[Block]:
+    runs = _runs_of(run_dirs, "mlm") + _runs_of(run_dirs, "retromae")
+    if not runs:
+        return []
+    rows = [[d.name, _score(m.get("initial_eval_loss")), _score(m.get("eval_loss")),
+             _difference(m.get("eval_loss"), m.get("initial_eval_loss")), _score(m.get("sentence_mean_cosine")),
+             "yes" if m.get("collapsed") else "no"] for d, _, m in runs]
+    header = ["pretraining", "held-out loss before", "after", "change", "sentence cosine", "collapsed"]
+    return [Block("heading", (3, "Pretraining")), Block("table", (header, rows)), *_collapse_warnings(runs)]
+
+
+def headline_blocks(run_dirs: list[Path]) -> list[Block]:
+    """One table per task the runs cover, before any per-run detail; a collapsed model's warning
+    follows its task's table (the first thing a reader must see)."""
+    tables = [*classification_headline(run_dirs), *retrieval_headline(run_dirs), *topics_headline(run_dirs),
+              *pretraining_headline(run_dirs)]
+    return [Block("heading", (2, "Results")), *tables] if tables else []
+
+
 def build_blocks(run_dirs: list[Path], title: str) -> list[Block]:
     by_stage: dict[str, list[Path]] = {}
     for run_dir in run_dirs:
         by_stage.setdefault(_stage_of(run_dir, _read_json(run_dir / RUN_CONFIG_FILE)), []).append(run_dir)
     order = sorted(by_stage, key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER), s))
-    blocks = [Block("heading", (1, title))]
+    blocks = [Block("heading", (1, title)), *headline_blocks(run_dirs)]
+    blocks.append(Block("heading", (2, "Runs")))
     summary = [[stage, str(len(by_stage[stage])),
                 str(sum((d / METRICS_FILE).exists() for d in by_stage[stage]))] for stage in order]
     blocks.append(Block("table", (["stage", "runs", "finished"], summary)))
-    for run_dir in run_dirs:  # a collapsed model is the first thing a reader must see
-        metrics = _read_json(run_dir / METRICS_FILE) or {}
-        if metrics.get("collapsed"):
-            blocks.append(Block("warning", collapse_message(run_dir.name, metrics)))
     for stage in order:
         blocks.append(Block("heading", (2, stage)))
         if len(by_stage[stage]) > 1:
@@ -198,7 +327,15 @@ def render_markdown(blocks: list[Block], output_dir: Path) -> str:
         elif block.kind == "details":
             summary, rows = block.data
             parts.append(f"<details><summary>{summary}</summary>\n\n{_md_table(['argument', 'value'], rows)}\n\n</details>")
+        elif block.kind == "link":
+            text, target = block.data
+            parts.append(f"[{text}]({_relative(target, output_dir)})")
     return "\n\n".join(parts) + "\n"
+
+
+def _relative(target: Path, output_dir: Path) -> str:
+    """A link from the report folder to a run's file (runs and report move together)."""
+    return Path(os.path.relpath(Path(target).resolve(), Path(output_dir).resolve())).as_posix()
 
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
@@ -238,7 +375,7 @@ h2{border-bottom:2px solid #ddd;margin-top:2em}code{background:#f6f6f6;padding:0
 .warning{color:#c00;border-left:4px solid #c00;padding-left:.6em}"""
 
 
-def render_html(blocks: list[Block], title: str) -> str:
+def render_html(blocks: list[Block], title: str, output_dir: Path = Path(".")) -> str:
     parts = []
     for block in blocks:
         if block.kind == "heading":
@@ -265,6 +402,9 @@ def render_html(blocks: list[Block], title: str) -> str:
         elif block.kind == "details":
             summary, rows = block.data
             parts.append(f"<details><summary>{html.escape(summary)}</summary>{_html_table(['argument', 'value'], rows)}</details>")
+        elif block.kind == "link":
+            text, target = block.data
+            parts.append(f'<p><a href="{html.escape(_relative(target, output_dir))}">{html.escape(text)}</a></p>')
     body = "\n".join(parts)
     return (f"<!DOCTYPE html>\n<html lang=\"zh\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
@@ -277,6 +417,6 @@ def build_report(paths: list[str | Path], output_dir: str | Path, title: str = "
     output_dir.mkdir(parents=True, exist_ok=True)
     blocks = build_blocks(run_dirs, title)
     atomic_write_text(output_dir / "report.md", render_markdown(blocks, output_dir))
-    atomic_write_text(output_dir / "report.html", render_html(blocks, title))
+    atomic_write_text(output_dir / "report.html", render_html(blocks, title, output_dir))
     return {"runs": len(run_dirs), "images": sum(b.kind == "image" for b in blocks),
             "finished_runs": sum((d / METRICS_FILE).exists() for d in run_dirs)}

@@ -1,9 +1,12 @@
-"""The validation sweeps behind the ``configs/*/e5-small.yaml`` recipes (multilingual-e5-small).
+"""The validation sweeps behind the recipes in ``configs/``: e5-small.yaml (multilingual-e5-small)
+and the tiny from-scratch ones.
 
-    python scripts/sweep_e5_small.py retriever  DATA_DIR OUT [--max_steps 30]
-    python scripts/sweep_e5_small.py retromae   DATA_DIR OUT [--max_steps 40]
-    python scripts/sweep_e5_small.py topics     DATA_DIR OUT
-    python scripts/sweep_e5_small.py tables     DATA_DIR OUT       # markdown -> OUT/<sweep>.md
+    python scripts/sweep_recipes.py retriever       DATA_DIR OUT [--max_steps 20]
+    python scripts/sweep_recipes.py retromae        DATA_DIR OUT [--max_steps 30]
+    python scripts/sweep_recipes.py topics          DATA_DIR OUT
+    python scripts/sweep_recipes.py tiny-retriever  - OUT       # demo data, from random weights
+    python scripts/sweep_recipes.py tiny-classify   - OUT
+    python scripts/sweep_recipes.py tables          - OUT       # markdown -> OUT/<sweep>.md
 
 DATA_DIR is the public data folder (``FINBERT2_PUBLIC_DATA``). Every choice is made on validation
 data: Fin-Eva is converted with a validation split (``--validation_fraction 0.15``; its corpus holds
@@ -27,9 +30,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 # (learning rate, temperature, pooling); the first varies the rate, then temperature, then pooling
 RETRIEVER_GRID = [("1e-5", "0.02", "mean"), ("3e-5", "0.02", "mean"), ("1e-4", "0.02", "mean"),
-                  ("3e-5", "0.01", "mean"), ("3e-5", "0.05", "mean"), ("3e-5", "0.02", "cls")]
-RETROMAE_LRS = ["2e-5", "5e-5", "1e-4"]
+                  ("3e-5", "0.05", "mean"), ("3e-5", "0.02", "cls")]
+RETROMAE_LRS = ["5e-5", "1e-4"]
 TOPIC_PROMPTS = ["clustering", "document", "none"]  # e5's "query: " (its clustering prompt), "passage: ", no prefix
+# from random weights on the demo data: mean pooling (a scratch [CLS] does not move in minutes)
+TINY_RETRIEVER_LRS = ["1e-4", "3e-4", "1e-3", "3e-3"]
+TINY_CLASSIFY_LRS = ["1e-4", "5e-4", "1e-3", "2e-3"]
 
 
 def run(out: Path, name: str, cmd: list[str]) -> Path:
@@ -119,6 +125,22 @@ def sweep_topics(data_dir: Path, out: Path) -> None:
                                       "--prompt_name", prompt, "--output_dir", str(out / f"topics_{prompt}")])
 
 
+def sweep_tiny_retriever(out: Path) -> None:
+    for lr in TINY_RETRIEVER_LRS:
+        run(out, f"tiny_retriever_lr{lr}", ["finbert2", "retrieve", "train", "configs/retriever/tiny.yaml",
+                                            "--learning_rate", lr, "--output_dir", str(out / f"tiny_retriever_lr{lr}")])
+    run(out, "tiny_retriever_bm25", ["finbert2", "retrieve", "evaluate", "--eval_data", "data/demo/retrieval/eval",
+                                     "--models", "bm25", "--output_dir", str(out / "tiny_retriever_bm25")])
+
+
+def sweep_tiny_classify(out: Path) -> None:
+    for lr in TINY_CLASSIFY_LRS:
+        run(out, f"tiny_classify_lr{lr}", ["finbert2", "classify", "train", "configs/classify/tiny.yaml",
+                                           "--learning_rate", lr, "--output_dir", str(out / f"tiny_classify_lr{lr}")])
+    run(out, "tiny_classify_baseline", ["finbert2", "classify", "baseline", "configs/classify/tiny.yaml",
+                                        "--output_dir", str(out / "tiny_classify_baseline")])
+
+
 # ----------------------------------------------------------------------------- tables
 
 def metrics(folder: Path) -> dict:
@@ -134,13 +156,13 @@ def fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
-def eval_history(folder: Path, key: str) -> list[tuple[int, float]]:
-    """``(step, value)`` of every evaluation, from the last checkpoint's trainer state."""
+def eval_history(folder: Path, key: str, axis: str = "step") -> list[tuple[int, float]]:
+    """``(step or epoch, value)`` of every evaluation, from the last checkpoint's trainer state."""
     checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     if not checkpoints:
         return []
     state = json.loads((checkpoints[-1] / "trainer_state.json").read_text("utf-8"))
-    return [(e["step"], e[key]) for e in state["log_history"] if key in e]
+    return [(round(e[axis]), e[key]) for e in state["log_history"] if key in e]
 
 
 def retriever_table(out: Path) -> str:
@@ -185,21 +207,57 @@ def topics_table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def tiny_retriever_table(out: Path) -> str:
+    lines = ["| model | lr | val nDCG@10 (step: value) | best | passage cosine | collapsed |", "|---|---|---|---|---|---|"]
+    bm25 = metrics(out / "tiny_retriever_bm25")
+    lines += [f"| chance | | | {fmt(bm25.get('chance_ndcg_at_10'))} | | |", f"| BM25 | | | {fmt(bm25.get('bm25_ndcg_at_10'))} | | |"]
+    for lr in TINY_RETRIEVER_LRS:
+        folder = out / f"tiny_retriever_lr{lr}"
+        m = metrics(folder)
+        history = [(0, m.get("initial_eval_ndcg_at_10"))] + eval_history(folder, "eval_ndcg_at_10") if m else []
+        best = max((v for s, v in history[1:]), default=None)
+        lines.append(f"| tiny, mean pooling | {lr} | " + ", ".join(f"{s}: {fmt(v, 3)}" for s, v in history)
+                     + f" | {fmt(best)} | {fmt(m.get('passage_mean_cosine'), 3)} | {str(m.get('collapsed', '-')).lower()} |")
+    return "\n".join(lines)
+
+
+def tiny_classify_table(out: Path) -> str:
+    runs = {lr: metrics(out / f"tiny_classify_lr{lr}") for lr in TINY_CLASSIFY_LRS}
+    first = next((m for m in runs.values() if m), {})
+    base = metrics(out / "tiny_classify_baseline")
+    lines = ["| model | lr | val macro-F1 (epoch: value) | best val macro-F1 | test macro-F1 | collapsed |",
+             "|---|---|---|---|---|---|",
+             f"| majority class | | | {fmt(first.get('eval_majority_macro_f1'))} | | |",
+             f"| untrained start | | | {fmt(first.get('initial_eval_macro_f1'))} | | |",
+             f"| TF-IDF + LR | | | {fmt(base.get('eval_macro_f1'))} | {fmt(base.get('test_macro_f1'))} | |"]
+    for lr, m in runs.items():
+        history = eval_history(out / f"tiny_classify_lr{lr}", "eval_macro_f1", axis="epoch")
+        lines.append(f"| tiny from scratch | {lr} | " + ", ".join(f"{e}: {fmt(v, 3)}" for e, v in history)
+                     + f" | {fmt(m.get('eval_macro_f1'))} | {fmt(m.get('test_macro_f1'))} | "
+                     f"{str(m.get('collapsed', '-')).lower()} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", choices=["retriever", "retromae", "topics", "tables"])
-    parser.add_argument("data_dir", type=Path, help="public data folder (FINBERT2_PUBLIC_DATA)")
+    parser.add_argument("sweep", choices=["retriever", "retromae", "topics", "tiny-retriever", "tiny-classify", "tables"])
+    parser.add_argument("data_dir", type=Path, help="public data folder (FINBERT2_PUBLIC_DATA); '-' for the tiny sweeps")
     parser.add_argument("out", type=Path, help="where the runs and tables go")
     parser.add_argument("--max_steps", type=int, default=None)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.sweep == "retriever":
-        sweep_retriever(args.data_dir, args.out, args.max_steps or 30)
+        sweep_retriever(args.data_dir, args.out, args.max_steps or 20)
     elif args.sweep == "retromae":
-        sweep_retromae(args.data_dir, args.out, args.max_steps or 40)
+        sweep_retromae(args.data_dir, args.out, args.max_steps or 30)
     elif args.sweep == "topics":
         sweep_topics(args.data_dir, args.out)
-    for name, table in (("retriever", retriever_table), ("retromae", retromae_table), ("topics", topics_table)):
+    elif args.sweep == "tiny-retriever":
+        sweep_tiny_retriever(args.out)
+    elif args.sweep == "tiny-classify":
+        sweep_tiny_classify(args.out)
+    for name, table in (("retriever", retriever_table), ("retromae", retromae_table), ("topics", topics_table),
+                        ("tiny-retriever", tiny_retriever_table), ("tiny-classify", tiny_classify_table)):
         text = table(args.out)
         (args.out / f"{name}.md").write_text(text + "\n", encoding="utf-8")
         if args.sweep in (name, "tables"):
