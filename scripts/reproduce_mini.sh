@@ -3,7 +3,7 @@
 #
 #   sh scripts/reproduce_mini.sh DATA_DIR OUT
 #
-# DATA_DIR is laid out as ../shared/data (cfbenchmark-basic/, fin-eva/, finbert2-upstream/,
+# DATA_DIR: the public data as `sh scripts/get_public_data.sh DATA_DIR` lays it out (cfbenchmark-basic/, fin-eva/, finbert2-upstream/,
 # jingewu-financial-sentiment-analysis/). Pipeline (every run folder under OUT):
 #   data        convert the public sets to the project's formats; write the pretraining corpora
 #   tokenizer   WordPiece vocab built from scratch on CFBenchmark text + domain words

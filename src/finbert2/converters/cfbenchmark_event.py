@@ -1,6 +1,6 @@
 """CFBenchmark-Basic event tags to classification JSONL {text, label}: level-1 event type (公司|金融市场|宏观|行业).
 
-    finbert2 convert cfbenchmark-event ../shared/data/cfbenchmark-basic/data/event.jsonl data/cfb_event
+    finbert2 convert cfbenchmark-event $FINBERT2_PUBLIC_DATA/cfbenchmark-basic/data/event.jsonl data/cfb_event
 
 The response is a comma-separated tag path ("公司, 公司经营活动, 公司销售"); ``--level 1`` (default)
 keeps its first element, a 4-class task. The instruction is dropped: it names the level-1 class.

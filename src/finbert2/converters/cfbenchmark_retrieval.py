@@ -1,6 +1,6 @@
 """CFBenchmark summary -> research-report pairs to retriever training triples and an evaluation folder.
 
-    finbert2 convert cfbenchmark-retrieval --input_dir ../shared/data/cfbenchmark-basic --output_dir data/cfb-retrieval
+    finbert2 convert cfbenchmark-retrieval --input_dir $FINBERT2_PUBLIC_DATA/cfbenchmark-basic --output_dir data/cfb-retrieval
 
 CFBenchmark-Basic's ``summary`` task pairs a broker research report (``input``) with its summary
 (``response``): the summary is the query, the report its positive. Reports are split (seeded) into
@@ -16,6 +16,7 @@ from pathlib import Path
 from finbert2.converters._retrieval_split import partition_groups, run_retrieval_converter, write_retrieval_split
 from finbert2.data import iter_jsonl
 from finbert2.data.readers import get_text
+from finbert2.data.public import public_data_dir
 from finbert2.errors import DataError
 
 
@@ -68,7 +69,7 @@ def convert(input_dir: Path, output_dir: Path, test_fraction: float = 0.3, negat
 
 def main(argv: list[str] | None = None) -> int:
     return run_retrieval_converter(argv, "finbert2 convert cfbenchmark-retrieval", __doc__.splitlines()[0],
-                                   "../shared/data/cfbenchmark-basic", "CFBenchmark-Basic folder.",
+                                   str(public_data_dir() / "cfbenchmark-basic"), "CFBenchmark-Basic folder.",
                                    "Share of reports held out for test.", convert)
 
 if __name__ == "__main__":

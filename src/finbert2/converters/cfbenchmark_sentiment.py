@@ -1,6 +1,6 @@
 """CFBenchmark-Basic sentiment (instruction/input/response) to classification JSONL {text, label: 积极|中性|消极}.
 
-    finbert2 convert cfbenchmark-sentiment ../shared/data/cfbenchmark-basic/data/sentiment.jsonl data/cfb_sentiment
+    finbert2 convert cfbenchmark-sentiment $FINBERT2_PUBLIC_DATA/cfbenchmark-basic/data/sentiment.jsonl data/cfb_sentiment
     finbert2 convert cfbenchmark-sentiment IN out.jsonl --test_fraction 0
 
 The text is the news ``input`` (whitespace runs collapsed); the instruction is dropped (it lists

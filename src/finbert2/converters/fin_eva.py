@@ -1,6 +1,6 @@
 """Fin-Eva question->context pairs to retriever training triples and a held-out evaluation folder.
 
-    finbert2 convert fin-eva --input_dir ../shared/data/fin-eva --output_dir data/fin-eva-retrieval
+    finbert2 convert fin-eva --input_dir $FINBERT2_PUBLIC_DATA/fin-eva --output_dir data/fin-eva-retrieval
 
 Reads the five context files of Fin-Eva (金融文档抽取, 保险条款解读, 金融事件解读, 金融产品分析,
 保险属性抽取; columns ``id, context, question, ...``): each question's positive is its context. The
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from finbert2.converters._retrieval_split import partition_groups, run_retrieval_converter, write_retrieval_split
 from finbert2.data import iter_csv
+from finbert2.data.public import public_data_dir
 from finbert2.errors import DataError
 
 CONTEXT_FILES = ["金融知识/金融文档抽取.csv", "金融逻辑/保险条款解读.csv", "金融逻辑/金融事件解读.csv",
@@ -106,7 +107,7 @@ def convert(input_dir: Path, output_dir: Path, test_fraction: float = 0.3, negat
 
 def main(argv: list[str] | None = None) -> int:
     return run_retrieval_converter(argv, "finbert2 convert fin-eva", __doc__.splitlines()[0],
-                                   "../shared/data/fin-eva", "Fin-Eva folder (with data/Ant/).",
+                                   str(public_data_dir() / "fin-eva"), "Fin-Eva folder (with data/Ant/).",
                                    "Share of contexts held out for test.", convert)
 
 if __name__ == "__main__":

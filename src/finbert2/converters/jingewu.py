@@ -1,6 +1,6 @@
 """JINGEWU Financial-Sentiment-Analysis headlines (data/CH.csv) to topic-model JSONL {"text"}.
 
-    finbert2 convert jingewu ../shared/data/jingewu-financial-sentiment-analysis/data/CH.csv \
+    finbert2 convert jingewu $FINBERT2_PUBLIC_DATA/jingewu-financial-sentiment-analysis/data/CH.csv \
         --output_file runs/data/jingewu_titles.jsonl [--max_docs 3000 --seed 42]
 
 CH.csv has an unnamed index column and ``Text, Close, Return, Label``; the label is a market

@@ -1,6 +1,6 @@
 """Upstream FinBERT2 SC_2 sentiment CSV (text,label with 0/1) to classification JSONL {text, label}.
 
-    finbert2 convert sc2 ../shared/data/finbert2-upstream/Fin-labeler/SC_2/test_SC_2.csv data/sc2_test.jsonl
+    finbert2 convert sc2 $FINBERT2_PUBLIC_DATA/finbert2-upstream/Fin-labeler/SC_2/test_SC_2.csv data/sc2_test.jsonl
 
 Labels stay the upstream integers (written as JSON numbers; the classifier reads them as the
 labels "0" and "1"). Upstream ships train_SC_2.csv and test_SC_2.csv; convert each to a file and
