@@ -370,3 +370,19 @@ def test_hybrid_evaluation_row_uses_the_same_fusion(tmp_path, model_dirs):
     assert "retriever+bm25_ndcg_at_10" in metrics and "retriever+bm25" in (out / "results.md").read_text("utf-8")
     fused = fuse_runs([{"q": {"a": 3.0, "b": 2.0}}, {"q": {"b": 9.0, "c": 1.0}}], k=60)["q"]
     assert list(fused) == ["b", "a", "c"] and fused["b"] == pytest.approx(1 / 62 + 1 / 61)
+
+
+def test_workers_sharing_one_index_folder_see_each_others_writes(model_dirs, tmp_path):
+    folder = str(tmp_path / "shared-index")
+    with serve(retriever=str(model_dirs["retriever"]), index=folder) as first, \
+            serve(retriever=str(model_dirs["retriever"]), index=folder) as second:
+        wait_ready(first)
+        wait_ready(second)
+        assert first.post("/index/documents", json={"documents": DOCS[:2]}).json()["documents"] == 2
+        seen = second.post("/search", json={"query": "茅台年报", "mode": "bm25"}).json()["hits"]
+        assert seen and seen[0]["id"] == "moutai"  # the second worker reloaded the first one's generation
+        assert second.post("/index/documents", json={"documents": DOCS[2:]}).json()["documents"] == 4
+        assert second.request("DELETE", "/index/documents", json={"ids": ["rrr"]}).json()["documents"] == 3
+        ids = {h["id"] for h in first.post("/search", json={"query": "利润", "top_k": 10}).json()["hits"]}
+        assert ids == {"moutai", "fed", "pv"}
+        assert first.get("/info").json()["index"]["documents"] == 3

@@ -112,6 +112,23 @@ def heavy_inputs(n: int = 32) -> list[str]:
     return [("".join(NEWS) * 3)[i:i + 400] for i in range(n)]  # ~400 tokens each: a slow batch
 
 
+def failures(url: str, error_type: str) -> float:
+    prefix = f'finbert2_request_failures_total{{error_type="{error_type}",route="/embed"}} '
+    lines = [line for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines() if line.startswith(prefix)]
+    return float(lines[0].split()[1]) if lines else 0.0
+
+
+def test_a_request_whose_client_left_is_dropped(server):
+    before = failures(server.url, "client_gone")
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{server.url}/embed", json={"inputs": heavy_inputs()}, timeout=0.02)
+    deadline = time.monotonic() + 30
+    while failures(server.url, "client_gone") == before:
+        assert time.monotonic() < deadline, "the server never noticed the client leave"
+        time.sleep(0.05)
+    assert httpx.post(f"{server.url}/embed", json={"inputs": NEWS[:1]}, timeout=30).status_code == 200
+
+
 def test_requests_over_the_concurrency_limit_get_429(model_dirs):
     with ServerProcess("--retriever", model_dirs["retriever"], "--max_concurrent_requests", "1") as process:
         def post(_):

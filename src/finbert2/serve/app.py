@@ -73,7 +73,6 @@ class Server:
         self.ready = False
         self.load_error: str | None = None
         self.in_flight = 0
-        self.index_lock = asyncio.Lock()
         # One model thread: forward passes of all models take turns (torch uses every core for each);
         # tokenization and index writes run in the loop's default pool.
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finbert2-model")
@@ -93,7 +92,7 @@ class Server:
                 "passage_instruction": encoder.passage_instruction, "pooling": encoder.pooling,
                 "max_length": self.embedder.max_length, "bf16": encoder.bf16}, self.segmenter,
                 args.window_chars, args.window_stride)
-            self._count_index()
+            self.count_index()
         for model in self.models():
             model.warm_up()
 
@@ -133,7 +132,12 @@ class Server:
             await batcher.stop()
         self.model_thread.shutdown(wait=True)
 
-    def _count_index(self) -> None:
+    def search_index(self, query_vector, query: str, top_k: int, mode: str, filters) -> list[dict]:
+        self.index.refresh()  # another worker sharing the folder may have written
+        self.count_index()
+        return self.index.search(query_vector, query, top_k, mode, filters, self.args.rrf_k)
+
+    def count_index(self) -> None:
         if self.index is not None:
             self.metrics.index_documents.set(self.index.documents)
             self.metrics.index_windows.set(len(self.index.state.windows))
@@ -284,8 +288,9 @@ class Limits:
                 return await refuse(ApiError(401, "missing or wrong API key (Authorization: Bearer <key>)",
                                              "unauthorized"))
             body = await read_body(scope, receive, server.args.max_body_bytes)
-            if body is None:
-                return  # the client left while sending
+            if body is None:  # the client left while sending
+                server.metrics.failures.labels(route, "client_gone").inc()
+                return
             if isinstance(body, ApiError):
                 return await refuse(body)
             limited = scope["method"] == "POST" or scope["method"] == "DELETE"
@@ -456,7 +461,7 @@ def create_app(args: ServeArguments) -> FastAPI:
                                             True, True, "query")
             query_vector = vectors[0]
         hits = await asyncio.get_running_loop().run_in_executor(
-            None, index.search, query_vector, body.query, body.top_k, body.mode, body.filter, args.rrf_k)
+            None, server.search_index, query_vector, body.query, body.top_k, body.mode, body.filter)
         return {"query": body.query, "mode": body.mode, "terms": jieba_tokens(body.query, server.segmenter),
                 "hits": hits}
 
@@ -479,12 +484,8 @@ def create_app(args: ServeArguments) -> FastAPI:
         for ws in windows:
             per_record.append(vectors[start:start + len(ws)])
             start += len(ws)
-        async with server.index_lock:  # writes one at a time, each on the state the last one left
-            existing = set(index.state.document_ids)
-            state = await asyncio.get_running_loop().run_in_executor(None, index.with_documents, records, per_record)
-            await asyncio.get_running_loop().run_in_executor(None, index.commit, state)
-            server._count_index()
-        replaced = sum(r["id"] in existing for r in records)
+        replaced = await asyncio.get_running_loop().run_in_executor(None, index.add, records, per_record)
+        server.count_index()
         return {"added": len(records) - replaced, "replaced": replaced, "documents": index.documents,
                 "windows": len(index.state.windows)}
 
@@ -492,14 +493,9 @@ def create_app(args: ServeArguments) -> FastAPI:
                 summary="Delete documents by id")
     async def delete_documents(body: schemas.DeleteDocumentsRequest):
         index = server.require_index()
-        async with server.index_lock:
-            present = set(index.state.document_ids)
-            ids = list(dict.fromkeys(body.ids))
-            missing = [i for i in ids if i not in present]
-            if len(missing) < len(ids):
-                state = await asyncio.get_running_loop().run_in_executor(None, index.without_documents, ids)
-                await asyncio.get_running_loop().run_in_executor(None, index.commit, state)
-                server._count_index()
+        ids = list(dict.fromkeys(body.ids))
+        missing = await asyncio.get_running_loop().run_in_executor(None, index.delete, ids)
+        server.count_index()
         return {"deleted": len(ids) - len(missing), "missing": missing, "documents": index.documents,
                 "windows": len(index.state.windows)}
 

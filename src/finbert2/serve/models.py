@@ -35,6 +35,7 @@ def quantize_linear_layers(model: torch.nn.Module) -> torch.nn.Module:
 
     with warnings.catch_warnings():  # torch points new code to torchao; the eager API still does this job
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
         return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 

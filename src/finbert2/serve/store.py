@@ -7,10 +7,16 @@ files of ``finbert2 retrieve index`` (``index.faiss``, ``docs.jsonl`` with one r
 rewrites ``CURRENT`` (an atomic rename): a crash at any point leaves the last good generation, and
 an acknowledged write is on disk. A folder written by ``retrieve index`` (files at the top, one
 window per document) is served as it is; the first write turns it into generations.
+
+Several server processes may share one folder: writes hold an exclusive lock on ``.lock`` and
+start from the newest generation on disk, and every search first checks ``CURRENT`` (one small
+read) and reloads when another process moved it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -38,6 +44,7 @@ from finbert2.retrieve.search import (
 )
 
 GENERATION_PREFIX = "gen-"
+LOCK_FILE = ".lock"
 TEXT_FIELDS = ("text", "content")
 
 
@@ -88,23 +95,44 @@ def _fsync_dir(path: Path) -> None:
 
 
 class DocumentIndex:
-    """Load, search and update an index folder (writes are serialised by the caller)."""
+    """Load, search and update an index folder, safely shared by several processes."""
 
     def __init__(self, folder: str | Path, dimension: int, model_config: dict[str, Any], segmenter=None,
                  window_chars: int = 400, window_stride: int = 380):
         self.folder = Path(folder)
         self.dimension, self.model_config, self.segmenter = dimension, model_config, segmenter
         self.window_chars, self.window_stride = window_chars, window_stride
-        self.state = self._load()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self.write_lock():  # a generation a crash left half-written is removed only under the lock
+            self.state = self._load()
+            self._remove_stale_generations(current_index_dir(self.folder))
+
+    @contextlib.contextmanager
+    def write_lock(self):
+        """Exclusive across processes (flock: released by the kernel when a holder dies, even by SIGKILL)."""
+        with open(self.folder / LOCK_FILE, "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     # --- reading -------------------------------------------------------------------------------------
+    def _on_disk_generation(self) -> int:
+        source = current_index_dir(self.folder)
+        return int(source.name[len(GENERATION_PREFIX):]) if source != self.folder else 0
+
+    def refresh(self) -> None:
+        """Serve the newest generation on disk, when another process wrote one."""
+        if self._on_disk_generation() != self.state.generation:
+            with self.write_lock():  # no writer replaces (and deletes) it while it is read
+                self.state = self._load()
+
     def _load(self) -> IndexState:
         import faiss
 
-        self.folder.mkdir(parents=True, exist_ok=True)
         source = current_index_dir(self.folder)
-        generation = int(source.name[len(GENERATION_PREFIX):]) if source != self.folder else 0
-        self._remove_stale_generations(source)
+        generation = self._on_disk_generation()
         if not (source / INDEX_FILE).is_file():
             return IndexState.build([], np.zeros((0, self.dimension), np.float32), [], generation, self.segmenter)
         config = json.loads((source / INDEX_CONFIG).read_text(encoding="utf-8"))
@@ -139,8 +167,26 @@ class DocumentIndex:
         return split_windows(format_document(record), self.window_chars, self.window_stride)
 
     # --- writing -------------------------------------------------------------------------------------
-    def with_documents(self, records: list[dict[str, Any]], window_vectors: list[np.ndarray]) -> IndexState:
-        """The next state: ``records`` (``{"id", ...}``) added, replacing any with the same id."""
+    def add(self, records: list[dict[str, Any]], window_vectors: list[np.ndarray]) -> int:
+        """Add ``records`` (``{"id", ...}``, one vector per window each), replacing any with the same id;
+        returns how many were replaced. On disk when it returns."""
+        with self.write_lock():
+            self.state = self._load() if self._on_disk_generation() != self.state.generation else self.state
+            replaced = len({str(r["id"]) for r in records} & set(self.state.document_ids))
+            self._commit(self._with_documents(records, window_vectors))
+        return replaced
+
+    def delete(self, ids: list[str]) -> list[str]:
+        """Delete documents by id; returns the ids that were not there. On disk when it returns."""
+        with self.write_lock():
+            self.state = self._load() if self._on_disk_generation() != self.state.generation else self.state
+            present = set(self.state.document_ids)
+            missing = [i for i in dict.fromkeys(ids) if i not in present]
+            if len(missing) < len(set(ids)):
+                self._commit(self._without_documents(ids))
+        return missing
+
+    def _with_documents(self, records: list[dict[str, Any]], window_vectors: list[np.ndarray]) -> IndexState:
         old = self.state
         replaced = {str(r["id"]) for r in records}
         keep = [i for i, w in enumerate(old.windows) if w["id"] not in replaced]
@@ -155,18 +201,17 @@ class DocumentIndex:
             vectors.append(vecs)
         return IndexState.build(windows, np.concatenate(vectors), tokens, old.generation + 1, self.segmenter)
 
-    def without_documents(self, ids: list[str]) -> IndexState:
+    def _without_documents(self, ids: list[str]) -> IndexState:
         old = self.state
         gone = set(ids)
         keep = [i for i, w in enumerate(old.windows) if w["id"] not in gone]
         return IndexState.build([old.windows[i] for i in keep], old.vectors[keep], [old.tokens[i] for i in keep],
                                 old.generation + 1, self.segmenter)
 
-    def commit(self, state: IndexState) -> None:
-        """Write ``state`` as the next generation, point ``CURRENT`` at it, and serve it."""
+    def _commit(self, state: IndexState) -> None:
+        """Write ``state`` as the next generation, point ``CURRENT`` at it, and serve it (under the lock)."""
         import faiss
 
-        previous = current_index_dir(self.folder)
         target = self.folder / f"{GENERATION_PREFIX}{state.generation:08d}"
         shutil.rmtree(target, ignore_errors=True)  # a half-written one from a crash
         target.mkdir(parents=True)
@@ -182,8 +227,7 @@ class DocumentIndex:
         atomic_write_text(self.folder / CURRENT, target.name + "\n")  # the commit point
         _fsync_dir(self.folder)
         self.state = state
-        if previous != self.folder and previous != target:
-            shutil.rmtree(previous, ignore_errors=True)
+        self._remove_stale_generations(target)
 
     # --- searching -----------------------------------------------------------------------------------
     def search(self, query_vector: np.ndarray | None, query_text: str, top_k: int, mode: str,
