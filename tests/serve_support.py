@@ -91,7 +91,7 @@ class ServerProcess:
             [sys.executable, "-m", "finbert2", "serve", *map(str, args), "--port", str(self.port)],
             cwd=REPO_ROOT, env=full_env, stdout=self.log, stderr=self.log)
 
-    def wait_ready(self, timeout: float = 120) -> ServerProcess:
+    def wait_ready(self, timeout: float = 300) -> ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

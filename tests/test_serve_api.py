@@ -189,6 +189,7 @@ def test_a_model_that_fails_to_load_is_reported(tmp_path):
         response = test_client.get("/ready")
         assert_tei_error(response, 503, "unhealthy")
         assert "cannot load" in response.json()["error"]
+        assert_tei_error(test_client.get("/health"), 503, "unhealthy")  # liveness fails: restart it
 
 
 # --- classification --------------------------------------------------------------------------------------

@@ -167,6 +167,7 @@ def state_folder(folder: Path) -> Path:
 def test_sigkill_during_index_writes_keeps_a_consistent_index(model_dirs, tmp_path):
     folder = tmp_path / "index"
     acknowledged: set[str] = set()
+    cut_off: list[bool] = []  # per cycle: the kill landed while a write was in flight
     long_text = "".join(NEWS) * 4  # several 400-character windows per document
     for cycle in range(2):
         process = ServerProcess("--retriever", model_dirs["retriever"], "--index", folder).wait_ready()
@@ -180,19 +181,25 @@ def test_sigkill_during_index_writes_keeps_a_consistent_index(model_dirs, tmp_pa
                     try:
                         response = client.post("/index/documents", json={"documents": docs})
                     except httpx.TransportError:
-                        return  # killed mid-request: this one was never acknowledged
+                        cut_off.append(True)  # killed mid-request: this one was never acknowledged
+                        return
                     if response.status_code == 200:
                         acknowledged.update(d["id"] for d in docs)
                     n += 1
 
         writer = threading.Thread(target=write_until_killed)
+        before = len(acknowledged)
         writer.start()
-        time.sleep(random.Random(cycle).uniform(0.8, 1.6))
+        deadline = time.monotonic() + 120
+        while len(acknowledged) == before:  # at least one write of this cycle acknowledged, then kill at random
+            assert time.monotonic() < deadline and writer.is_alive(), "no write was acknowledged"
+            time.sleep(0.01)
+        time.sleep(random.Random(cycle).uniform(0.2, 1.0))
         process.process.send_signal(signal.SIGKILL)
         process.process.wait(timeout=30)
         stop.set()
         writer.join(timeout=60)
-        assert acknowledged, "no write was acknowledged before the kill"
+        assert len(cut_off) == cycle + 1, "the kill fell between two writes: nothing was in flight"
         present = index_is_consistent_after_crash(folder, acknowledged)
         assert present >= acknowledged
     with ServerProcess("--retriever", model_dirs["retriever"], "--index", folder) as restarted:

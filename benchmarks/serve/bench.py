@@ -169,8 +169,11 @@ def main() -> None:
         for dtype in args.dtypes:
             measured = accuracy(retriever, classifier, dtype, data, texts, reference)
             reference = reference or measured
-            with ServerProcess("--retriever", retriever, "--dtype", dtype, "--max_length", "256") as server:
-                served = load(server.url, requests, args.clients)
+            server = ServerProcess("--retriever", retriever, "--dtype", dtype, "--max_length", "256")
+            try:  # a contended machine may take minutes to load the model
+                served = load(server.wait_ready(timeout=1800).url, requests, args.clients)
+            finally:
+                server.stop()
             direct = direct_inputs_per_second(retriever, dtype, requests)
             row = {k: v for k, v in measured.items() if k not in ("vectors", "labels")}
             row.update(served, direct_inputs_per_second=direct, served_over_direct=served["inputs_per_second"] / direct)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -93,8 +94,23 @@ class Server:
                 "max_length": self.embedder.max_length, "bf16": encoder.bf16}, self.segmenter,
                 args.window_chars, args.window_stride)
             self.count_index()
+            self._warn_on_index_model_mismatch()
         for model in self.models():
             model.warm_up()
+
+    def _warn_on_index_model_mismatch(self) -> None:
+        from finbert2.retrieve.index import INDEX_CONFIG, current_index_dir
+
+        config_file = current_index_dir(self.args.index) / INDEX_CONFIG
+        if not config_file.is_file():
+            return
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        encoder = self.embedder.encoder
+        for key, ours in (("query_instruction", encoder.query_instruction),
+                          ("passage_instruction", encoder.passage_instruction), ("pooling", encoder.pooling)):
+            if key in config and config[key] != ours:
+                logger.warning("%s was built with %s %r; this retriever uses %r (scores will be off until it "
+                               "is rebuilt)", self.args.index, key, config[key], ours)
 
     def _index_max_length(self) -> int | None:
         from finbert2.retrieve.index import INDEX_CONFIG, current_index_dir
@@ -102,8 +118,6 @@ class Server:
         if self.args.index:
             config = current_index_dir(self.args.index) / INDEX_CONFIG
             if config.is_file():
-                import json
-
                 return json.loads(config.read_text(encoding="utf-8")).get("max_length")
         return None
 
@@ -499,8 +513,11 @@ def create_app(args: ServeArguments) -> FastAPI:
         return {"deleted": len(ids) - len(missing), "missing": missing, "documents": index.documents,
                 "windows": len(index.state.windows)}
 
-    @app.get("/health", response_model=schemas.Status, tags=["operations"], summary="Liveness")
+    @app.get("/health", response_model=schemas.Status, responses=tei_errors(503), tags=["operations"],
+             summary="Liveness: 200 while loading and when ready, 503 once loading failed (restart me)")
     async def health():
+        if server.load_error:
+            raise ApiError(503, f"loading failed: {server.load_error}", "unhealthy")
         return {"status": "ok"}
 
     @app.get("/ready", response_model=schemas.Status, responses=tei_errors(503), tags=["operations"],
