@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -37,7 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))  # ServerProcess: the tests' loopback server runner
 
-from serve_support import ServerProcess  # noqa: E402
+from serve_support import ServerProcess
 
 DTYPES = ("fp32", "bf16", "int8")
 
@@ -179,27 +180,28 @@ def main() -> None:
             row.update(served, direct_inputs_per_second=direct, served_over_direct=served["inputs_per_second"] / direct)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    report = render(rows, cpu_summary(), retriever, args, len(data.queries), len(data.corpus))
+            report = render(rows, cpu_summary(), retriever, args, len(data.queries), len(data.corpus))
+            if args.output:  # after every dtype: a run cut short keeps what it measured
+                args.output.write_text(report, encoding="utf-8")
     print(report)
-    if args.output:
-        args.output.write_text(report, encoding="utf-8")
 
 
 def render(rows: list[dict], cpu: dict, retriever: Path, args, n_queries: int, n_docs: int) -> str:
     lines = [
         "# `finbert2 serve` benchmark", "",
-        "Command (repo root): `nice -n 19 python benchmarks/serve/bench.py --output benchmarks/serve/RESULTS.md`"
-        f" (clients {args.clients}, {args.requests} requests each, 1-8 Fin-Eva questions per `/embed` request).", "",
+        (f"Command (repo root): `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} nice -n 19 python "
+        f"benchmarks/serve/bench.py {' '.join(sys.argv[1:])}` (clients {args.clients}, {args.requests} requests "
+        "each, 1-8 Fin-Eva questions per `/embed` request)."), "",
         f"- model: multilingual-e5-small, vocab-pruned (`{retriever.name}`), max length 256",
         f"- CPU: {cpu['model']}, {cpu['cores']} torch threads; flags: {cpu['flags']}",
-        f"- load average when the report was written: {cpu['loadavg']}"
-        " (above 2 on 2 cores: a contended machine, numbers are lower bounds)",
+        (f"- load average when the report was written: {cpu['loadavg']}"
+        " (above 2 on 2 cores: a contended machine, numbers are lower bounds)"),
         f"- torch {cpu['torch']}, Python {cpu['python']}",
-        f"- accuracy: nDCG@10 on Fin-Eva test ({n_queries} queries, {n_docs} contexts: every relevant one and "
+        (f"- accuracy: nDCG@10 on Fin-Eva test ({n_queries} queries, {n_docs} contexts: every relevant one and "
         f"{args.distractors} distractors); cosine to fp32 over 200 questions; label agreement with fp32 of a "
-        "classifier (e5 weights + seeded random head) over the same 200", "",
-        "| dtype | p50 ms | p99 ms | requests/s | inputs/s served | inputs/s direct | served / direct | "
-        "cosine to fp32 (mean / min) | nDCG@10 | label agreement |",
+        "classifier (e5 weights + seeded random head) over the same 200"), "",
+        ("| dtype | p50 ms | p99 ms | requests/s | inputs/s served | inputs/s direct | served / direct | "
+        "cosine to fp32 (mean / min) | nDCG@10 | label agreement |"),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
