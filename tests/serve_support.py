@@ -92,6 +92,7 @@ class ServerProcess:
             cwd=REPO_ROOT, env=full_env, stdout=self.log, stderr=self.log)
 
     def wait_ready(self, timeout: float = 300) -> ServerProcess:
+        """Wait until /ready answers 200; on a failure the caller stops the process (``__enter__`` does)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -115,7 +116,11 @@ class ServerProcess:
         return self.process.returncode
 
     def __enter__(self) -> ServerProcess:
-        return self.wait_ready()
+        try:
+            return self.wait_ready()
+        except BaseException:
+            self.stop()  # never leave a server behind a failed start
+            raise
 
     def __exit__(self, *exc) -> None:
         self.stop()

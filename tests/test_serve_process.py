@@ -164,13 +164,15 @@ def state_folder(folder: Path) -> Path:
     return folder / (folder / "CURRENT").read_text(encoding="utf-8").strip()
 
 
-def test_sigkill_during_index_writes_keeps_a_consistent_index(model_dirs, tmp_path):
+def test_sigkill_during_index_writes_keeps_a_consistent_index(model_dirs, tmp_path, request):
     folder = tmp_path / "index"
     acknowledged: set[str] = set()
     cut_off: list[bool] = []  # per cycle: the kill landed while a write was in flight
     long_text = "".join(NEWS) * 4  # several 400-character windows per document
     for cycle in range(2):
-        process = ServerProcess("--retriever", model_dirs["retriever"], "--index", folder).wait_ready()
+        process = ServerProcess("--retriever", model_dirs["retriever"], "--index", folder)
+        request.addfinalizer(process.stop)  # no server left behind by a failing assertion
+        process.wait_ready()
         stop = threading.Event()
 
         def write_until_killed(cycle=cycle, process=process, stop=stop):
@@ -217,8 +219,10 @@ def index_is_consistent_after_crash(folder: Path, acknowledged: set[str]) -> set
     return index_is_consistent(copy, acknowledged)
 
 
-def test_sigterm_drains_in_flight_requests(model_dirs):
-    process = ServerProcess("--retriever", model_dirs["retriever"], "--max_batch_tokens", "2048").wait_ready()
+def test_sigterm_drains_in_flight_requests(model_dirs, request):
+    process = ServerProcess("--retriever", model_dirs["retriever"], "--max_batch_tokens", "2048")
+    request.addfinalizer(process.stop)
+    process.wait_ready()
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(httpx.post, f"{process.url}/embed", json={"inputs": heavy_inputs()}, timeout=120)
                    for _ in range(4)]
