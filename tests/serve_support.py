@@ -106,6 +106,8 @@ class ServerProcess:
         raise TimeoutError("server not ready in time")
 
     def stop(self) -> int:
+        if self.log is not sys.stderr:
+            self.log.close()
         if self.process.poll() is None:
             self.process.terminate()
             try:
