@@ -23,6 +23,7 @@ from finbert2.classify.data import pool_by_owner
 from finbert2.classify.longtext import LongTextSettings, encode_texts
 from finbert2.errors import ConfigError
 from finbert2.modeling import load_tokenizer
+from finbert2.retrieve.encoder import pad_batch
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,22 @@ class SequenceClassifier:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
+    def _forward(self, rows: list[list[int]], pad_id: int, return_cls: bool = False):
+        ids, mask = pad_batch(rows, pad_id)
+        with self._autocast():
+            return self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                              output_hidden_states=return_cls)
+
+    @torch.inference_mode()
+    def window_logits(self, rows: list[list[int]]) -> np.ndarray:
+        """Float32 logits of one batch of model inputs (``encode_texts`` windows): the server's batcher calls this."""
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        return self._forward(rows, pad_id).logits.float().cpu().numpy()
+
+    def predictions(self, logits: np.ndarray) -> Predictions:
+        """Labels and probabilities of per-text logits, with this model's labels and threshold."""
+        return Predictions(self.label_names, self.multi_label, self.threshold, logits)
+
     @torch.inference_mode()
     def predict(self, texts: list[str], batch_size: int = 64, return_cls: bool = False,
                 progress: bool = False) -> Predictions:
@@ -128,15 +145,7 @@ class SequenceClassifier:
             batches = tqdm(batches, desc="predict", unit="batch")
         for start in batches:
             rows = order[start:start + batch_size]
-            longest = len(input_ids[rows[0]])
-            ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), longest), dtype=torch.long)
-            for r, i in enumerate(rows):
-                ids[r, : len(input_ids[i])] = torch.tensor(input_ids[i])
-                mask[r, : len(input_ids[i])] = 1
-            with self._autocast():
-                out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                 output_hidden_states=return_cls)
+            out = self._forward([input_ids[i] for i in rows], pad_id, return_cls)
             window_logits[rows] = out.logits.float().cpu().numpy()
             if return_cls:
                 window_cls[rows] = out.hidden_states[-1][:, 0].float().cpu().numpy()

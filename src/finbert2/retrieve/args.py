@@ -150,8 +150,14 @@ class EvaluateArguments:
         "help": "cls or mean for every dense model; default: each folder's saved pooling, else cls."})
     k: int = field(default=100, metadata={"help": "Documents retrieved per query."})
     bf16: bool = field(default=False, metadata={"help": "Encode under bf16 autocast (faster, cosine ~0.999)."})
+    hybrid: bool = field(default=False, metadata={
+        "help": "Add a '<model>+bm25' row per dense model: reciprocal-rank fusion of its run and BM25's "
+                "(the fusion `finbert2 serve` uses for mode=hybrid)."})
+    rrf_k: int = field(default=60, metadata={"help": "Reciprocal-rank fusion constant k (score 1/(k + rank))."})
 
     def __post_init__(self):
+        if self.rrf_k < 1:
+            raise ConfigError("retrieve evaluate: rrf_k must be at least 1")
         if self.labels and len(self.labels) > len(self.models):
             raise ConfigError("more labels than models")
         if self.labels and len(set(self.labels)) != len(self.labels):

@@ -232,18 +232,24 @@ class DenseEncoder:
             order = sorted(range(len(chunk)), key=lambda i: -len(ids[i]))
             for start in range(0, len(order), batch_size):
                 rows = order[start:start + batch_size]
-                input_ids, attention_mask = self._pad([ids[i] for i in rows])
-                with self._autocast():
-                    states = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-                emb = pool(states, attention_mask, self.pooling).float()
+                emb = self.pooled([ids[i] for i in rows])
                 if self.normalize:
                     emb = torch.nn.functional.normalize(emb, dim=-1)
-                vectors[[chunk_start + i for i in rows]] = emb.cpu().numpy()
+                vectors[[chunk_start + i for i in rows]] = emb.numpy()
                 if progress is not None:
                     progress.update(1)
         if progress is not None:
             progress.close()
         return vectors
+
+    @torch.inference_mode()
+    def pooled(self, rows: list[list[int]]) -> torch.Tensor:
+        """Pooled float32 CPU vectors (not normalised) of one batch of token id lists (special tokens
+        included): the forward pass ``encode`` and the server's batcher share."""
+        input_ids, attention_mask = self._pad(rows)
+        with self._autocast():
+            states = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return pool(states, attention_mask, self.pooling).float().cpu()
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

@@ -21,7 +21,7 @@ from typing import Any
 from finbert2.data import RetrievalEvalData, atomic_write_text, read_retrieval_eval, write_jsonl
 from finbert2.retrieve.encoder import DenseEncoder
 from finbert2.retrieve.metrics import markdown_table, mean_metrics, per_query_metrics, top_k
-from finbert2.retrieve.search import BM25Retriever, dense_run, format_document
+from finbert2.retrieve.search import BM25Retriever, dense_run, format_document, fuse_runs
 
 logger = logging.getLogger("finbert2.retrieve")
 
@@ -110,18 +110,32 @@ def run_evaluation(args, run_args) -> dict[str, Any]:
                     encoder.query_instruction, encoder.passage_instruction)
     results: dict[str, dict[str, float]] = {}
     flat: dict[str, Any] = {}
-    for name, label in zip(args.models, labels):
-        t0 = time.perf_counter()
-        if name == BM25:
-            mean, per_query, run = bm25_evaluation(data, args.k)
-        else:
-            mean, per_query, run = dense_evaluation(encoders[name], data, args.k, show_progress=True)
-        seconds = time.perf_counter() - t0
+
+    def record(label: str, mean: dict, per_query: dict, run: dict, seconds: float) -> None:
         results[label] = mean
         write_per_query(output_dir / "per_query" / f"{label}.jsonl", per_query, run, data.qrels)
         logger.info("%s: %s (%.1fs)", label, json.dumps({k: round(v, 4) for k, v in mean.items()}), seconds)
         flat.update({f"{label}_{k}": v for k, v in mean.items()})
         flat[f"{label}_seconds"] = seconds
+
+    bm25_run, dense_runs = None, {}
+    for name, label in zip(args.models, labels):
+        t0 = time.perf_counter()
+        if name == BM25:
+            mean, per_query, run = bm25_evaluation(data, args.k)
+            bm25_run = run
+        else:
+            mean, per_query, run = dense_evaluation(encoders[name], data, args.k, show_progress=True)
+            dense_runs[label] = run
+        record(label, mean, per_query, run, time.perf_counter() - t0)
+    if args.hybrid:
+        if bm25_run is None:
+            bm25_run = bm25_evaluation(data, args.k)[2]
+        for label, dense_run_of_label in dense_runs.items():
+            t0 = time.perf_counter()
+            fused = fuse_runs([dense_run_of_label, bm25_run], args.rrf_k)
+            per_query = per_query_metrics(data.qrels, top_k(fused, args.k))
+            record(f"{label}+bm25", mean_metrics(per_query), per_query, fused, time.perf_counter() - t0)
     mean, per_query, run = chance_evaluation(data, args.k)  # always last: what no model beats is no result
     results[CHANCE] = mean
     flat.update({f"{CHANCE}_{k}": v for k, v in mean.items()})

@@ -28,6 +28,17 @@ logger = logging.getLogger("finbert2.retrieve")
 INDEX_FILE = "index.faiss"
 DOCS_FILE = "docs.jsonl"
 INDEX_CONFIG = "index_config.json"
+# Written by `finbert2 serve`, which updates an index in generations: the folder name in use.
+CURRENT = "CURRENT"
+
+
+def current_index_dir(folder: str | Path) -> Path:
+    """The folder holding the index files: the generation ``CURRENT`` names, else ``folder`` itself."""
+    folder = Path(folder)
+    pointer = folder / CURRENT
+    if pointer.is_file():
+        return folder / pointer.read_text(encoding="utf-8").strip()
+    return folder
 
 
 def read_documents(paths: list[str]) -> list[dict[str, Any]]:
@@ -83,7 +94,7 @@ class SearchIndex:
     def __init__(self, index_dir: str | Path, batch_size: int = 64):
         import faiss
 
-        index_dir = Path(index_dir)
+        index_dir = current_index_dir(index_dir)
         if not (index_dir / INDEX_FILE).is_file():
             raise ConfigError(f"{index_dir}: no {INDEX_FILE} (build it with `finbert2 retrieve index`)")
         self.config = json.loads((index_dir / INDEX_CONFIG).read_text(encoding="utf-8"))

@@ -75,25 +75,57 @@ def dense_run(query_vectors: np.ndarray, query_ids: list[str], doc_vectors: np.n
             for i, qid in enumerate(query_ids)}
 
 
-def jieba_tokens(text: str) -> list[str]:
-    """Search-mode jieba words, lowercased, without whitespace and punctuation-only tokens."""
-    return [t.lower() for t in default_segmenter().lcut_for_search(text)
+def jieba_tokens(text: str, segmenter=None) -> list[str]:
+    """Search-mode jieba words, lowercased, without whitespace and punctuation-only tokens
+    (``segmenter``: a ``new_segmenter(user_dict)``; default: jieba's own dictionary)."""
+    return [t.lower() for t in (segmenter or default_segmenter()).lcut_for_search(text)
             if t.strip() and any(ch.isalnum() for ch in t)]
 
 
 class BM25Retriever:
     """BM25 (bm25s, Lucene scoring, k1=1.5, b=0.75) over jieba words: the lexical baseline."""
 
-    def __init__(self, doc_ids: list[str], doc_texts: list[str], k1: float = 1.5, b: float = 0.75):
+    def __init__(self, doc_ids: list[str], doc_texts: list[str] | None, k1: float = 1.5, b: float = 0.75,
+                 segmenter=None, doc_tokens: list[list[str]] | None = None):
+        """``doc_tokens``: the documents' ``jieba_tokens`` when already known (the server keeps them,
+        so an index update does not segment the whole corpus again)."""
         import bm25s
 
         self.doc_ids = doc_ids
+        self.segmenter = segmenter
         self.model = bm25s.BM25(k1=k1, b=b)
-        self.model.index([jieba_tokens(t) for t in doc_texts], show_progress=False)
+        if doc_tokens is None:
+            doc_tokens = [jieba_tokens(t, segmenter) for t in doc_texts]
+        self.model.index(doc_tokens, show_progress=False)
 
     def run(self, query_ids: list[str], query_texts: list[str], k: int = 100) -> dict[str, dict[str, float]]:
         k = min(k, len(self.doc_ids))
-        docs, scores = self.model.retrieve([jieba_tokens(t) for t in query_texts], k=k, show_progress=False)
+        docs, scores = self.model.retrieve([jieba_tokens(t, self.segmenter) for t in query_texts], k=k,
+                                           show_progress=False)
         # A zero score means no query word occurs in the document: not retrieved.
         return {qid: {self.doc_ids[d]: float(s) for d, s in zip(docs[i], scores[i]) if s > 0}
                 for i, qid in enumerate(query_ids)}
+
+
+# Reciprocal-rank fusion's constant (Cormack et al., 2009): a document's fused score is
+# sum over retrievers of 1 / (k + rank); k = 60 damps the weight of the very top ranks.
+RRF_K = 60
+
+
+def reciprocal_rank_fusion(rankings: list[list[str]], k: int = RRF_K) -> dict[str, float]:
+    """``{id: fused score}`` over ranked id lists (best first), highest first: the hybrid of dense and
+    BM25 retrieval, shared by ``retrieve evaluate --hybrid`` and the server's ``mode=hybrid``."""
+    fused: dict[str, float] = {}
+    for ranking in rankings:
+        for rank, doc_id in enumerate(ranking, start=1):
+            fused[doc_id] = fused.get(doc_id, 0.0) + 1.0 / (k + rank)
+    return dict(sorted(fused.items(), key=lambda item: -item[1]))
+
+
+def fuse_runs(runs: list[dict[str, dict[str, float]]], k: int = RRF_K) -> dict[str, dict[str, float]]:
+    """Per query, the reciprocal-rank fusion of several ``{qid: {docid: score}}`` runs."""
+    def ranked(scores: dict[str, float]) -> list[str]:
+        return sorted(scores, key=lambda doc: (-scores[doc], doc))  # ties by id, as trec_eval breaks them
+
+    query_ids = dict.fromkeys(q for run in runs for q in run)
+    return {qid: reciprocal_rank_fusion([ranked(run.get(qid, {})) for run in runs], k) for qid in query_ids}

@@ -1,0 +1,60 @@
+"""Arguments of ``finbert2 serve``; defaults follow text-embeddings-inference (TEI) where it has one."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from finbert2.errors import ConfigError
+
+API_KEY_ENV = "FINBERT2_API_KEY"
+DTYPES = ("fp32", "bf16", "int8")
+
+
+@dataclass
+class ServeArguments:
+    retriever: str | None = field(default=None, metadata={
+        "help": "Retriever folder (or hub id) for /embed, /v1/embeddings and /search."})
+    index: str | None = field(default=None, metadata={
+        "help": "Index folder (from `finbert2 retrieve index`, or a new folder): /search and /index/documents."})
+    classifier: list[str] | None = field(default=None, metadata={
+        "help": "Classifier folder(s) for /classify; a request picks one by 'model' (folder name), default the first."})
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (0.0.0.0: every interface)."})
+    port: int = field(default=8000, metadata={"help": "TCP port."})
+    dtype: str = field(default="fp32", metadata={
+        "help": "fp32, bf16 (autocast; fast only on CPUs with AVX512-BF16/AMX) or int8 (dynamic quantisation "
+                "of the linear layers)."})
+    api_key: str | None = field(default=None, metadata={
+        "help": f"Require 'Authorization: Bearer <key>' on every route but /health, /ready and / "
+                f"(default: ${API_KEY_ENV} when set)."})
+    max_length: int | None = field(default=None, metadata={
+        "help": "Longest model input in tokens (default: the index's, else 512, capped by the model)."})
+    max_batch_tokens: int = field(default=16384, metadata={
+        "help": "Padded tokens per forward pass (TEI: max-batch-tokens)."})
+    max_client_batch_size: int = field(default=32, metadata={"help": "Inputs per request (TEI's default 32); more: 413."})
+    max_concurrent_requests: int = field(default=512, metadata={
+        "help": "Requests admitted at once (TEI's default 512); more: 429."})
+    max_body_bytes: int = field(default=2_000_000, metadata={"help": "Largest request body (TEI: 2 MB); more: 413."})
+    batch_wait_ms: float = field(default=2.0, metadata={"help": "Milliseconds a batch waits for more requests."})
+    window_chars: int = field(default=400, metadata={"help": "Characters per indexed window (upstream: 400)."})
+    window_stride: int = field(default=380, metadata={"help": "Characters between window starts (upstream: 380)."})
+    rrf_k: int = field(default=60, metadata={"help": "Reciprocal-rank fusion constant of mode=hybrid."})
+    user_dict: str | None = field(default=None, metadata={"help": "jieba user dictionary for BM25."})
+    served_model_name: str | None = field(default=None, metadata={
+        "help": "The retriever's name in /v1/embeddings and /info (default: its folder name)."})
+    graceful_timeout: float = field(default=30.0, metadata={"help": "Seconds SIGTERM waits for in-flight requests."})
+
+    def __post_init__(self):
+        if not self.retriever and not self.classifier:
+            raise ConfigError("finbert2 serve: give --retriever and/or --classifier")
+        if self.index and not self.retriever:
+            raise ConfigError("finbert2 serve: --index needs --retriever (documents are encoded with it)")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"finbert2 serve: dtype must be one of {', '.join(DTYPES)}")
+        if self.api_key is None:
+            self.api_key = os.environ.get(API_KEY_ENV) or None
+        if not 0 < self.window_stride <= self.window_chars:
+            raise ConfigError("finbert2 serve: need 0 < window_stride <= window_chars")
+        for name in ("max_batch_tokens", "max_client_batch_size", "max_concurrent_requests", "max_body_bytes", "rrf_k"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"finbert2 serve: {name} must be at least 1")

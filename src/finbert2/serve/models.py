@@ -1,0 +1,136 @@
+"""The models a server holds: the retriever (``DenseEncoder``) and labelers (``SequenceClassifier``),
+loaded from the folders this toolkit writes, at the precision asked for, with tokenization that
+reports which inputs were too long."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from finbert2.classify.inference import SequenceClassifier
+from finbert2.classify.longtext import encode_texts
+from finbert2.errors import ConfigError
+from finbert2.retrieve.encoder import DenseEncoder
+
+logger = logging.getLogger("finbert2.serve")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmul is native; elsewhere oneDNN emulates it, several times slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def quantize_linear_layers(model: torch.nn.Module) -> torch.nn.Module:
+    """int8 dynamic quantisation of every ``nn.Linear`` (weights int8, activations quantised per batch)."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():  # torch points new code to torchao; the eager API still does this job
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def apply_dtype(model: torch.nn.Module, dtype: str) -> tuple[torch.nn.Module, bool]:
+    """``(model, bf16 autocast?)`` for ``fp32``, ``bf16`` or ``int8``."""
+    if dtype == "bf16" and not cpu_has_fast_bf16() and not torch.cuda.is_available():
+        logger.warning("--dtype bf16 on a CPU without AVX512-BF16/AMX: emulated, likely slower than fp32")
+    if dtype == "int8":
+        return quantize_linear_layers(model), False
+    return model, dtype == "bf16"
+
+
+def model_name(path: str) -> str:
+    return Path(path.rstrip("/")).name or path
+
+
+@dataclass
+class Tokenized:
+    rows: list[list[int]]  # model inputs (special tokens included)
+    owners: list[int]  # input index of each row (classifier windows)
+    too_long: list[int]  # input indices longer than the model's max length
+    tokens: int  # tokens of every row
+
+
+class Embedder:
+    """The retriever: prompts, tokenization with a max length, pooled vectors of a batch."""
+
+    def __init__(self, path: str, dtype: str = "fp32", max_length: int | None = None, name: str | None = None):
+        self.path, self.name, self.dtype = path, name or model_name(path), dtype
+        self.encoder = DenseEncoder.from_pretrained(path, device="cpu")
+        positions = getattr(self.encoder.model.config, "max_position_embeddings", 512)
+        self.max_length = min(max_length or 512, positions)
+        self.encoder.max_length = self.max_length
+        self.encoder.model, self.encoder.bf16 = apply_dtype(self.encoder.model, dtype)
+
+    @property
+    def dimension(self) -> int:
+        return self.encoder.dimension
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        """TEI's prompt names: ``query`` and ``passage`` (sentence-transformers calls the latter ``document``)."""
+        return {"query": self.encoder.query_instruction, "passage": self.encoder.passage_instruction,
+                "document": self.encoder.passage_instruction}
+
+    def tokenize(self, texts: list[str], truncate: bool) -> Tokenized:
+        tokenizer = self.encoder.tokenizer
+        rows = tokenizer(texts, truncation=False, return_attention_mask=False,
+                         return_token_type_ids=False, verbose=False)["input_ids"]
+        too_long = [i for i, ids in enumerate(rows) if len(ids) > self.max_length]
+        if too_long and truncate:  # exactly what DenseEncoder.encode feeds the model for these texts
+            cut = tokenizer([texts[i] for i in too_long], truncation=True, max_length=self.max_length,
+                            return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+            for i, ids in zip(too_long, cut):
+                rows[i] = ids
+        return Tokenized(rows, list(range(len(rows))), too_long, sum(map(len, rows)))
+
+    def forward(self, rows: list[list[int]]) -> np.ndarray:
+        return self.encoder.pooled(rows).numpy()
+
+    def warm_up(self) -> None:
+        self.forward(self.tokenize(["预热"], truncate=True).rows)
+
+
+class Labeler:
+    """A classifier with its saved long-text strategy and multi-label threshold."""
+
+    def __init__(self, path: str, dtype: str = "fp32", name: str | None = None):
+        self.path, self.name, self.dtype = path, name or model_name(path), dtype
+        self.classifier = SequenceClassifier.from_pretrained(path, device="cpu")
+        self.classifier.model, self.classifier.bf16 = apply_dtype(self.classifier.model, dtype)
+
+    @property
+    def max_length(self) -> int:
+        return self.classifier.settings.max_length
+
+    def tokenize(self, texts: list[str], truncate: bool) -> Tokenized:
+        rows, owners, lengths = encode_texts(self.classifier.tokenizer, texts, self.classifier.settings)
+        too_long = [i for i, n in enumerate(lengths) if n > self.classifier.settings.budget]
+        return Tokenized(rows, owners, too_long, sum(map(len, rows)))
+
+    def forward(self, rows: list[list[int]]) -> np.ndarray:
+        return self.classifier.window_logits(rows)
+
+    def warm_up(self) -> None:
+        self.forward(self.tokenize(["预热"], truncate=True).rows)
+
+
+def load_models(retriever: str | None, classifiers: list[str], dtype: str, max_length: int | None,
+                served_name: str | None = None) -> tuple[Embedder | None, dict[str, Labeler]]:
+    embedder = Embedder(retriever, dtype, max_length, served_name) if retriever else None
+    labelers: dict[str, Labeler] = {}
+    for path in classifiers:
+        labeler = Labeler(path, dtype)
+        if labeler.name in labelers or (embedder and labeler.name == embedder.name):
+            raise ConfigError(f"two models are named '{labeler.name}': give each classifier folder its own name")
+        labelers[labeler.name] = labeler
+    return embedder, labelers

@@ -1,0 +1,97 @@
+"""The server's contract: its live OpenAPI schema is the committed ``docs/openapi.json``, and any body
+(hypothesis-generated, well-formed or not) gets one of the status codes the schema documents for
+its route, with the route's error shape: never a 500."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from serve_support import NEWS, REPO_ROOT, make_classifier, make_retriever
+
+from finbert2.serve.app import create_app
+from finbert2.serve.args import ServeArguments
+from finbert2.serve.cli import openapi_schema, openapi_text
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+COMMITTED = REPO_ROOT / "docs" / "openapi.json"
+
+
+def test_live_openapi_equals_the_committed_schema():
+    assert json.loads(COMMITTED.read_text(encoding="utf-8")) == openapi_schema(), (
+        "docs/openapi.json is stale: regenerate it with `python -m finbert2 serve --write_openapi docs/openapi.json`")
+    assert COMMITTED.read_text(encoding="utf-8") == openapi_text()
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory, tiny_tokenizer_dir):
+    root = tmp_path_factory.mktemp("serve-schema")
+    retriever = make_retriever(tiny_tokenizer_dir, root / "retriever")
+    labeler = make_classifier(tiny_tokenizer_dir, root / "labeler", ["消极", "积极"])
+    app = create_app(ServeArguments(retriever=str(retriever), classifier=[str(labeler)], index=str(root / "index"),
+                                    max_client_batch_size=4, max_body_bytes=4000))
+    with TestClient(app) as test_client:
+        deadline = time.monotonic() + 60
+        while test_client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert test_client.post("/index/documents", json={"documents": [
+            {"id": f"d{i}", "text": text} for i, text in enumerate(NEWS[:4])]}).status_code == 200
+        assert test_client.get("/openapi.json").json() == openapi_schema()
+        yield test_client
+
+
+SCHEMA = json.loads(COMMITTED.read_text(encoding="utf-8"))
+BODY_ROUTES = [(path, method) for path, methods in SCHEMA["paths"].items() for method, op in methods.items()
+               if "requestBody" in op]
+
+
+def documented_codes(path: str, method: str) -> set[int]:
+    return {int(code) for code in SCHEMA["paths"][path][method]["responses"]}
+
+
+def field_names(path: str, method: str) -> list[str]:
+    ref = SCHEMA["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    return list(SCHEMA["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"])
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30) | st.sampled_from(["query", "passage", "dense", "bm25", "hybrid", "base64", *NEWS]),
+    lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12)
+
+
+@st.composite
+def bodies(draw, path: str, method: str):
+    """A body: any JSON value, or an object over the route's own field names (some valid, most not)."""
+    if draw(st.integers(0, 4)) == 0:
+        return draw(json_values)
+    names = field_names(path, method)
+    chosen = draw(st.lists(st.sampled_from(names + ["unknown"]), unique=True, max_size=len(names) + 1))
+    return {name: draw(json_values) for name in chosen}
+
+
+@pytest.mark.parametrize(("path", "method"), BODY_ROUTES, ids=[f"{m.upper()} {p}" for p, m in BODY_ROUTES])
+def test_generated_bodies_get_documented_answers(client, path, method):
+    allowed = documented_codes(path, method)
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                     HealthCheck.too_slow])
+    @given(body=bodies(path, method))
+    def check(body):
+        response = client.request(method.upper(), path, json=body)
+        assert response.status_code in allowed, (response.status_code, response.text, body)
+        if response.status_code >= 400:
+            error = response.json()
+            if path.startswith("/v1/"):
+                assert set(error["error"]) == {"message", "type", "param", "code"}
+            else:
+                assert set(error) == {"error", "error_type"}
+
+    check()
