@@ -99,28 +99,39 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, enum.Enum) else value
 
 
-def _field_defaults(obj: Any) -> dict[str, Any]:
-    """Each field's default as the resolved arguments would show it: a fresh instance given only the
-    required fields (so ``__post_init__`` resolves the defaults the same way), else the declared ones."""
-    fields = dataclasses.fields(obj)
-    required = {f.name: getattr(obj, f.name) for f in fields
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-    try:
-        return _to_dict(type(obj)(**required))
-    except Exception:  # a validating __post_init__ may refuse the bare defaults
-        return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                for f in fields if f.name not in required}
+def _declared_defaults(obj: Any) -> dict[str, Any]:
+    """Each field's declared default. (Not a fresh instance: building a second TrainingArguments
+    under torchrun touches the distributed state and aborted rank 0.)"""
+    defaults = {}
+    for f in dataclasses.fields(obj):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()
+    return defaults
+
+
+def _same_as_default(value: Any, default: Any) -> bool:
+    value, default = _plain(value), _plain(default)
+    if json.dumps(value, default=str) == json.dumps(default, default=str):
+        return True
+    empty = (None, "", [], {})
+    if value in empty and default in empty:  # e.g. debug "" resolved to []
+        return True
+    # None means "resolve it for me": what __post_init__ filled in (a logging folder, an
+    # accelerator config, a bool from the log level) is a default the user did not choose
+    if default is None:
+        return isinstance(value, bool) or not isinstance(value, (int, float, str))
+    return False
 
 
 def changed_arguments(obj: Any, resolved: dict[str, Any]) -> list[str]:
-    """Names of the arguments whose resolved value is not the default (what a reader of the run
-    wants to see; the rest are the stage's documented defaults). Required ones always count."""
+    """Names of the arguments whose resolved value is not the declared default (what a reader of
+    the run wants to see; the rest are the stage's documented defaults). Required ones always count."""
     if not dataclasses.is_dataclass(obj):
         return list(resolved)
-    defaults = _field_defaults(obj)
-    missing = object()
-    return [name for name, value in resolved.items()
-            if json.dumps(_plain(value), default=str) != json.dumps(_plain(defaults.get(name, missing)), default=str)]
+    defaults = _declared_defaults(obj)
+    return [name for name, value in resolved.items() if name not in defaults or not _same_as_default(value, defaults[name])]
 
 
 def write_run_config(output_dir: str | Path, *args_objects: Any, stage: str, extra: dict | None = None) -> dict:
