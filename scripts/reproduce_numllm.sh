@@ -28,7 +28,9 @@ OUT=$(cd "$OUT" && pwd)
 
 # ---- sizes (environment variables; defaults fit the CPU budget) ----
 DOMAIN_STEPS=${DOMAIN_STEPS:-24}         # optimizer steps of 4 x 128 tokens (~20 s each on 2 cores)
-NUMERIC_STEPS=${NUMERIC_STEPS:-24}       # optimizer steps of 8 NumCT items
+NUMERIC_STEPS=${NUMERIC_STEPS:-24}       # optimizer steps of NUMERIC_BATCH NumCT items
+NUMERIC_BATCH=${NUMERIC_BATCH:-8}
+HELDOUT_SEQUENCES=${HELDOUT_SEQUENCES:-32} # held-out sequences/items for each module's loss before and after
 MAX_QUESTIONS=${MAX_QUESTIONS:-60}       # per test file, a seeded sample (0: all); ~2 s per question and model
 PERPLEXITY_TEXTS=${PERPLEXITY_TEXTS:-20} # held-out documents, first 128 tokens each
 SEED=${SEED:-42}
@@ -57,9 +59,11 @@ stage items "$I" "$PYTHON" -m finbert2 numllm build-numeric "$CONFIG" --seed "$S
     "$DATA_DIR/cfbenchmark-basic/data/company.jsonl"
 stage domain "$OUT/domain" sh Fin-numllm/run_domain_lora.sh "$CONFIG" --model_name_or_path "$BASE" \
     --train_data "$I/train_text.jsonl" --eval_data "$I/heldout_text.jsonl" --max_steps "$DOMAIN_STEPS" \
+    --max_eval_samples "$HELDOUT_SEQUENCES" \
     --seed "$SEED" --output_dir "$OUT/domain"
 stage numeric "$OUT/numeric" sh Fin-numllm/run_numeric_lora.sh "$CONFIG" --model_name_or_path "$BASE" \
     --train_data "$I/train.jsonl" --eval_data "$I/heldout.jsonl" --max_steps "$NUMERIC_STEPS" \
+    --per_device_train_batch_size "$NUMERIC_BATCH" --max_eval_samples "$HELDOUT_SEQUENCES" \
     --seed "$SEED" --output_dir "$OUT/numeric"
 stage merged "$OUT/merged" sh Fin-numllm/merge.sh "$CONFIG" --model_name_or_path "$BASE" \
     --adapters "$OUT/domain" "$OUT/numeric" --output_dir "$OUT/merged"

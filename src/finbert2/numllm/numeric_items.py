@@ -5,7 +5,7 @@ financial textbooks; its exact recipe is not public. This is ours, from any fina
 
 1. Find numeric variables (``find_variables``): dates (``2023年5月``), percentages (``12.5%``),
    growth rates (a percentage or ``个百分点`` right after a cue such as 增长/下降/同比), ratios
-   (``3.2倍``, or a bare number right after 市盈率/比率/比例), amounts (a number with a currency unit:
+   (``3.2倍``, or a bare number right after 市盈率/比率/比例/...率为), amounts (a number with a currency unit:
    元/万元/亿元/美元...) and quantities (股/家/人/户/只). Bare numbers with no unit or cue (stock codes,
    list numbers) are not variables.
 2. For each chosen variable the question is its sentence, with the preceding sentence as context,
@@ -43,7 +43,7 @@ NUMBER = re.compile(r"(?<![0-9.,])([-−]?\d+(?:,\d{3})*(?:\.\d+)?)(个百分点
                     r"亿元|万元|千元|元|股|家|人|户|只)?")
 GROWTH_CUES = ("增长", "增加", "上升", "上涨", "下降", "下滑", "减少", "下跌", "同比", "环比", "增速", "增幅", "降幅",
                "涨幅", "跌幅", "提高", "降低")
-RATIO_CUES = ("市盈率", "市净率", "比率", "比例", "杠杆", "倍数", "乘数", "系数")
+RATIO_CUES = ("市盈率", "市净率", "比率", "比例", "杠杆", "倍数", "乘数", "系数", "率为", "率是")
 CURRENCY_UNITS = {"亿美元", "万美元", "美元", "亿港元", "港元", "亿元", "万元", "千元", "元"}
 QUANTITY_UNITS = {"股", "家", "人", "户", "只"}
 UNIT_SWAPS = {"亿元": "万元", "万元": "亿元", "千元": "万元", "元": "万元", "亿美元": "万美元", "万美元": "亿美元",
