@@ -3,7 +3,6 @@ either writes questions ``read_questions`` accepts (exit 0) or stops with one ``
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -17,22 +16,11 @@ from conftest import REPO_ROOT, require_public
 from finbert2.config import parse_args
 from finbert2.converters import cflue, fineval
 from finbert2.numllm.questions import is_numeric, read_questions
-from hostile import ERROR_FORMAT, hostile_text, json_values
+from hostile import hostile_text, json_values
+from test_converters_hostile import _run  # one error-line check for every converter
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MAPPING = {"accounting": ["accounting", "会计", "Accounting"]}
-
-
-def _run(main, argv: list[str]) -> int:
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-        code = main(argv)
-    assert code in (0, 2), code
-    if code == 2:
-        lines = [line for line in stderr.getvalue().splitlines() if line.startswith("error: ")]
-        assert len(lines) == 1, stderr.getvalue()
-        assert ERROR_FORMAT.match(lines[0][len("error: "):]), lines[0]
-    return code
 
 
 def _csv(header: list[str], rows: list[list[str]]) -> bytes:
@@ -63,7 +51,7 @@ def test_fineval_hostile(dev, val, test, mapping):
             (root / folder / f"accounting{suffix}").write_bytes(content)
         (root / "subject_mapping.json").write_bytes(mapping)
         out = Path(tmp) / "out"
-        if _run(fineval.main, ["--input_dir", str(root.parent), "--output_dir", str(out)]) == 0:
+        if _run(fineval.main, ["--input_dir", str(root.parent), "--output_dir", str(out)], root.parent) == 0:
             for split in ("dev", "val", "test"):
                 if (out / f"{split}.jsonl").read_text(encoding="utf-8").strip():
                     read_questions([out / f"{split}.jsonl"])
@@ -86,7 +74,7 @@ def test_cflue_hostile(content):
         (Path(tmp) / "data").mkdir()
         (Path(tmp) / "data" / "knowledge.json").write_bytes(content)
         out = Path(tmp) / "out"
-        if _run(cflue.main, ["--input_dir", tmp, "--output_dir", str(out)]) == 0:
+        if _run(cflue.main, ["--input_dir", tmp, "--output_dir", str(out)], Path(tmp)) == 0:
             for name in ("single", "multiple", "true_false"):
                 if (out / f"{name}.jsonl").read_text(encoding="utf-8").strip():
                     read_questions([out / f"{name}.jsonl"])

@@ -30,10 +30,8 @@ from finbert2.run import (
     RunArguments,
     is_finished_run,
     peak_memory_mb,
-    prepare_output_dir,
-    setup_logging,
+    start_training_run,
     write_metrics,
-    write_run_config,
 )
 from finbert2.training import bf16_available, plot_loss_curves, resume_checkpoint, standard_callbacks
 
@@ -89,14 +87,8 @@ def run_train(model_args: CausalLMArguments, lora_args: LoraArguments, data_args
     tokenizer = causal_tokenizer(model_args)
     train_set, eval_set, summary = build_sequences(data_args, tokenizer, training_args.seed)
 
-    is_main = training_args.process_index == 0
-    if is_main:
-        prepare_output_dir(output_dir, overwrite=run_args.overwrite_output_dir)
-    training_args.distributed_state.wait_for_everyone()
-    setup_logging(output_dir if is_main else None)
-    if is_main:
-        write_run_config(output_dir, model_args, lora_args, data_args, training_args, run_args,
-                         stage=f"numllm-{data_args.task}", extra={"data": summary, "world_size": training_args.world_size})
+    is_main = start_training_run(output_dir, training_args, run_args, model_args, lora_args, data_args,
+                                 stage=f"numllm-{data_args.task}", data_summary=summary)
 
     set_seed(training_args.seed)
     model = lora_model(load_causal_lm(model_args.model_name_or_path, model_args.trust_remote_code), lora_args)
