@@ -206,3 +206,18 @@ def setup_logging(output_dir: str | Path | None = None, level: int = logging.INF
         file_handler.setFormatter(formatter)
         file_handler._finbert2_file = True  # type: ignore[attr-defined]
         root.addHandler(file_handler)
+
+
+def start_training_run(output_dir: str | Path, training_args: Any, run_args: RunArguments, *args_objects: Any,
+                       stage: str, data_summary: dict) -> bool:
+    """Make ``output_dir`` ready and record the run on the main process while the others wait; every
+    process logs (the main one to ``run.log`` too). Returns whether this is the main process."""
+    is_main = training_args.process_index == 0
+    if is_main:
+        prepare_output_dir(output_dir, overwrite=run_args.overwrite_output_dir)
+    training_args.distributed_state.wait_for_everyone()
+    setup_logging(output_dir if is_main else None)
+    if is_main:
+        write_run_config(output_dir, *args_objects, training_args, run_args, stage=stage,
+                         extra={"data": data_summary, "world_size": training_args.world_size})
+    return is_main

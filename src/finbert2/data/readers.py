@@ -213,15 +213,22 @@ def _as_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
 # pretraining corpus
 
 
-def iter_corpus(paths: str | Path | Sequence[str | Path], text_field: str = "text") -> Iterator[str]:
-    """Stream documents from ``.txt`` (one per line) or JSONL/CSV files (``text_field``)."""
+def iter_corpus_lines(paths: str | Path | Sequence[str | Path],
+                      text_field: str = "text") -> Iterator[tuple[Path, int, str]]:
+    """Stream ``(path, line number, document)`` from ``.txt`` (one per line) or JSONL/CSV files."""
     for path in _as_paths(paths):
         if path.suffix.lower() in TEXT_SUFFIXES:
-            for _, line in iter_lines(path):
-                yield line.strip()
+            for lineno, line in iter_lines(path):
+                yield path, lineno, line.strip()
         else:
             for lineno, obj in iter_records(path):
-                yield get_text(obj, text_field, path, lineno)
+                yield path, lineno, get_text(obj, text_field, path, lineno)
+
+
+def iter_corpus(paths: str | Path | Sequence[str | Path], text_field: str = "text") -> Iterator[str]:
+    """Stream documents from ``.txt`` (one per line) or JSONL/CSV files (``text_field``)."""
+    for _, _, text in iter_corpus_lines(paths, text_field):
+        yield text
 
 
 def read_corpus(paths: str | Path | Sequence[str | Path], text_field: str = "text") -> list[str]:

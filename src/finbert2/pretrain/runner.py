@@ -27,10 +27,8 @@ from finbert2.run import (
     peak_memory_mb,
     RunArguments,
     is_finished_run,
-    prepare_output_dir,
-    setup_logging,
+    start_training_run,
     write_metrics,
-    write_run_config,
 )
 from finbert2.training import (
     LossLogCallback,
@@ -184,14 +182,8 @@ def run_pretraining(
     if model_args.model_name_or_path is None and data_args.max_seq_length > model_args.tiny_max_position_embeddings:
         raise ConfigError(f"{stage}: max_seq_length exceeds tiny_max_position_embeddings")
 
-    is_main = training_args.process_index == 0
-    if is_main:
-        prepare_output_dir(output_dir, overwrite=run_args.overwrite_output_dir)
-    training_args.distributed_state.wait_for_everyone()
-    setup_logging(output_dir if is_main else None)
-    if is_main:
-        write_run_config(output_dir, model_args, data_args, *extra_args, training_args, run_args, stage=stage,
-                         extra={"data": data_summary, "world_size": training_args.world_size})
+    is_main = start_training_run(output_dir, training_args, run_args, model_args, data_args, *extra_args, stage=stage,
+                                 data_summary=data_summary)
 
     model = build_model(model_class, model_args, tokenizer, training_args.seed)
     if configure_model is not None:

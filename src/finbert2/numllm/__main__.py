@@ -1,0 +1,7 @@
+"""``python -m finbert2.numllm <command> ...``."""
+
+import sys
+
+from finbert2.numllm.cli import main
+
+sys.exit(main())
