@@ -29,6 +29,11 @@ def resize_embeddings_mean_init(
     model.resize_token_embeddings(new_size, mean_resizing=False)
     input_weight = model.get_input_embeddings().weight
     output_layer = model.get_output_embeddings()
+    tied = getattr(model.config.get_text_config(), "tie_word_embeddings", False)
+    if tied and output_layer is not None and output_layer.weight.data_ptr() != input_weight.data_ptr():
+        # the config ties the decoder to the embeddings; resize_token_embeddings' own re-tie was
+        # seen to leave a fresh decoder matrix in one full-suite run, so tie explicitly
+        output_layer.weight = input_weight
     untied_output = output_layer is not None and output_layer.weight.data_ptr() != input_weight.data_ptr()
     output_bias = getattr(output_layer, "bias", None) if output_layer is not None else None
     if output_bias is not None and output_bias.shape[0] != new_size:
