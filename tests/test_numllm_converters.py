@@ -3,8 +3,6 @@ either writes questions ``read_questions`` accepts (exit 0) or stops with one ``
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import tempfile
 from pathlib import Path
@@ -17,18 +15,10 @@ from finbert2.config import parse_args
 from finbert2.converters import cflue, fineval
 from finbert2.numllm.questions import is_numeric, read_questions
 from hostile import hostile_text, json_values
-from test_converters_hostile import _run  # one error-line check for every converter
+from test_converters_hostile import _csv, _run  # one error-line check (and CSV writer) for every converter
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MAPPING = {"accounting": ["accounting", "会计", "Accounting"]}
-
-
-def _csv(header: list[str], rows: list[list[str]]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue().encode("utf-8", "surrogatepass")
 
 
 cell = st.one_of(hostile_text, st.sampled_from(["A", "B", "D", "E", "", "净利润为多少？", "12%", "1"]))

@@ -159,23 +159,28 @@ def _difference(value: Any, reference: Any) -> str:
     return "–"
 
 
-def _runs_of(run_dirs: list[Path], stage: str) -> list[tuple[Path, dict, dict]]:
-    """``(folder, arguments, metrics)`` of the finished runs of one stage."""
+def finished_runs(run_dirs: list[Path]) -> list[tuple[Path, str, dict, dict]]:
+    """``(folder, stage, arguments, metrics)`` of every finished run, each folder read once."""
     out = []
     for run_dir in run_dirs:
         record = _read_json(run_dir / RUN_CONFIG_FILE) or {}
         metrics = _read_json(run_dir / METRICS_FILE)
-        if metrics and _stage_of(run_dir, record) == stage:
-            out.append((run_dir, record.get("arguments") or {}, metrics))
+        if metrics:
+            out.append((run_dir, _stage_of(run_dir, record), record.get("arguments") or {}, metrics))
     return out
+
+
+def _runs_of(runs: list[tuple[Path, str, dict, dict]], stage: str) -> list[tuple[Path, dict, dict]]:
+    """``(folder, arguments, metrics)`` of the finished runs of one stage."""
+    return [(d, arguments, metrics) for d, run_stage, arguments, metrics in runs if run_stage == stage]
 
 
 def _collapse_warnings(runs) -> list[Block]:
     return [Block("warning", collapse_message(d.name, m)) for d, _, m in runs if m.get("collapsed")]
 
 
-def classification_headline(run_dirs: list[Path]) -> list[Block]:
-    models, baselines = _runs_of(run_dirs, "classify train"), _runs_of(run_dirs, "classify baseline")
+def classification_headline(runs: list[tuple[Path, str, dict, dict]]) -> list[Block]:
+    models, baselines = _runs_of(runs, "classify train"), _runs_of(runs, "classify baseline")
     if not models:
         return []
     split = "test" if any("test_macro_f1" in m for _, _, m in models) else "eval"
@@ -207,8 +212,8 @@ def _evaluation_labels(arguments: dict) -> dict[str, str]:
     return dict(zip(models, labels))
 
 
-def retrieval_headline(run_dirs: list[Path]) -> list[Block]:
-    evaluations, trainings = _runs_of(run_dirs, "retrieve evaluate"), _runs_of(run_dirs, "retrieve train")
+def retrieval_headline(runs: list[tuple[Path, str, dict, dict]]) -> list[Block]:
+    evaluations, trainings = _runs_of(runs, "retrieve evaluate"), _runs_of(runs, "retrieve train")
     if not evaluations and not trainings:
         return []
     # a fine-tuned model's starting point, to find the untrained row among the evaluated models
@@ -234,13 +239,13 @@ def retrieval_headline(run_dirs: list[Path]) -> list[Block]:
     return [Block("heading", (3, "Retrieval")), Block("table", (header, rows)), *_collapse_warnings(trainings)]
 
 
-def topics_headline(run_dirs: list[Path]) -> list[Block]:
-    runs = _runs_of(run_dirs, "topics")
-    if not runs:
+def topics_headline(runs: list[tuple[Path, str, dict, dict]]) -> list[Block]:
+    topic_runs = _runs_of(runs, "topics")
+    if not topic_runs:
         return []
-    baseline = next((m for _, a, m in runs if a.get("embedding_backend") == "tfidf"), None)
+    baseline = next((m for _, a, m in topic_runs if a.get("embedding_backend") == "tfidf"), None)
     rows = []
-    for run_dir, arguments, metrics in runs:
+    for run_dir, arguments, metrics in topic_runs:
         backend = arguments.get("embedding_backend")
         embeddings = "TF-IDF/LSA (baseline)" if backend == "tfidf" else str(arguments.get("model_name_or_path") or backend)
         rows.append([run_dir.name, Path(embeddings).name if backend != "tfidf" else embeddings,
@@ -251,22 +256,23 @@ def topics_headline(run_dirs: list[Path]) -> list[Block]:
     return [Block("heading", (3, "Topics")), Block("table", (header, rows))]
 
 
-def pretraining_headline(run_dirs: list[Path]) -> list[Block]:
-    runs = _runs_of(run_dirs, "mlm") + _runs_of(run_dirs, "retromae")
-    if not runs:
+def pretraining_headline(runs: list[tuple[Path, str, dict, dict]]) -> list[Block]:
+    pretraining = _runs_of(runs, "mlm") + _runs_of(runs, "retromae")
+    if not pretraining:
         return []
     rows = [[d.name, _score(m.get("initial_eval_loss")), _score(m.get("eval_loss")),
              _difference(m.get("eval_loss"), m.get("initial_eval_loss")), _score(m.get("sentence_mean_cosine")),
-             "yes" if m.get("collapsed") else "no"] for d, _, m in runs]
+             "yes" if m.get("collapsed") else "no"] for d, _, m in pretraining]
     header = ["pretraining", "held-out loss before", "after", "change", "sentence cosine", "collapsed"]
-    return [Block("heading", (3, "Pretraining")), Block("table", (header, rows)), *_collapse_warnings(runs)]
+    return [Block("heading", (3, "Pretraining")), Block("table", (header, rows)), *_collapse_warnings(pretraining)]
 
 
 def headline_blocks(run_dirs: list[Path]) -> list[Block]:
     """One table per task the runs cover, before any per-run detail; a collapsed model's warning
     follows its task's table (the first thing a reader must see)."""
-    tables = [*classification_headline(run_dirs), *retrieval_headline(run_dirs), *topics_headline(run_dirs),
-              *pretraining_headline(run_dirs)]
+    runs = finished_runs(run_dirs)
+    tables = [*classification_headline(runs), *retrieval_headline(runs), *topics_headline(runs),
+              *pretraining_headline(runs)]
     return [Block("heading", (2, "Results")), *tables] if tables else []
 
 
