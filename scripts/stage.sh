@@ -3,7 +3,8 @@
 #
 # stage NAME RUN_DIR COMMAND...: run one stage, naming it and its place in the pipeline; a stage
 # whose RUN_DIR holds metrics.json (finished) is skipped, so a rerun resumes; the first failure
-# stops the pipeline with its name, keeping every earlier stage's results.
+# stops the pipeline with its name, keeping every earlier stage's results. Each finished stage appends
+# "name<TAB>seconds" to OUT/stage_times.tsv (the budget table of the reproduction).
 STEP=0
 START=$(date +%s)
 stage() {
@@ -22,4 +23,5 @@ stage() {
         exit 1
     fi
     echo "==> $name finished in $(( $(date +%s) - t0 ))s"
+    printf '%s\t%s\n' "$name" "$(( $(date +%s) - t0 ))" >> "$OUT/stage_times.tsv"
 }

@@ -21,6 +21,8 @@ def test_fin_eva_converter_splits_by_context(tmp_path):
     train_passages = {p for row in train for p in row["pos"] + row["neg"]}
     assert test_passages and not test_passages & train_passages  # no passage on both sides
     assert len(data.corpus) == 1294 and len(train) + sum(len(d) for d in data.qrels.values()) >= 1400
+    # every test query names its source file, for the per-source table of `retrieve evaluate`
+    assert set(data.query_sources) == set(data.queries) and len(set(data.query_sources.values())) > 1
 
 
 def test_fin_eva_validation_split_leaves_test_alone_and_shares_no_passage(tmp_path):

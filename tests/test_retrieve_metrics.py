@@ -107,3 +107,29 @@ def test_format_document_upstream_layout():
                                     "行业：科技综合\n作者：张伟\n策略报告：2023年美联储连续加息。")
     assert format_document({"title": "标题", "text": "正文"}) == "标题 正文"
     assert format_document({"title": "", "text": "正文"}) == "正文"
+
+
+def test_per_source_ndcg_and_table_against_hand_values():
+    from finbert2.retrieve.evaluate import per_source_ndcg, per_source_table
+
+    per_query = per_query_metrics(QRELS, RUN)
+    sources = {"q1": "news", "q2": "news", "q3": "report"}  # q4 names no source
+    got = per_source_ndcg(per_query, sources)
+    assert got == pytest.approx({"(none)": 0.0, "news": (HAND["q1"]["ndcg_at_10"] + HAND["q2"]["ndcg_at_10"]) / 2,
+                                 "report": 0.0})
+    data = RetrievalEvalData(queries={q: q for q in QRELS}, qrels=QRELS, query_sources=sources)
+    table = per_source_table({"bm25": got}, data)
+    assert "| model | (none) (1) | news (2) | report (1) |" in table
+    assert f"| bm25 | 0.0000 | {got['news']:.4f} | 0.0000 |" in table
+    assert per_source_table({}, data) == ""  # queries without sources: no section
+
+
+def test_query_source_must_be_a_string(tmp_path):
+    from finbert2.data import read_retrieval_eval
+    from finbert2.errors import DataError
+
+    (tmp_path / "corpus.jsonl").write_text('{"id": "d1", "text": "甲"}\n', encoding="utf-8")
+    (tmp_path / "test_queries.jsonl").write_text('{"id": "q1", "text": "问", "source": 3}\n', encoding="utf-8")
+    (tmp_path / "test_qrels.jsonl").write_text('{"qid": "q1", "docid": "d1"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"test_queries\.jsonl:1: field 'source' must be a non-empty string"):
+        read_retrieval_eval(tmp_path)

@@ -138,3 +138,20 @@ def test_mine_bad_range_is_one_line_error(tiny_bert_dir, tmp_path, capsys):
                            "--range_for_sampling", "50-10", "--output_file", str(tmp_path / "o.jsonl")]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "error: range_for_sampling '50-10': need 0 <= start < end"
+
+
+def test_fill_random_tops_up_a_short_query_under_the_same_rules():
+    angles = _pool()
+    rows = [{"query": "问", "pos": ["p"]}]
+    pos_score = float(np.cos(np.deg2rad(5.0)))
+    # ranks 0..3 are c0, c1, p, c2; the margin turns all of them down: nothing is left in the range
+    short, stats = mine_hard_negatives(ScriptedEncoder(angles), rows, list(angles), range_start=0, range_end=4,
+                                       number=5, margin=0.01)
+    assert short[0]["neg"] == [] and stats["queries_without_negatives"] == 1
+    filled, stats = mine_hard_negatives(ScriptedEncoder(angles), rows, list(angles), range_start=0, range_end=4,
+                                        number=5, margin=0.01, fill_random=True, seed=3)
+    neg = filled[0]["neg"]
+    assert len(neg) == len(set(neg)) == 5 and stats["random_negatives"] == 5 and stats["queries_short_of_negatives"] == 0
+    # random rows come from outside the searched ranks, never the positive, and respect the margin
+    assert not {"p", "c0", "c1", "c2"} & set(neg)
+    assert all(np.cos(np.deg2rad(angles[t])) <= pos_score - 0.01 for t in neg)

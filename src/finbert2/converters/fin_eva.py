@@ -83,7 +83,7 @@ def convert(input_dir: Path, output_dir: Path, test_fraction: float = 0.3, negat
         queries, qrels, question_ids = held_out[split]
         if question not in question_ids:
             question_ids[question] = f"{'q' if split == 'test' else 'v'}{len(question_ids):05d}"
-            queries.append({"id": question_ids[question], "text": question})
+            queries.append({"id": question_ids[question], "text": question, "source": source})
         qrels.append({"qid": question_ids[question], "docid": context_id(context), "relevance": 1})
     (queries, qrels, _), (val_queries, val_qrels, _) = held_out["test"], held_out["validation"]
     qrels = list({(r["qid"], r["docid"]): r for r in qrels}.values())

@@ -357,6 +357,7 @@ class RetrievalEvalData:
     corpus: dict[str, dict[str, str]] = field(default_factory=dict)  # id -> {"title", "text"}
     queries: dict[str, str] = field(default_factory=dict)  # id -> text
     qrels: dict[str, dict[str, int]] = field(default_factory=dict)  # qid -> {docid: relevance}
+    query_sources: dict[str, str] = field(default_factory=dict)  # qid -> optional "source" (per-source tables)
 
 
 def read_retrieval_eval(folder: str | Path, split: str = "test") -> RetrievalEvalData:
@@ -384,6 +385,11 @@ def read_retrieval_eval(folder: str | Path, split: str = "test") -> RetrievalEva
         if query_id in data.queries:
             raise DataError(queries_path, lineno, f"duplicate id '{query_id}'")
         data.queries[query_id] = get_text(obj, "text", queries_path, lineno)
+        source = obj.get("source")
+        if source is not None:
+            if not isinstance(source, str) or not source:
+                raise DataError(queries_path, lineno, f"field 'source' must be a non-empty string, got {source!r}")
+            data.query_sources[query_id] = source
 
     qrels_path = folder / f"{split}_qrels.jsonl"
     for lineno, obj in iter_jsonl(qrels_path):

@@ -104,6 +104,11 @@ class MineArguments:
         default=None,
         metadata={"help": "False-negative guard: drop candidates scoring above positive score - margin (e.g. 0.05)."},
     )
+    fill_random: bool = field(
+        default=False,
+        metadata={"help": "Fill a query left short of negative_number from random pool passages (same rules; "
+                          "FlagEmbedding's hn_mine does). Off: it keeps fewer, and one with none is dropped."},
+    )
     duplicate_threshold: float | None = field(
         default=None,
         metadata={"help": "Also drop candidates whose cosine to a positive reaches this (e.g. 0.98 with a trained "

@@ -83,6 +83,28 @@ def write_per_query(path: Path, per_query: dict[str, dict[str, float]], run: dic
                         "top10": list(ranked.get(qid, {}))} for qid, metrics in per_query.items()))
 
 
+def per_source_ndcg(per_query: dict[str, dict[str, float]], query_sources: dict[str, str]) -> dict[str, float]:
+    """Mean nDCG@10 over the judged queries of each source (queries without one count as ``(none)``)."""
+    grouped: dict[str, list[float]] = {}
+    for qid, values in per_query.items():
+        grouped.setdefault(query_sources.get(qid, "(none)"), []).append(values["ndcg_at_10"])
+    return {source: sum(v) / len(v) for source, v in sorted(grouped.items())}
+
+
+def per_source_table(by_source: dict[str, dict[str, float]], data: RetrievalEvalData) -> str:
+    """nDCG@10 with one column per query source, or nothing when the queries name no source."""
+    if not by_source:
+        return ""
+    sources = sorted({s for row in by_source.values() for s in row})
+    counts = {s: sum(1 for q in data.qrels if data.query_sources.get(q, "(none)") == s) for s in sources}
+    lines = ["", "## nDCG@10 per query source", "",
+             "| model | " + " | ".join(f"{s} ({counts[s]})" for s in sources) + " |",
+             "|---|" + "---:|" * len(sources)]
+    for label, row in by_source.items():
+        lines.append(f"| {label} | " + " | ".join(f"{row[s]:.4f}" if s in row else "" for s in sources) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def run_evaluation(args, run_args) -> dict[str, Any]:
     from finbert2.run import prepare_output_dir, setup_logging, write_metrics, write_run_config
 
@@ -109,10 +131,13 @@ def run_evaluation(args, run_args) -> dict[str, Any]:
         logger.info("%s: pooling %s, query prompt %r, passage prompt %r", name, encoder.pooling,
                     encoder.query_instruction, encoder.passage_instruction)
     results: dict[str, dict[str, float]] = {}
+    by_source: dict[str, dict[str, float]] = {}  # label -> {source: nDCG@10}
     flat: dict[str, Any] = {}
 
     def record(label: str, mean: dict, per_query: dict, run: dict, seconds: float) -> None:
         results[label] = mean
+        if data.query_sources:
+            by_source[label] = per_source_ndcg(per_query, data.query_sources)
         write_per_query(output_dir / "per_query" / f"{label}.jsonl", per_query, run, data.qrels)
         logger.info("%s: %s (%.1fs)", label, json.dumps({k: round(v, 4) for k, v in mean.items()}), seconds)
         flat.update({f"{label}_{k}": v for k, v in mean.items()})
@@ -138,12 +163,16 @@ def run_evaluation(args, run_args) -> dict[str, Any]:
             record(f"{label}+bm25", mean_metrics(per_query), per_query, fused, time.perf_counter() - t0)
     mean, per_query, run = chance_evaluation(data, args.k)  # always last: what no model beats is no result
     results[CHANCE] = mean
+    if data.query_sources:
+        by_source[CHANCE] = per_source_ndcg(per_query, data.query_sources)
     flat.update({f"{CHANCE}_{k}": v for k, v in mean.items()})
     table = markdown_table(results)
     atomic_write_text(output_dir / "results.md",
                       f"# Retrieval evaluation on `{args.eval_data}` ({len(data.qrels)} queries, "
-                      f"{len(data.corpus)} documents)\n\n{table}")
+                      f"{len(data.corpus)} documents)\n\n{table}" + per_source_table(by_source, data))
     print(table)
     metrics = {**results[labels[0]], **flat, "num_queries": len(data.qrels), "num_documents": len(data.corpus),
                "eval_seconds": time.perf_counter() - started}
+    if by_source:
+        metrics["ndcg_at_10_by_source"] = by_source
     return write_metrics(output_dir, metrics)

@@ -8,7 +8,10 @@ A candidate is never a positive of its query, nor a near-duplicate of one (same 
 whitespace normalisation, or, when set, cosine to a positive >= ``duplicate_threshold``); with ``margin`` it
 must also score at most ``positive score - margin`` (a false-negative guard: a passage that scores
 like the positive is probably another answer). Kept candidates are sampled from ranks
-``[start, end)`` of the ranking (0 = best), counted before any filtering.
+``[start, end)`` of the ranking (0 = best), counted before any filtering. With ``fill_random`` a query
+left short (a positive ranked low sits among candidates that all score like it) gets the rest from
+random pool passages under the same rules, as FlagEmbedding's ``hn_mine`` does; without it such a
+query keeps fewer negatives, and one with none is dropped from the output.
 """
 
 from __future__ import annotations
@@ -55,9 +58,27 @@ def select_negatives(ranked_ids: list[int], ranked_scores: list[float], positive
     return rng.sample(eligible, number) if len(eligible) > number else eligible
 
 
+def random_fill(pool_vectors: np.ndarray, query_vector: np.ndarray, excluded: set[int], positive_score: float,
+                number: int, margin: float | None, rng: random.Random, tries_per_negative: int = 20) -> list[int]:
+    """Up to ``number`` random pool rows outside ``excluded`` (and below the margin), by rejection sampling:
+    scoring only the sampled rows keeps this cheap on a large pool."""
+    chosen: list[int] = []
+    for _ in range(number * tries_per_negative):
+        if len(chosen) == number or len(excluded) + len(chosen) >= len(pool_vectors):
+            break
+        row = rng.randrange(len(pool_vectors))
+        if row in excluded or row in chosen:
+            continue
+        if margin is not None and float(pool_vectors[row] @ query_vector) > positive_score - margin:
+            continue
+        chosen.append(row)
+    return chosen
+
+
 def mine_hard_negatives(encoder: DenseEncoder, rows: list[dict[str, Any]], pool: list[str], range_start: int,
                         range_end: int, number: int, margin: float | None = None, duplicate_threshold: float | None = None,
-                        use_ivf: bool = False, seed: int = 42) -> tuple[list[dict[str, Any]], dict[str, float]]:
+                        use_ivf: bool = False, seed: int = 42,
+                        fill_random: bool = False) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Rows with ``neg`` filled by mining, and statistics of the run."""
     rng = random.Random(seed)
     # Deduplicate the pool by normalised text; positives join it so their ids are known.
@@ -73,7 +94,7 @@ def mine_hard_negatives(encoder: DenseEncoder, rows: list[dict[str, Any]], pool:
     index = build_index(pool_vectors, "ivf" if use_ivf else "flat")
     scores, ids = search_index(index, query_vectors, range_end)
 
-    mined, short = [], 0
+    mined, short, filled = [], 0, 0
     for i, row in enumerate(rows):
         positive_ids = {pool_index[_normalise(p)] for p in row["pos"]}
         positive_vectors = pool_vectors[sorted(positive_ids)]
@@ -84,11 +105,19 @@ def mine_hard_negatives(encoder: DenseEncoder, rows: list[dict[str, Any]], pool:
             r for r, sims in zip(candidate_rows, similarity_to_pos) if float(sims.max()) >= duplicate_threshold}
         chosen = select_negatives([int(r) for r in ids[i]], [float(s) for s in scores[i]], positive_ids,
                                   positive_score, duplicates, range_start, range_end, number, margin, rng)
+        if len(chosen) < number and fill_random:
+            # never a positive, a duplicate, a searched candidate already turned down, or one already chosen
+            searched = {int(r) for r in ids[i] if r >= 0}
+            extra = random_fill(pool_vectors, query_vectors[i], positive_ids | duplicates | searched | set(chosen),
+                                positive_score, number - len(chosen), margin, rng)
+            filled += len(extra)
+            chosen = chosen + extra
         if len(chosen) < number:
             short += 1
         mined.append({"query": row["query"], "pos": row["pos"], "neg": [texts[r] for r in chosen]})
     stats = {"queries": len(rows), "pool_size": len(texts), "queries_short_of_negatives": short,
-             "mean_negatives": float(np.mean([len(r["neg"]) for r in mined]))}
+             "mean_negatives": float(np.mean([len(r["neg"]) for r in mined])),
+             "queries_without_negatives": sum(1 for r in mined if not r["neg"]), "random_negatives": filled}
     return mined, stats
 
 
@@ -109,7 +138,8 @@ def run_mining(args) -> dict[str, Any]:
         write_run_config(args.output_dir, args, stage="retrieve mine")
     logger.info("prompts: query %r, passage %r", encoder.query_instruction, encoder.passage_instruction)
     mined, stats = mine_hard_negatives(encoder, rows, pool, args.range_start, args.range_end, args.negative_number,
-                                       args.margin, args.duplicate_threshold, args.use_faiss_ivf, args.seed)
+                                       args.margin, args.duplicate_threshold, args.use_faiss_ivf, args.seed,
+                                       fill_random=args.fill_random)
     empty = [r for r in mined if not r["neg"]]
     if empty:
         logger.warning("%d queries got no negative (widen range_for_sampling or the pool); they are dropped",
