@@ -11,20 +11,25 @@ import pytest
 
 from conftest import REPO_ROOT, public_data_dir, require_public
 
-# The smallest settings that still run every stage: a 2-layer hidden-64 BERT, a handful of steps.
+# The smallest settings that still run every stage on the real e5-small: a handful of steps, short inputs,
+# two sentiment seeds (so the mean +- std path runs).
 SMOKE = {
-    "HIDDEN": "64", "LAYERS": "2", "SEQ_LEN": "64", "MLM_STEPS": "4", "MLM_BATCH": "8", "RETROMAE_STEPS": "3",
-    "CLS_EPOCHS": "1", "CLS_MAX_LENGTH": "64", "RET_STEPS": "4", "RET_BATCH": "4", "RET_PASSAGE_LEN": "64",
-    "TOPIC_DOCS": "300", "TOPIC_MIN_CLUSTER": "10", "SCRATCH_VOCAB": "3000", "ADDED_WORDS": "200",
+    "MLM_STEPS": "2", "RETROMAE_STEPS": "2", "SEQ_LEN": "64", "PRETRAIN_BATCH": "4", "ADDED_WORDS": "100",
+    "SEEDS": "42 43", "CLS_EPOCHS": "1", "CLS_MAX_LENGTH": "32", "RET_STEPS": "2", "RET_BATCH": "4", "RET_GROUP": "2",
+    "RET_PASSAGE_LEN": "64", "TOPIC_DOCS": "300", "TOPIC_MIN_CLUSTER": "10",
 }
-RUNS = ["data", "tokenizer", "mlm", "retromae",
-        *(f"classify/{task}_{kind}" for task in ("cfb_sentiment", "sc2") for kind in ("pretrained", "random", "tfidf")),
-        "retrieve/from_random", "retrieve/from_mlm", "retrieve/from_retromae", "retrieve/evaluation",
-        "topics/retriever", "topics/tfidf"]
-REPORT_SECTIONS = ["## data", "## tokenizer", "## mlm", "## retromae", "## classify train", "## classify baseline",
-                   "## retrieve train", "## retrieve evaluate", "## topics"]
-RETRIEVAL_ROWS = ["bm25", "finetuned_from_random", "finetuned_from_mlm", "finetuned_from_retromae",
-                  "mlm_no_finetune", "retromae_no_finetune"]
+ENCODERS = ["general", "finbert2-mini"]
+CLASSIFY_RUNS = [f"classify/cfb_sentiment/{e}_seed{s}" for s in (42, 43) for e in ENCODERS] + [
+    f"classify/{task}/{e}_seed42" for task in ("cfb_event", "sc2") for e in ENCODERS] + [
+    f"classify/{task}/tfidf" for task in ("cfb_sentiment", "cfb_event", "sc2")]
+RUNS = ["data", "general", "tokenizer", "mlm", "finbert2-mini", *CLASSIFY_RUNS,
+        *(f"retrieve/{kind}_{e}" for e in ENCODERS for kind in ("mined", "finetuned")), "retrieve/evaluation",
+        "topics/general", "topics/finbert2-mini", "topics/tfidf"]
+RETRIEVAL_ROWS = ["bm25", "general", "finbert2-mini", "finetuned_general", "finetuned_finbert2-mini"]
+TABLES = ["## Budget per stage", "## Classification", "### CFBenchmark sentiment (3 classes)",
+          "### CFBenchmark event, level 1 (4 classes)", "### SC_2 (2 classes)", "## Retrieval (Fin-Eva held-out split)",
+          "### nDCG@10 per source file", "### Fine-tuning runs", "## Topics (JINGEWU headlines)",
+          "## Pretraining (finbert2-mini)"]
 
 
 def without_space(text):
@@ -53,23 +58,34 @@ def test_reproduce_mini_runs_every_stage_on_public_data(tmp_path):
     corpus = [json.loads(line)["text"] for line in (out / "data" / "corpus.jsonl").open(encoding="utf-8")]
     assert data["corpus_documents"] == len(corpus) > 0
     corpus_keys = {without_space(text) for text in corpus}
-    for test_file in ("cfb_sentiment/test.jsonl", "sc2/test.jsonl"):
+    for test_file in ("cfb_sentiment/test.jsonl", "cfb_event/test.jsonl", "sc2/test.jsonl"):
         test_keys = {without_space(json.loads(line)["text"])
                      for line in (out / "data" / test_file).open(encoding="utf-8")}
-        assert not corpus_keys & test_keys, test_file
-    # Every model was scored on the same held-out Fin-Eva queries.
+        assert test_keys and not corpus_keys & test_keys, test_file
+    test_docs = {json.loads(line)["docid"] for line in (out / "data/fineva/eval/test_qrels.jsonl").open(encoding="utf-8")}
+    test_contexts = {without_space(json.loads(line)["text"]) for line in
+                     (out / "data/fineva/eval/corpus.jsonl").open(encoding="utf-8") if json.loads(line)["id"] in test_docs}
+    assert test_contexts and not corpus_keys & test_contexts
+    # FinBERT2-mini is e5 with the domain words added: a larger vocab than the general encoder's.
+    general_vocab = json.loads((out / "general" / "config.json").read_text(encoding="utf-8"))["vocab_size"]
+    mini_vocab = json.loads((out / "finbert2-mini" / "config.json").read_text(encoding="utf-8"))["vocab_size"]
+    assert mini_vocab > general_vocab
+    # Every model, zero-shot, fine-tuned and fused with BM25, scored on the same held-out queries, per source too.
     evaluation = json.loads((out / "retrieve" / "evaluation" / "metrics.json").read_text(encoding="utf-8"))
-    for row in RETRIEVAL_ROWS:
+    dense = RETRIEVAL_ROWS[1:]
+    for row in RETRIEVAL_ROWS + [f"{d}+bm25" for d in dense] + ["chance"]:
         assert 0.0 <= evaluation[f"{row}_ndcg_at_10"] <= 1.0, row
-    for run in ("classify/sc2_pretrained", "classify/sc2_random", "classify/sc2_tfidf"):
-        metrics = json.loads((out / run / "metrics.json").read_text(encoding="utf-8"))
-        assert "test_macro_f1" in metrics, run
+        assert len(evaluation["ndcg_at_10_by_source"][row]) == 5, row  # Fin-Eva's five context files
 
+    tables = (out / "tables.md").read_text(encoding="utf-8")
+    for heading in TABLES:
+        assert f"\n{heading}\n" in tables, heading
+    assert "(n=2)" in tables  # the sentiment rows are means over the two seeds
+    for row in ["TF-IDF + logistic regression", "chance: majority class", "general, untrained (fresh head)",
+                "| finetuned_general+bm25 |", "| chance |", "| TF-IDF / LSA |", "| RetroMAE |"]:
+        assert row in tables, row
     report = (out / "report" / "report.md").read_text(encoding="utf-8")
-    for section in REPORT_SECTIONS:
-        assert f"\n{section}\n" in report, section
-    for row in RETRIEVAL_ROWS:
-        assert f"| {row} |" in report, row
+    assert report.index("## Results") < report.index("## Runs")
     assert (out / "report" / "report.html").exists()
 
     # A rerun finds every stage finished and only rebuilds the report.

@@ -54,8 +54,10 @@ def prepare_corpus(data_dir: Path, out: Path, seed: int) -> dict[str, int]:
     for task in ("cfb_sentiment", "cfb_event"):
         held_out |= {_key(t) for t in _texts(out / task / "test.jsonl")}
     test_docs = {r["docid"] for _, r in iter_jsonl(out / "fineva" / "eval" / "test_qrels.jsonl")}
-    fineva = [r["text"].strip() for _, r in iter_jsonl(out / "fineva" / "eval" / "corpus.jsonl")
-              if r["id"] not in test_docs]
+    contexts = [r for _, r in iter_jsonl(out / "fineva" / "eval" / "corpus.jsonl")]
+    # by text too: two Fin-Eva contexts differ only in whitespace, one on each side of the split
+    held_out |= {_key(r["text"]) for r in contexts if r["id"] in test_docs}
+    fineva = [r["text"].strip() for r in contexts if r["id"] not in test_docs and _key(r["text"]) not in held_out]
     cfb_files = sorted((data_dir / "cfbenchmark-basic" / "data").glob("*.jsonl"))
     if not cfb_files:
         raise DataError(data_dir / "cfbenchmark-basic" / "data", None, "no CFBenchmark *.jsonl files")
