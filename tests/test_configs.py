@@ -10,7 +10,7 @@ from finbert2.config import parse_args
 
 
 def _dataclasses(stage: str) -> tuple:
-    from transformers import TrainingArguments
+    from finbert2.precision import PrecisionTrainingArguments
 
     from finbert2.classify.args import DataArguments
     from finbert2.modeling import ModelArguments
@@ -21,7 +21,7 @@ def _dataclasses(stage: str) -> tuple:
 
     return {
         "tokenizer": (TokenizerArguments, RunArguments),
-        "classify": (ModelArguments, DataArguments, TrainingArguments, RunArguments),
+        "classify": (ModelArguments, DataArguments, PrecisionTrainingArguments, RunArguments),
         "retriever": (ModelArguments, RetrieverDataArguments, RetrieverTrainingArguments, RunArguments),
         "topics": (TopicArguments, RunArguments),
     }[stage]

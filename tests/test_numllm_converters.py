@@ -90,13 +90,13 @@ def test_cflue_real(tmp_path):
 
 def test_numllm_configs_parse(tmp_path):
     """Every section of every shipped numllm config parses with its command's arguments."""
-    from transformers import TrainingArguments
-
     from finbert2.numllm import args
     from finbert2.numllm.cli import _command_argv
+    from finbert2.precision import PrecisionTrainingArguments
     from finbert2.run import RunArguments
 
-    train = (args.CausalLMArguments, args.LoraArguments, args.NumLLMDataArguments, TrainingArguments, RunArguments)
+    train = (args.CausalLMArguments, args.LoraArguments, args.NumLLMDataArguments, PrecisionTrainingArguments,
+             RunArguments)
     out = ["--output_dir", str(tmp_path)]
     commands = {  # section: (dataclasses, what a user adds on the command line)
         "domain": (train, [*out, "--use_cpu", "True"]), "numeric": (train, [*out, "--use_cpu", "True"]),

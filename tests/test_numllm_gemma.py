@@ -57,7 +57,7 @@ def test_two_step_numeric_lora_on_gemma(gemma_dir, tmp_path):
     metrics = run_train(
         CausalLMArguments(str(gemma_dir)), LoraArguments(lora_r=4, lora_target_modules=["q_proj", "v_proj"]),
         NumLLMDataArguments(task="numeric", train_data=[str(items)], eval_data=[str(items)], max_seq_length=96,
-                            max_eval_samples=2, auto_bf16=False),
+                            max_eval_samples=2),
         TrainingArguments(output_dir=str(out), max_steps=2, per_device_train_batch_size=2, learning_rate=1e-4,
                           report_to="none", use_cpu=True, save_steps=100, dataloader_pin_memory=False),
         RunArguments())

@@ -58,7 +58,7 @@ def training_args(output_dir: Path, steps: int = 12, **overrides) -> TrainingArg
 def train(tiny_lm, data: dict, output_dir: Path, task: str, steps: int = 12, lora_r: int = 4) -> dict:
     return run_train(CausalLMArguments(str(tiny_lm)), LoraArguments(lora_r=lora_r, lora_alpha=8, lora_dropout=0.0,
                                                                    lora_target_modules=["q_proj", "v_proj"]),
-                     NumLLMDataArguments(task=task, auto_bf16=False, max_seq_length=64 if task == "domain" else 160,
+                     NumLLMDataArguments(task=task, max_seq_length=64 if task == "domain" else 160,
                                          **data),
                      training_args(output_dir, steps), RunArguments())
 
@@ -268,7 +268,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_adapter(tiny_lm, corpora, 
                 "--task", "numeric", "--model_name_or_path", str(tiny_lm), "--train_data", str(corpora["items"]),
                 "--eval_data", str(corpora["heldout_items"]), "--max_eval_samples", "4", "--max_steps", "12",
                 "--save_steps", "3", "--per_device_train_batch_size", "4", "--lora_dropout", "0.1",
-                "--auto_bf16", "False", "--use_cpu", "True", "--output_dir", str(output_dir)]
+                "--bf16", "false", "--use_cpu", "True", "--output_dir", str(output_dir)]
 
     env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT / "src")}
     straight, killed = tmp_path / "straight", tmp_path / "killed"

@@ -147,19 +147,18 @@ def test_retromae_lowers_both_losses_and_saves_a_plain_bert(tiny_bert_dir, tmp_p
 @pytest.mark.parametrize("config", ["mlm/tiny.yaml", "mlm/base.yaml", "mlm/e5-small.yaml", "retromae/tiny.yaml",
                                     "retromae/base.yaml", "retromae/e5-small.yaml"])
 def test_configs_parse(config, tmp_path):
-    """Every config's keys are known arguments with valid values (bf16 off: no GPU here)."""
-    from transformers import TrainingArguments
-
+    """Every config's keys are known arguments with valid values, parsed as the stage parses them."""
     from conftest import REPO_ROOT
     from finbert2.config import parse_args
     from finbert2.modeling import ModelArguments
+    from finbert2.precision import PrecisionTrainingArguments
     from finbert2.pretrain.args import PretrainDataArguments, RetroMAEArguments
     from finbert2.run import RunArguments
 
-    types = (ModelArguments, PretrainDataArguments, RetroMAEArguments, TrainingArguments, RunArguments)
+    types = (ModelArguments, PretrainDataArguments, RetroMAEArguments, PrecisionTrainingArguments, RunArguments)
     if config.startswith("mlm"):
         types = tuple(t for t in types if t is not RetroMAEArguments)
-    parsed = parse_args(types, [str(REPO_ROOT / "configs" / config), "--output_dir", str(tmp_path), "--bf16", "False"])
+    parsed = parse_args(types, [str(REPO_ROOT / "configs" / config), "--output_dir", str(tmp_path), "--use_cpu", "True"])
     data_args = parsed[1]
     training_args = parsed[-2]
     assert data_args.max_seq_length in {128, 256, 512}

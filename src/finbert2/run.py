@@ -153,8 +153,16 @@ def write_run_config(output_dir: str | Path, *args_objects: Any, stage: str, ext
         "arguments": arguments,
         "changed_arguments": changed,
     }
+    from finbert2.precision import precision_of
+
+    precision = precision_of(*args_objects)
+    if precision is not None:  # a Trainer stage: its --bf16 resolved (commands pass theirs in extra)
+        record["precision"] = precision.record()
     if extra:
         record.update(extra)
+    if "precision" in record:
+        logging.getLogger("finbert2").info("precision: %s (--bf16 %s: %s)", "bf16 autocast" if record["precision"]["bf16"]
+                                           else "fp32", record["precision"]["requested"], record["precision"]["reason"])
     write_json(Path(output_dir) / RUN_CONFIG_FILE, record)
     return record
 

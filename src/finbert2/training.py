@@ -1,11 +1,10 @@
-"""Pieces every Trainer-based stage shares: resume, the loss log, the loss plot, bf16 availability."""
+"""Pieces every Trainer-based stage shares: resume, the loss log, the loss plot (precision: finbert2.precision)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -174,12 +173,3 @@ def plot_loss_curves(output_dir: str | Path, title: str = "", columns: list[str]
     return out
 
 
-def bf16_available() -> bool:
-    """bf16 autocast is worth turning on: a CUDA GPU with bf16, or a CPU with native bf16 instructions."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    if os.environ.get("FINBERT2_DISABLE_BF16", ""):
-        return False
-    # Without native bf16 (AVX512-BF16/AMX) oneDNN emulates it: a BERT training step ran ~15x slower than fp32
-    # on an AVX2-only CPU, so bf16 is only worth it where the CPU has it.
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

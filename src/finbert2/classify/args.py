@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from finbert2.errors import ConfigError
+from finbert2.precision import bf16_field
 
 TRUNCATION_STRATEGIES = ("head", "head_tail", "chunk")
 
@@ -159,7 +160,7 @@ class PredictArguments:
     )
     return_cls: bool = field(default=False, metadata={"help": "Also write the [CLS] vector of every text."})
     keep_fields: bool = field(default=True, metadata={"help": "Copy the input row's fields into the output row."})
-    bf16: bool = field(default=False, metadata={"help": "bf16 autocast (about 2x faster on CPU; may flip near-ties)."})
+    bf16: str = bf16_field()
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... Default: cuda if present."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, when not the model's own."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the folder/hub."})

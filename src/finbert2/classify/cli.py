@@ -25,13 +25,14 @@ commands:
 
 
 def _training_dataclasses():
-    from transformers import TrainingArguments
 
     from finbert2.classify.args import DataArguments
     from finbert2.modeling import ModelArguments
     from finbert2.run import RunArguments
 
-    return ModelArguments, DataArguments, TrainingArguments, RunArguments
+    from finbert2.precision import PrecisionTrainingArguments
+
+    return ModelArguments, DataArguments, PrecisionTrainingArguments, RunArguments
 
 
 def train_main(argv: list[str]) -> int:

@@ -66,6 +66,33 @@ def label_names_of(config) -> list[str]:
     return [str(config.id2label[i]) for i in range(config.num_labels)]
 
 
+HEAD_MODULES = ("classifier", "score", "pooler")  # the heads of transformers' *ForSequenceClassification
+
+
+def keep_head_fp32(model: torch.nn.Module) -> int:
+    """Run the classification head (pooler, classifier/score) outside bf16 autocast, on float32 inputs.
+
+    bf16 keeps ~3 significant digits; in the small head that rounding decides near-ties: on a fitted e5
+    head it flipped 5 of 900 labels (fp32 logit margins under 0.006), 3 with the head in fp32. The head
+    costs nothing next to the encoder. Returns the number of modules wrapped (idempotent).
+    """
+    wrapped = 0
+    for name, module in model.named_modules():
+        if name.rpartition(".")[2] not in HEAD_MODULES or getattr(module, "_finbert2_fp32", False):
+            continue
+        forward = module.forward
+
+        def fp32_forward(*args, _forward=forward, **kwargs):
+            with torch.autocast(device_type="cuda" if torch.cuda.is_available() else "cpu", enabled=False):
+                args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+                return _forward(*args, **kwargs)
+
+        module.forward = fp32_forward
+        module._finbert2_fp32 = True
+        wrapped += 1
+    return wrapped
+
+
 class SequenceClassifier:
     """A sequence classifier with the long-text strategy and threshold it was trained with."""
 
@@ -81,7 +108,7 @@ class SequenceClassifier:
         self.label_names = label_names_of(model.config)
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.model.to(self.device).eval()
-        self.bf16 = bf16
+        self.bf16 = bf16  # the setter keeps the head in fp32 under bf16
         max_positions = getattr(model.config, "max_position_embeddings", None)
         if max_positions and self.settings.max_length > max_positions:
             raise ConfigError(f"max_length {self.settings.max_length} exceeds the model's "
@@ -105,6 +132,16 @@ class SequenceClassifier:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return cls(model, tokenizer, LongTextSettings(**stored), threshold, device, bf16)
+
+    @property
+    def bf16(self) -> bool:
+        return self._bf16
+
+    @bf16.setter
+    def bf16(self, value: bool) -> None:
+        self._bf16 = bool(value)
+        if self._bf16:
+            keep_head_fp32(self.model)
 
     def _autocast(self):
         if not self.bf16:

@@ -25,6 +25,7 @@ from finbert2.classify.metrics import summary_metrics
 from finbert2.data import atomic_write_text, iter_records, read_classification
 from finbert2.data.readers import CSV_SUFFIXES, get_text
 from finbert2.errors import DataError
+from finbert2.precision import command_bf16
 
 logger = logging.getLogger("finbert2.classify.predict")
 
@@ -79,7 +80,8 @@ def run_predict(args: PredictArguments) -> dict:
     linenos, rows, texts = read_input(args.input_file, args.text_field)
     classifier = SequenceClassifier.from_pretrained(
         args.model_name_or_path, args.tokenizer_name, max_length=args.max_length, truncation=args.truncation,
-        threshold=args.threshold, device=args.device, bf16=args.bf16, trust_remote_code=args.trust_remote_code)
+        threshold=args.threshold, device=args.device,
+        bf16=command_bf16(args, use_cpu=str(args.device or '').startswith('cpu')), trust_remote_code=args.trust_remote_code)
     gold = None
     if args.label_field:
         # Gold labels must be the model's labels: a file for another label set is an error, not a 0% score.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from finbert2.errors import ConfigError
+from finbert2.precision import bf16_field
 
 COMBINATION_TYPES = ("svd", "linear", "cat", "ties")
 
@@ -55,9 +56,6 @@ class NumLLMDataArguments:
                 "a numeric prompt is cut from the left so its answer always fits."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Train on at most this many sequences."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many sequences."})
-    auto_bf16: bool = field(default=True, metadata={
-        "help": "Turn bf16 on when the hardware runs it natively (a bf16 GPU, or a CPU with AVX512-BF16/AMX); "
-                "emulated bf16 is many times slower than fp32."})
 
     def __post_init__(self):
         if self.task not in {"domain", "numeric"}:
@@ -144,7 +142,7 @@ class EvaluateArguments:
     max_perplexity_texts: int = field(default=50, metadata={"help": "Texts of perplexity_data scored."})
     perplexity_max_tokens: int = field(default=128, metadata={"help": "Tokens per perplexity text."})
     seed: int = field(default=42, metadata={"help": "Seeds the question sample."})
-    bf16: bool = field(default=False, metadata={"help": "Score under bf16 autocast."})
+    bf16: str = bf16_field()
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a finished evaluation."})
 
     def __post_init__(self):

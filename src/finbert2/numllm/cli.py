@@ -36,9 +36,8 @@ SECTIONS = ("domain", "numeric", "build_numeric", "merge", "evaluate")
 def _all_config_keys() -> set[str]:
     import dataclasses
 
-    from transformers import TrainingArguments
-
     from finbert2.numllm import args
+    from finbert2.precision import PrecisionTrainingArguments as TrainingArguments
     from finbert2.run import RunArguments
 
     types = (args.CausalLMArguments, args.LoraArguments, args.NumLLMDataArguments, args.BuildNumericArguments,
@@ -94,14 +93,13 @@ def _task_in(argv: list[str]) -> str:
 
 
 def train_main(argv: list[str]) -> int:
-    from transformers import TrainingArguments
-
     from finbert2.numllm.args import CausalLMArguments, LoraArguments, NumLLMDataArguments
     from finbert2.numllm.train import run_train
+    from finbert2.precision import PrecisionTrainingArguments
     from finbert2.run import RunArguments, setup_logging
 
     model_args, lora_args, data_args, training_args, run_args = _parse(
-        (CausalLMArguments, LoraArguments, NumLLMDataArguments, TrainingArguments, RunArguments), argv, "train",
+        (CausalLMArguments, LoraArguments, NumLLMDataArguments, PrecisionTrainingArguments, RunArguments), argv, "train",
         _task_in(argv))
     if not model_args.model_name_or_path:
         raise ConfigError("numllm train: give model_name_or_path (a causal LM folder or hub id)")

@@ -46,6 +46,7 @@ from finbert2.numllm.questions import (
 )
 from finbert2.numllm.train import causal_tokenizer, load_causal_lm
 from finbert2.run import prepare_output_dir, setup_logging, write_metrics, write_run_config
+from finbert2.precision import command_bf16
 
 logger = logging.getLogger("finbert2.numllm")
 
@@ -240,6 +241,7 @@ def run_evaluate(model_args: CausalLMArguments, args: EvaluateArguments) -> dict
     texts = [t for _, _, t in iter_corpus_lines(args.perplexity_data, args.text_field)][:args.max_perplexity_texts] \
         if args.perplexity_data else []
     specs = model_specs(base, args.models or [])
+    bf16 = command_bf16(args)
     output_dir = prepare_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, clear=True)
     setup_logging(output_dir)
     write_run_config(output_dir, model_args, args, stage="numllm-evaluate", extra={
@@ -253,7 +255,7 @@ def run_evaluate(model_args: CausalLMArguments, args: EvaluateArguments) -> dict
     metrics: dict = {}
     for spec in specs:
         model = load_model(spec, base, model_args.trust_remote_code)
-        scorer = LogLikelihoodScorer(model, tokenizer, args.max_prompt_tokens, args.bf16)
+        scorer = LogLikelihoodScorer(model, tokenizer, args.max_prompt_tokens, bf16)
         for block, (questions, _) in blocks.items():
             for n_shots in args.n_shots:
                 rows = []

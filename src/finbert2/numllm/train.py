@@ -33,7 +33,7 @@ from finbert2.run import (
     start_training_run,
     write_metrics,
 )
-from finbert2.training import bf16_available, plot_loss_curves, resume_checkpoint, standard_callbacks
+from finbert2.training import plot_loss_curves, resume_checkpoint, standard_callbacks
 
 logger = logging.getLogger("finbert2.numllm")
 
@@ -80,10 +80,6 @@ def run_train(model_args: CausalLMArguments, lora_args: LoraArguments, data_args
     if is_finished_run(output_dir) and not run_args.overwrite_output_dir:
         raise OutputDirError(f"{output_dir}: holds a finished run ({METRICS_FILE}); pass --overwrite_output_dir "
                              "True to replace it, or choose another --output_dir")
-    if training_args.bf16 and not bf16_available():
-        raise ConfigError("numllm train: bf16 asked for but not available on this hardware")
-    if data_args.auto_bf16 and not training_args.bf16 and bf16_available():
-        training_args.bf16 = True
     tokenizer = causal_tokenizer(model_args)
     train_set, eval_set, summary = build_sequences(data_args, tokenizer, training_args.seed)
 

@@ -16,6 +16,8 @@ import sys
 
 from transformers import TrainingArguments
 
+from finbert2.precision import PrecisionTrainingArguments
+
 from finbert2.config import parse_args
 from finbert2.errors import ConfigError
 from finbert2.modeling import ModelArguments
@@ -52,7 +54,7 @@ def run(model_args: ModelArguments, data_args: PretrainDataArguments, training_a
 def main(argv: list[str] | None = None) -> int:
     try:
         model_args, data_args, training_args, run_args = parse_args(
-            (ModelArguments, PretrainDataArguments, TrainingArguments, RunArguments), argv, prog="finbert2 mlm")
+            (ModelArguments, PretrainDataArguments, PrecisionTrainingArguments, RunArguments), argv, prog="finbert2 mlm")
     except ValueError as err:  # TrainingArguments' own validation (e.g. bf16 without hardware support)
         raise ConfigError(f"mlm: {str(err).splitlines()[0]}") from None
     setup_logging()

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from transformers import TrainingArguments
 
+from finbert2.precision import PrecisionTrainingArguments
+
 from finbert2.config import parse_args
 from finbert2.errors import ConfigError
 from finbert2.modeling import ModelArguments
@@ -138,7 +140,7 @@ def run(model_args: ModelArguments, data_args: PretrainDataArguments, retromae_a
 def main(argv: list[str] | None = None) -> int:
     try:
         model_args, data_args, retromae_args, training_args, run_args = parse_args(
-            (ModelArguments, PretrainDataArguments, RetroMAEArguments, TrainingArguments, RunArguments), argv,
+            (ModelArguments, PretrainDataArguments, RetroMAEArguments, PrecisionTrainingArguments, RunArguments), argv,
             prog="finbert2 retromae")
     except ValueError as err:  # TrainingArguments' own validation (e.g. bf16 without hardware support)
         raise ConfigError(f"retromae: {str(err).splitlines()[0]}") from None

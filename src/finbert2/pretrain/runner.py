@@ -33,7 +33,6 @@ from finbert2.run import (
 from finbert2.training import (
     LossLogCallback,
     NonFiniteGuardCallback,
-    bf16_available,
     plot_loss_curves,
     resume_checkpoint,
 )
@@ -175,8 +174,6 @@ def run_pretraining(
     if is_finished_run(output_dir) and not run_args.overwrite_output_dir:
         raise OutputDirError(f"{output_dir}: holds a finished run ({METRICS_FILE}); pass --overwrite_output_dir "
                              "True to replace it, or choose another --output_dir")
-    if training_args.bf16 and not bf16_available():
-        raise ConfigError(f"{stage}: bf16 asked for but not available on this hardware")
     tokenizer = tokenizer_for(model_args)
     train_dataset, eval_dataset, data_summary = build_datasets(data_args, tokenizer, training_args.seed)
     if model_args.model_name_or_path is None and data_args.max_seq_length > model_args.tiny_max_position_embeddings:

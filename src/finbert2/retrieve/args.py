@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from transformers import TrainingArguments
 
 from finbert2.errors import ConfigError
 from finbert2.retrieve.encoder import QUERY_INSTRUCTION
+from finbert2.precision import PrecisionTrainingArguments, bf16_field
 
 
 PROMPT_HELP = {
@@ -52,7 +52,7 @@ class RetrieverDataArguments:
 
 
 @dataclass
-class RetrieverTrainingArguments(TrainingArguments):
+class RetrieverTrainingArguments(PrecisionTrainingArguments):
     """``TrainingArguments`` plus the contrastive loss's settings."""
 
     temperature: float = field(default=0.02, metadata={"help": "Softmax temperature of InfoNCE (upstream: 0.01)."})
@@ -119,7 +119,7 @@ class MineArguments:
     max_length: int = field(default=512, metadata={"help": "Longest input in tokens."})
     batch_size: int = field(default=64, metadata={"help": "Encoding batch size."})
     use_faiss_ivf: bool = field(default=False, metadata={"help": "Search an IVF index (large pools) instead of flat."})
-    bf16: bool = field(default=False, metadata={"help": "Encode under bf16 autocast."})
+    bf16: str = bf16_field()
     seed: int = field(default=42, metadata={"help": "Seed of the negative sampling."})
     overwrite_output_file: bool = field(default=False, metadata={"help": "Replace an existing output_file (or a finished output_dir)."})
 
@@ -154,7 +154,7 @@ class EvaluateArguments:
     pooling: str | None = field(default=None, metadata={
         "help": "cls or mean for every dense model; default: each folder's saved pooling, else cls."})
     k: int = field(default=100, metadata={"help": "Documents retrieved per query."})
-    bf16: bool = field(default=False, metadata={"help": "Encode under bf16 autocast (faster, cosine ~0.999)."})
+    bf16: str = bf16_field()
     hybrid: bool = field(default=False, metadata={
         "help": "Add a '<model>+bm25' row per dense model: reciprocal-rank fusion of its run and BM25's "
                 "(the fusion `finbert2 serve` uses for mode=hybrid)."})
@@ -186,7 +186,7 @@ class IndexArguments:
     passage_instruction: str | None = field(default=None, metadata={"help": PROMPT_HELP["passage"]})
     max_length: int = field(default=512, metadata={"help": "Longest input in tokens."})
     batch_size: int = field(default=64, metadata={"help": "Encoding batch size."})
-    bf16: bool = field(default=False, metadata={"help": "Encode under bf16 autocast."})
+    bf16: str = bf16_field()
 
     def __post_init__(self):
         if self.index_type not in {"flat", "ivf"}:

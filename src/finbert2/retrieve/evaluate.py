@@ -22,6 +22,7 @@ from finbert2.data import RetrievalEvalData, atomic_write_text, read_retrieval_e
 from finbert2.retrieve.encoder import DenseEncoder
 from finbert2.retrieve.metrics import markdown_table, mean_metrics, per_query_metrics, top_k
 from finbert2.retrieve.search import BM25Retriever, dense_run, format_document, fuse_runs
+from finbert2.precision import command_bf16
 
 logger = logging.getLogger("finbert2.retrieve")
 
@@ -114,12 +115,13 @@ def run_evaluation(args, run_args) -> dict[str, Any]:
     for name in args.models[len(labels):]:
         labels.append(model_label(name, set(labels)))
     encoders = {}
+    bf16 = command_bf16(args)
     for name in args.models:  # load every model first: a bad name fails before output_dir is touched
         if name != BM25:
             encoders[name] = DenseEncoder.from_pretrained(
                 name, query_instruction=args.query_instruction, passage_instruction=args.passage_instruction,
                 max_length=args.max_length,
-                batch_size=args.batch_size, bf16=args.bf16, pooling=args.pooling)
+                batch_size=args.batch_size, bf16=bf16, pooling=args.pooling)
 
     output_dir = prepare_output_dir(args.output_dir, overwrite=run_args.overwrite_output_dir)
     setup_logging(output_dir)

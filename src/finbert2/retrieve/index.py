@@ -22,6 +22,7 @@ from finbert2.data import iter_jsonl, iter_lines, write_json, write_jsonl
 from finbert2.errors import ConfigError, DataError
 from finbert2.retrieve.encoder import DenseEncoder
 from finbert2.retrieve.search import build_index, format_document, search_index
+from finbert2.precision import command_bf16
 
 logger = logging.getLogger("finbert2.retrieve")
 
@@ -68,7 +69,7 @@ def run_index(args, run_args) -> dict[str, Any]:
     docs = read_documents(args.corpus)
     encoder = DenseEncoder.from_pretrained(args.model_name_or_path, query_instruction=args.query_instruction,
                                            passage_instruction=args.passage_instruction,
-                                           max_length=args.max_length, batch_size=args.batch_size, bf16=args.bf16)
+                                           max_length=args.max_length, batch_size=args.batch_size, bf16=command_bf16(args))
     output_dir = prepare_output_dir(args.output_dir, overwrite=run_args.overwrite_output_dir, clear=True)
     setup_logging(output_dir)
     write_run_config(output_dir, args, run_args, stage="retrieve index")
@@ -80,7 +81,7 @@ def run_index(args, run_args) -> dict[str, Any]:
         "model_name_or_path": args.model_name_or_path, "query_instruction": encoder.query_instruction,
         "passage_instruction": encoder.passage_instruction, "pooling": encoder.pooling,
         "max_length": args.max_length, "index_type": args.index_type, "nprobe": getattr(index, "nprobe", None),
-        "dimension": encoder.dimension, "documents": len(docs), "bf16": args.bf16,
+        "dimension": encoder.dimension, "documents": len(docs), "bf16": args.precision.bf16,
     })
     metrics = {"documents": len(docs), "dimension": encoder.dimension, "index_type": args.index_type,
                "index_seconds": time.perf_counter() - started}

@@ -27,6 +27,7 @@ from finbert2.data import iter_corpus, read_retrieval_train, write_jsonl
 from finbert2.errors import DataError, OutputDirError
 from finbert2.retrieve.encoder import DenseEncoder
 from finbert2.retrieve.search import build_index, search_index
+from finbert2.precision import command_bf16
 
 logger = logging.getLogger("finbert2.retrieve")
 
@@ -131,7 +132,7 @@ def run_mining(args) -> dict[str, Any]:
     pool = list(iter_corpus(args.candidate_pool)) if args.candidate_pool else []
     encoder = DenseEncoder.from_pretrained(args.model_name_or_path, query_instruction=args.query_instruction_for_retrieval,
                                            passage_instruction=args.passage_instruction_for_retrieval,
-                                           max_length=args.max_length, batch_size=args.batch_size, bf16=args.bf16)
+                                           max_length=args.max_length, batch_size=args.batch_size, bf16=command_bf16(args))
     if args.output_dir:
         prepare_output_dir(args.output_dir, overwrite=args.overwrite_output_file, clear=True)
         setup_logging(args.output_dir)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from finbert2.errors import ConfigError
 
 API_KEY_ENV = "FINBERT2_API_KEY"
-DTYPES = ("fp32", "bf16", "int8")
+DTYPES = ("auto", "fp32", "bf16", "int8")
 
 
 @dataclass
@@ -21,9 +21,9 @@ class ServeArguments:
         "help": "Classifier folder(s) for /classify; a request picks one by 'model' (folder name), default the first."})
     host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (0.0.0.0: every interface)."})
     port: int = field(default=8000, metadata={"help": "TCP port."})
-    dtype: str = field(default="fp32", metadata={
-        "help": "fp32, bf16 (autocast; fast only on CPUs with AVX512-BF16/AMX) or int8 (dynamic quantisation "
-                "of the linear layers)."})
+    dtype: str = field(default="auto", metadata={
+        "help": "auto (bf16 where the hardware runs it natively: a bf16 GPU or a CPU with AVX512-BF16/AMX; fp32 "
+                "elsewhere), fp32, bf16 (autocast) or int8 (dynamic quantisation of the linear layers)."})
     api_key: str | None = field(default=None, metadata={
         "help": f"Require 'Authorization: Bearer <key>' on every route but /health, /ready and / "
                 f"(default: ${API_KEY_ENV} when set)."})

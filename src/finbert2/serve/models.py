@@ -15,18 +15,10 @@ import torch
 from finbert2.classify.inference import SequenceClassifier
 from finbert2.classify.longtext import encode_texts
 from finbert2.errors import ConfigError
+from finbert2.precision import native_bf16, resolve_bf16
 from finbert2.retrieve.encoder import DenseEncoder
 
 logger = logging.getLogger("finbert2.serve")
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmul is native; elsewhere oneDNN emulates it, several times slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def quantize_linear_layers(model: torch.nn.Module) -> torch.nn.Module:
@@ -41,7 +33,7 @@ def quantize_linear_layers(model: torch.nn.Module) -> torch.nn.Module:
 
 def apply_dtype(model: torch.nn.Module, dtype: str) -> tuple[torch.nn.Module, bool]:
     """``(model, bf16 autocast?)`` for ``fp32``, ``bf16`` or ``int8``."""
-    if dtype == "bf16" and not cpu_has_fast_bf16() and not torch.cuda.is_available():
+    if dtype == "bf16" and not native_bf16()[0]:
         logger.warning("--dtype bf16 on a CPU without AVX512-BF16/AMX: emulated, likely slower than fp32")
     if dtype == "int8":
         return quantize_linear_layers(model), False
@@ -126,6 +118,10 @@ class Labeler:
 
 def load_models(retriever: str | None, classifiers: list[str], dtype: str, max_length: int | None,
                 served_name: str | None = None) -> tuple[Embedder | None, dict[str, Labeler]]:
+    if dtype == "auto":
+        precision = resolve_bf16("auto")
+        logger.info(precision.message)
+        dtype = "bf16" if precision.bf16 else "fp32"
     embedder = Embedder(retriever, dtype, max_length, served_name) if retriever else None
     labelers: dict[str, Labeler] = {}
     for path in classifiers:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from finbert2.errors import ConfigError
+from finbert2.precision import bf16_field
 
 EMBEDDING_BACKENDS = ("encoder", "tfidf")
 OUTLIER_STRATEGIES = ("distributions", "c-tf-idf", "embeddings", "none")
@@ -53,6 +54,7 @@ class TopicArguments:
     )
     max_seq_length: int = field(default=64, metadata={"help": "Tokens per title for the encoder (titles are short)."})
     batch_size: int = field(default=64, metadata={"help": "Titles per encoder batch."})
+    bf16: str = bf16_field()
     lsa_components: int = field(default=100, metadata={"help": "SVD dimensions of the TF-IDF/LSA baseline."})
     scratch_hidden_size: int = field(default=128, metadata={"help": "Hidden size of a from-scratch demo encoder."})
     scratch_num_hidden_layers: int = field(default=2, metadata={"help": "Layers of a from-scratch demo encoder."})
@@ -151,3 +153,4 @@ class TransformArguments:
         default=None, metadata={"help": "Encoder to embed the new titles with, instead of the one the model recorded."}
     )
     batch_size: int = field(default=64, metadata={"help": "Titles per encoder batch."})
+    bf16: str = bf16_field()

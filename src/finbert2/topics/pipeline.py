@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import pandas as pd
 from bertopic import BERTopic
 from bertopic.backend import BaseEmbedder
@@ -43,6 +44,7 @@ from finbert2.topics.metrics import OUTLIER, cluster_scores, npmi_coherence, top
 from finbert2.topics.inputs import RunInputs, prepare_inputs
 from finbert2.topics.plots import document_map, topic_barchart
 from finbert2.topics.text import JiebaWordTokenizer, build_vectorizer
+from finbert2.precision import command_bf16
 
 logger = logging.getLogger("finbert2.topics")
 
@@ -56,17 +58,19 @@ METRICS_TOP_N = 10  # topic diversity and NPMI on each topic's top-10 words (ups
 class TopicEmbedder(BaseEmbedder):
     """BERTopic's documented custom backend over our encoder or the LSA baseline."""
 
-    def __init__(self, model=None, lsa: LsaEmbedder | None = None, batch_size: int = 64, prompt: str = ""):
+    def __init__(self, model=None, lsa: LsaEmbedder | None = None, batch_size: int = 64, prompt: str = "",
+                 bf16: bool = False):
         super().__init__()
         if (model is None) == (lsa is None):
             raise ValueError("give exactly one of model, lsa")
-        self.model, self.lsa, self.batch_size, self.prompt = model, lsa, batch_size, prompt
+        self.model, self.lsa, self.batch_size, self.prompt, self.bf16 = model, lsa, batch_size, prompt, bf16
 
     def embed(self, documents: list[str], verbose: bool = False) -> np.ndarray:
         documents = list(documents)
         if self.lsa is not None:
             return self.lsa.transform(documents)
-        return encode(self.model, documents, self.batch_size, show_progress_bar=verbose, prompt=self.prompt)
+        with torch.autocast(device_type=self.model.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return encode(self.model, documents, self.batch_size, show_progress_bar=verbose, prompt=self.prompt)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,14 +138,15 @@ def prepare_vectors(args: TopicArguments, npy: np.ndarray | None, tokenizer: Jie
                              args.trust_remote_code, args.cache_dir)
         prompt = topic_prompt(model, args.prompt_name)
         logger.info("encoder %s, title prompt %r", args.model_name_or_path, prompt)
-        return TopicEmbedder(model=model, batch_size=args.batch_size, prompt=prompt), npy, args.model_name_or_path
+        return (TopicEmbedder(model=model, batch_size=args.batch_size, prompt=prompt, bf16=command_bf16(args)), npy,
+                args.model_name_or_path)
     if npy is not None:
         return None, npy, args.embeddings
     model = scratch_encoder(args.scratch_tokenizer, scratch_dir, args.seed, args.max_seq_length,
                             hidden_size=args.scratch_hidden_size, num_hidden_layers=args.scratch_num_hidden_layers,
                             num_attention_heads=max(1, args.scratch_hidden_size // 64),
                             intermediate_size=4 * args.scratch_hidden_size)
-    return TopicEmbedder(model=model, batch_size=args.batch_size), None, "scratch"
+    return TopicEmbedder(model=model, batch_size=args.batch_size, bf16=command_bf16(args)), None, "scratch"
 
 
 def run(args: TopicArguments, run_args: RunArguments, inputs: RunInputs | None = None) -> dict:
@@ -369,6 +374,8 @@ def transform(args: TransformArguments) -> pd.DataFrame:
     docs = read_topic_docs(args.input_data, text_field=args.text_field)
     npy = load_npy_embeddings(args.embeddings, len(docs.texts)) if args.embeddings else None
     topic_model, embedder = load_topic_model(args.model_dir, args.model_name_or_path)
+    if embedder is not None and embedder.model is not None:
+        embedder.bf16 = command_bf16(args)
     if npy is None and embedder is None:
         raise ConfigError(f"{args.model_dir}: was fitted on precomputed vectors; give --embeddings (.npy) "
                           "or --model_name_or_path for the new titles")
