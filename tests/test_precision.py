@@ -72,6 +72,10 @@ def test_training_arguments_resolve_auto_and_the_run_record_keeps_why(cpu_flags,
     record = json.loads((tmp_path / "run_config.json").read_text(encoding="utf-8"))
     assert record["precision"] == {"requested": "auto", "bf16": True,
                                    "reason": "CPU has amx_bf16 (native bf16 matmul)"}
+    assert "bf16" not in record["changed_arguments"]  # auto was the default, whatever it resolved to
+    (forced,) = parse_args([precision.PrecisionTrainingArguments],
+                           ["--output_dir", str(tmp_path), "--use_cpu", "True", "--bf16", "false"])
+    assert "bf16" in write_run_config(tmp_path, forced, stage="test")["changed_arguments"]
 
 
 def test_a_command_records_its_resolution(cpu_flags, tmp_path, run_cli, tiny_bert_dir):

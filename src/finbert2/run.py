@@ -131,6 +131,9 @@ def changed_arguments(obj: Any, resolved: dict[str, Any]) -> list[str]:
     if not dataclasses.is_dataclass(obj):
         return list(resolved)
     defaults = _declared_defaults(obj)
+    precision = getattr(obj, "precision", None)
+    if precision is not None and "bf16" in resolved:  # auto resolved to a bool is still the default
+        resolved = {**resolved, "bf16": precision.requested}
     return [name for name, value in resolved.items() if name not in defaults or not _same_as_default(value, defaults[name])]
 
 
