@@ -221,6 +221,21 @@ def build_tables(out: Path) -> str:
     return "\n".join(head + [line for section in sections for line in section])
 
 
+BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
+
+
+def splice_tables(document: Path, tables: str) -> None:
+    """Put ``tables`` between the document's markers (its headings one level down), keeping the rest."""
+    if not document.is_file():
+        raise DataError(document, None, "no such file")
+    text = document.read_text(encoding="utf-8")
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise DataError(document, None, f"expected one {BEGIN} followed by one {END}")
+    body = "\n".join("#" + line if line.startswith("#") else line for line in tables.splitlines()[1:]).strip()
+    head, rest = text.split(BEGIN)
+    atomic_write_text(document, f"{head}{BEGIN}\n{body}\n{END}{rest.split(END, 1)[1]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     def run(argv: list[str]) -> int:
         parser = argparse.ArgumentParser(prog="python -m finbert2.report.reproduction", description=__doc__.split("\n")[0])
@@ -232,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         tables = commands.add_parser("tables", help="every results table from the run folders")
         tables.add_argument("out", type=Path)
         tables.add_argument("--output", type=Path, default=None, help="default: OUT/tables.md")
+        tables.add_argument("--into", type=Path, default=None,
+                            help=f"also replace the part of this markdown file between {BEGIN} and {END} "
+                                 "(docs/RESULTS.md: its tables come from the runs, not by hand)")
         args = parser.parse_args(argv)
         if args.command == "prepare-corpus":
             print(json.dumps(prepare_corpus(args.data_dir, args.out, args.seed)))
@@ -240,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise DataError(args.out, None, "no such folder")
             text = build_tables(args.out)
             atomic_write_text(args.output or args.out / "tables.md", text)
+            if args.into:
+                splice_tables(args.into, text)
             print(text)
         return 0
 
