@@ -69,9 +69,9 @@ def cpu_bf16_flags() -> list[str]:
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
+                             text=True, timeout=10, check=False)
         dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True,
-                               timeout=10).stdout.strip()
+                               timeout=10, check=False).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "?"
@@ -107,10 +107,10 @@ def header_lines(info: dict | None = None) -> list[str]:
     flags = " ".join(f"{k}={'yes' if v else 'no'}" for k, v in info["cpu_flags"].items())
     return [
         f"- date: {info['date']}; commit {info['commit']}",
-        f"- CPU: {info['cpu']} ({info['logical_cpus']} logical CPUs, {info['torch_threads']} torch threads, "
-        f"OMP_NUM_THREADS={info['OMP_NUM_THREADS']}); flags: {flags}",
-        f"- native bf16: {'yes (' + ', '.join(info['native_bf16_flags']) + ')' if info['native_bf16'] else 'no'}; "
-        f"load average {info['loadavg']}; torch {info['torch']}, Python {info['python']}",
+        (f"- CPU: {info['cpu']} ({info['logical_cpus']} logical CPUs, {info['torch_threads']} torch threads, "
+         f"OMP_NUM_THREADS={info['OMP_NUM_THREADS']}); flags: {flags}"),
+        (f"- native bf16: {'yes (' + ', '.join(info['native_bf16_flags']) + ')' if info['native_bf16'] else 'no'}; "
+         f"load average {info['loadavg']}; torch {info['torch']}, Python {info['python']}"),
         f"- command: `{info['command']}`",
     ]
 
@@ -210,7 +210,12 @@ def model_folder(size: str, work: Path, head: str = "encoder", pooling: str = "c
     sizes are seeded (``torch.manual_seed(0)``), so every run builds the same weights. e5-small keeps
     its own pooling (mean) and prompts as converted.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForMaskedLM, BertModel
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        BertForMaskedLM,
+        BertModel,
+    )
 
     from finbert2.retrieve import save_sentence_transformer
 

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import common  # noqa: E402
+import common
 
 
 def load_texts(limit: int) -> tuple[list[str], str]:
@@ -74,10 +74,11 @@ def main() -> None:
             run_ours(precision)  # warm-up (allocator, oneDNN kernels), untimed
             with common.autocast(precision):
                 peer(texts[:16], batch_size=16, **peer_kwargs)
-            ours_s, ours_labels = common.timed(lambda: run_ours(precision), args.repeats)
+            ours_s, ours_labels = common.timed(lambda p=precision: run_ours(p), args.repeats)
             sweep = {}
             for batch in args.peer_batch_sizes:
-                seconds, labels = common.timed(lambda: run_peer(batch, precision), 1 if batch == 1 else args.repeats)
+                seconds, labels = common.timed(lambda b=batch, p=precision: run_peer(b, p),
+                                               1 if batch == 1 else args.repeats)
                 sweep[batch] = {"texts_per_second": len(texts) / seconds, "identical_labels": labels == ours_labels}
                 print(precision, "pipeline batch", batch, sweep[batch], flush=True)
             best = max(sweep, key=lambda b: sweep[b]["texts_per_second"])
@@ -100,8 +101,8 @@ def main() -> None:
                   "peer_bf16": "pipeline under torch.autocast('cpu', dtype=torch.bfloat16), fp32 weights",
                   "rows": rows}
         common.write_record(args.output, record)
-        print("\n| size | precision | ours texts/s (batch %d) | pipeline best texts/s (batch) | ours / pipeline best | "
-              "ours / pipeline batch 1 | identical labels |\n|---|---|---:|---:|---:|---:|---|" % args.batch_size)
+        print(f"\n| size | precision | ours texts/s (batch {args.batch_size}) | pipeline best texts/s (batch) | "
+              "ours / pipeline best | ours / pipeline batch 1 | identical labels |\n|---|---|---:|---:|---:|---:|---|")
         for r in rows:
             best = r["pipeline_best_batch_size"]
             print(f"| {args.size} | {r['precision']} | {r['ours_texts_per_second']:.1f} | "

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import common  # noqa: E402
+import common
 
 
 def min_cos(a, b) -> float:
@@ -74,10 +74,10 @@ def main() -> None:
         st_parts, our_parts, st_s, our_s = [], [], 0.0, 0.0
         for start in range(0, len(passages), size):  # interleaved, so outside load hits both alike
             part = passages[start:start + size]
-            sec, vec = common.timed(lambda: st_encode(part, precision))
+            sec, vec = common.timed(lambda t=part, p=precision: st_encode(t, p))
             st_parts.append(vec)
             st_s += sec
-            sec, vec = common.timed(lambda: ours_encode(part, precision))
+            sec, vec = common.timed(lambda t=part, p=precision: ours_encode(t, p))
             our_parts.append(vec)
             our_s += sec
         st_vec, our_vec = np.concatenate(st_parts), np.concatenate(our_parts)

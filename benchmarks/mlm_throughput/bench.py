@@ -31,7 +31,6 @@ import time
 from itertools import chain
 from pathlib import Path
 
-import torch
 from transformers import (
     AutoModelForMaskedLM,
     AutoTokenizer,
@@ -43,17 +42,20 @@ from transformers import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import common  # noqa: E402
+import common
 
-from finbert2.data import read_corpus  # noqa: E402
-from finbert2.pretrain.data import (  # noqa: E402
+from finbert2.data import read_corpus
+from finbert2.pretrain.data import (
     EpochMaskedDataset,
     PretrainDataset,
     line_by_line_examples,
     packed_examples,
 )
-from finbert2.pretrain.modeling import BertForMaskedPositionsLM  # noqa: E402
-from finbert2.pretrain.whole_word_masking import JiebaWordSegmenter, WholeWordMaskCollator  # noqa: E402
+from finbert2.pretrain.modeling import BertForMaskedPositionsLM
+from finbert2.pretrain.whole_word_masking import (
+    JiebaWordSegmenter,
+    WholeWordMaskCollator,
+)
 
 
 class Timer(TrainerCallback):
@@ -81,8 +83,8 @@ def run_mlm_default_blocks(documents: list[str], tokenizer, block_size: int):
         return tokenizer(examples["text"], return_special_tokens_mask=True)
 
     def group_texts(examples):
-        concatenated = {k: list(chain(*examples[k])) for k in examples.keys()}
-        total_length = (len(concatenated[list(examples.keys())[0]]) // block_size) * block_size
+        concatenated = {k: list(chain(*examples[k])) for k in examples}
+        total_length = (len(concatenated[next(iter(examples))]) // block_size) * block_size
         return {k: [t[i: i + block_size] for i in range(0, total_length, block_size)] for k, t in concatenated.items()}
 
     raw = datasets.Dataset.from_dict({"text": documents})

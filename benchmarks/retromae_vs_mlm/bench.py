@@ -33,13 +33,21 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import common  # noqa: E402
+import common
 
-from finbert2.data import read_corpus  # noqa: E402
-from finbert2.pretrain.data import EpochMaskedDataset, PretrainDataset, line_by_line_examples, packed_examples  # noqa: E402
-from finbert2.pretrain.modeling import BertForMaskedPositionsLM, RetroMAEForPretraining  # noqa: E402
-from finbert2.pretrain.retromae import RetroMAECollator  # noqa: E402
-from finbert2.pretrain.whole_word_masking import JiebaWordSegmenter, WholeWordMaskCollator  # noqa: E402
+from finbert2.data import read_corpus
+from finbert2.pretrain.data import (
+    EpochMaskedDataset,
+    PretrainDataset,
+    line_by_line_examples,
+    packed_examples,
+)
+from finbert2.pretrain.modeling import BertForMaskedPositionsLM, RetroMAEForPretraining
+from finbert2.pretrain.retromae import RetroMAECollator
+from finbert2.pretrain.whole_word_masking import (
+    JiebaWordSegmenter,
+    WholeWordMaskCollator,
+)
 
 VARIANTS = ("mlm", "retromae")
 PHASES = ("collate", "forward", "backward", "optimizer")
