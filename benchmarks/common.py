@@ -11,6 +11,7 @@ one ``--size`` and decides its precisions with ``precisions``. Import it from a 
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as _dt
 import json
 import os
@@ -18,6 +19,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -137,6 +139,13 @@ def precisions(choice: str) -> list[str]:
 
 def autocast(precision: str):
     return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+
+def work_dir(prefix: str) -> Path:
+    """A temporary folder for a run's model copies and outputs, removed when the process exits."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def write_record(path: Path | None, record: dict) -> None:

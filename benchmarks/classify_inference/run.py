@@ -20,7 +20,6 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -51,7 +50,7 @@ def main() -> None:
     from finbert2.classify.inference import SequenceClassifier
 
     texts, source = load_texts(args.texts)
-    work = Path(tempfile.mkdtemp(prefix="clsbench_"))
+    work = common.work_dir("clsbench_")
     try:
         folder = common.model_folder(args.size, work, "classifier")
         ours = SequenceClassifier.from_pretrained(str(folder), max_length=args.max_length, truncation="head",

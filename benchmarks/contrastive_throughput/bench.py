@@ -31,7 +31,6 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -168,7 +167,7 @@ def main() -> None:
     info = common.print_header()
     from finbert2.retrieve.encoder import resolve_prompts, saved_sentence_settings
 
-    work = Path(tempfile.mkdtemp(prefix="contrastive_bench_"))
+    work = common.work_dir("contrastive_bench_")
     try:
         source = common.model_folder(opts.size, work, "encoder")
         folder, data = prepare(source, work, opts)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +46,7 @@ def main() -> None:
 
     from finbert2.retrieve import DenseEncoder
 
-    work = Path(tempfile.mkdtemp(prefix="encbench_"))
+    work = common.work_dir("encbench_")
     folder = Path(args.model) if args.model else common.model_folder(args.size, work, "encoder",
                                                                       max_seq_length=args.max_length)
     passages = common.demo_passages(args.passages)

@@ -120,7 +120,7 @@ def main() -> None:
     opts = parser.parse_args()
 
     info = common.print_header()
-    work = Path(tempfile.mkdtemp(prefix="mlmbench_"))
+    work = common.work_dir("mlmbench_")
     folder = common.model_folder(opts.size, work, "mlm")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     documents = read_corpus(opts.corpus)[:opts.documents]

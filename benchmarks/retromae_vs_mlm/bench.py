@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -101,7 +100,7 @@ def main() -> None:
     parser.add_argument("--profile_steps", type=int, default=3)
     parser.add_argument("--profile_rows", type=int, default=30)
     parser.add_argument("--profile_out", type=Path, default=None,
-                        help="profiler tables (default: beside --output, else profile-<size>.txt in a temp dir)")
+                        help="profiler tables (default: <output>.profile.md beside --output, else profile-<size>.md here)")
     opts = parser.parse_args()
 
     info = common.print_header()
@@ -109,7 +108,7 @@ def main() -> None:
 
     from finbert2.retrieve.encoder import saved_sentence_settings
 
-    work = Path(tempfile.mkdtemp(prefix="retromae_bench_"))
+    work = common.work_dir("retromae_bench_")
     folder = common.model_folder(opts.size, work, "mlm")
     pooling = saved_sentence_settings(str(common.model_folder(opts.size, work, "encoder"))).get("pooling", "cls")
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -164,8 +163,8 @@ def main() -> None:
               "model": common.size_description(opts.size), "layout": opts.layout, "max_length": opts.max_length,
               "batch_size": opts.batch_size, "examples": len(examples), "mean_tokens_per_example": tokens_per_example,
               "timed_steps": opts.steps, "rounds": opts.rounds, "retromae_sentence_pooling": pooling, "rows": rows}
-    profile_out = opts.profile_out or (opts.output.with_suffix(".profile.txt") if opts.output
-                                       else work / f"profile-{opts.size}.txt")
+    profile_out = opts.profile_out or (opts.output.with_suffix(".profile.md") if opts.output
+                                       else Path(__file__).resolve().parent / f"profile-{opts.size}.md")
     profile_out.parent.mkdir(parents=True, exist_ok=True)
     profile_out.write_text("\n".join([f"# Where a training step's time goes: RetroMAE vs MLM ({opts.size})", "",
                                       *common.header_lines(info), "", *tables]), encoding="utf-8")
