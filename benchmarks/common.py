@@ -42,7 +42,6 @@ SIZE_HELP = ("e5-small: multilingual-e5-small as converted by finbert2.pretraine
              "corpus; 12 x 384); bert-base: a seeded random 12 x 768 BERT over the 21,128-token "
              "bert-base-chinese vocab; tiny: 2 x 64 over the same vocab (smoke tests only).")
 FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
-NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -60,11 +59,9 @@ def _cpuinfo() -> tuple[str, set[str]]:
 
 
 def cpu_bf16_flags() -> list[str]:
-    """Native-bf16 CPU flags: ``finbert2.precision.cpu_bf16_flags`` where that module exists, else /proc/cpuinfo."""
-    try:
-        from finbert2.precision import cpu_bf16_flags as flags_of_cpu
-    except ImportError:
-        return [f for f in NATIVE_BF16_FLAGS if f in _cpuinfo()[1]]
+    """Native-bf16 CPU flags, as the toolkit's ``--bf16 auto`` sees them."""
+    from finbert2.precision import cpu_bf16_flags as flags_of_cpu
+
     return list(flags_of_cpu())
 
 
