@@ -159,6 +159,7 @@ def test_validation_settings_are_checked_like_the_users_own(tmp_path):
 
     resolved = with_validation(args(save_strategy="epoch"))
     assert (resolved.eval_strategy, resolved.save_strategy, resolved.load_best_model_at_end) == ("epoch", "epoch", True)
+    assert resolved.precision.requested == "auto"  # the rebuilt arguments keep what was asked for, and why
     with pytest.raises(ConfigError, match="round multiple"):
         with_validation(args(save_strategy="steps", save_steps=5, eval_strategy="steps", eval_steps=3))
 

@@ -162,9 +162,12 @@ def with_validation(training_args):
     if not changes:
         return training_args
     try:
-        return dataclasses.replace(training_args, **changes)
+        replaced = dataclasses.replace(training_args, **changes)
     except ValueError as err:
         raise ConfigError(f"retrieve train: eval_data given, but {str(err).splitlines()[0]}") from None
+    if hasattr(training_args, "precision"):  # the resolved bool came back as "true": keep what was asked and why
+        replaced.precision = training_args.precision
+    return replaced
 
 
 def run_training(model_args: ModelArguments, data_args, training_args, run_args) -> dict[str, Any]:
