@@ -78,6 +78,31 @@ def test_training_arguments_resolve_auto_and_the_run_record_keeps_why(cpu_flags,
     assert "bf16" in write_run_config(tmp_path, forced, stage="test")["changed_arguments"]
 
 
+def test_auto_bf16_on_a_cpu_only_host_needs_no_use_cpu_flag(cpu_flags, tmp_path):
+    """The Trainer rejects bf16 without a GPU unless use_cpu is set; auto must not make the user say it."""
+    from finbert2.config import parse_args
+
+    cpu_flags("amx_bf16")
+    (training_args,) = parse_args([precision.PrecisionTrainingArguments], ["--output_dir", str(tmp_path)])
+    assert training_args.bf16 is True and training_args.use_cpu is True
+    assert training_args.device.type == "cpu"
+    cpu_flags()
+    (fp32,) = parse_args([precision.PrecisionTrainingArguments], ["--output_dir", str(tmp_path)])
+    assert fp32.bf16 is False and fp32.use_cpu is False  # left alone where bf16 stays off
+
+
+def test_a_training_command_runs_under_bf16_without_use_cpu(run_cli, tiny_bert_dir, tmp_path):
+    """End to end: 2 MLM steps with --bf16 true and no --use_cpu (emulated where the CPU lacks bf16)."""
+    out = tmp_path / "mlm"
+    result = run_cli("mlm", "--model_name_or_path", tiny_bert_dir, "--train_data", DEMO_DIR / "corpus.jsonl",
+                     "--max_seq_length", "32", "--max_train_samples", "16", "--per_device_train_batch_size", "8",
+                     "--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
+                     "--bf16", "true", "--output_dir", out)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / "run_config.json").read_text(encoding="utf-8"))
+    assert record["precision"]["bf16"] is True and record["arguments"]["use_cpu"] is True
+
+
 def test_a_command_records_its_resolution(cpu_flags, tmp_path, run_cli, tiny_bert_dir):
     """`retrieve evaluate` at its default --bf16 auto on a CPU without native bf16: fp32, and why."""
     data = DEMO_DIR / "retrieval" / "eval"

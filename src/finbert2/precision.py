@@ -105,8 +105,14 @@ class PrecisionTrainingArguments(TrainingArguments):
     bf16: str = field(default="auto", metadata={"help": HELP})
 
     def __post_init__(self):
+        import torch
+
         self.precision = resolve_bf16(self.bf16, use_cpu=bool(self.use_cpu))
         self.bf16 = self.precision.bf16
+        if self.bf16 and not torch.cuda.is_available():
+            # The Trainer refuses bf16 on a host without a bf16 GPU unless told the run is on the CPU,
+            # which it is anyway here; without this, auto would abort every training run on an AMX CPU.
+            self.use_cpu = True
         super().__post_init__()
 
 
