@@ -12,8 +12,12 @@
 #   numeric     LoRA tuning on the NumCT items of the training documents
 #   merged      SVD fusion of both adapters, merged into the base
 #   eval        base, +domain, +numeric, merged on a seeded FinEval val subset, CFLUE single-choice
-#               and the held-out NumCT items (MAX_QUESTIONS each), perplexity on held-out documents
-# Defaults: about 45-60 minutes on 2 CPU cores. Larger: DOMAIN_STEPS=300 NUMERIC_STEPS=300 MAX_QUESTIONS=0.
+#               and the held-out NumCT items (MAX_QUESTIONS each), letter scoring (the protocol the
+#               numeric module is trained for), perplexity on held-out documents
+#   eval_option the same questions by option log-likelihood per token (option_mean: the best
+#               protocol for the base model on FinEval dev, see Fin-numllm/README.md)
+# Defaults: about 55 minutes on 2 idle cores with native bf16 (AMX); expect about twice that in fp32.
+# Smaller: DOMAIN_STEPS=24 NUMERIC_STEPS=24 MAX_QUESTIONS=60. Larger: MAX_QUESTIONS=0 (every question).
 set -e
 if [ $# -ne 2 ]; then
     echo "usage: sh scripts/reproduce_numllm.sh DATA_DIR OUT" >&2
@@ -27,19 +31,20 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
 # ---- sizes (environment variables; defaults fit the CPU budget) ----
-DOMAIN_STEPS=${DOMAIN_STEPS:-24}         # optimizer steps of 4 x 128 tokens (~20 s each on 2 cores)
-NUMERIC_STEPS=${NUMERIC_STEPS:-24}       # optimizer steps of NUMERIC_BATCH NumCT items
+DOMAIN_STEPS=${DOMAIN_STEPS:-240}        # optimizer steps of 4 x 128 tokens (~2 s each on 2 AMX cores in bf16)
+NUMERIC_STEPS=${NUMERIC_STEPS:-240}      # optimizer steps of NUMERIC_BATCH NumCT items (~0.8 epoch)
 NUMERIC_BATCH=${NUMERIC_BATCH:-8}
-HELDOUT_SEQUENCES=${HELDOUT_SEQUENCES:-32} # held-out sequences/items for each module's loss before and after
-MAX_QUESTIONS=${MAX_QUESTIONS:-60}       # per test file, a seeded sample (0: all); ~2 s per question and model
-PERPLEXITY_TEXTS=${PERPLEXITY_TEXTS:-20} # held-out documents, first 128 tokens each
+HELDOUT_SEQUENCES=${HELDOUT_SEQUENCES:-64} # held-out sequences/items for each module's loss before and after
+MAX_QUESTIONS=${MAX_QUESTIONS:-300}      # per test file, a seeded sample (0: all); ~0.2-0.3 s per question and model
+PERPLEXITY_TEXTS=${PERPLEXITY_TEXTS:-1000} # held-out documents (up to), first 128 tokens each
 SEED=${SEED:-42}
-CONFIG=configs/numllm/gemma-270m.yaml
-BASE=$OUT/gemma-3-270m
+CONFIG=${CONFIG:-configs/numllm/gemma-270m.yaml}
+MODEL=${MODEL:-}                         # any HF causal LM folder instead of the converted gemma-3-270m
+BASE=${MODEL:-$OUT/gemma-3-270m}
 I=$OUT/items
 
 PIPELINE=reproduce_numllm
-TOTAL=7
+TOTAL=8
 . scripts/stage.sh
 
 prepare_data() {
@@ -52,9 +57,13 @@ prepare_data() {
     rm -rf "$OUT/data" && mv "$OUT/data.partial" "$OUT/data"
 }
 
-stage gemma "$BASE" "$PYTHON" -m finbert2 convert gemma-3-270m "$BASE"
+if [ -z "$MODEL" ]; then
+    stage gemma "$BASE" "$PYTHON" -m finbert2 convert gemma-3-270m "$BASE"
+else
+    STEP=$((STEP + 1)); echo "==> [$STEP/$TOTAL] gemma skipped: MODEL=$MODEL"
+fi
 stage data "$OUT/data" prepare_data
-stage items "$I" "$PYTHON" -m finbert2 numllm build-numeric "$CONFIG" --seed "$SEED" --output_dir "$I" \
+stage items "$I" "$PYTHON" -m finbert2 numllm build-numeric "$CONFIG" --seed "$SEED" --output_dir "$I" --text_field input \
     --input_data "$DATA_DIR/cfbenchmark-basic/data/summary.jsonl" "$DATA_DIR/cfbenchmark-basic/data/sentiment.jsonl" \
     "$DATA_DIR/cfbenchmark-basic/data/company.jsonl"
 stage domain "$OUT/domain" sh Fin-numllm/run_domain_lora.sh "$CONFIG" --model_name_or_path "$BASE" \
@@ -73,4 +82,10 @@ stage eval "$OUT/eval" sh Fin-numllm/evaluate.sh "$CONFIG" --model_name_or_path 
     --test_data "$OUT/data/fineval/val.jsonl" "$OUT/data/cflue/single.jsonl" "$I/heldout.jsonl" \
     --max_questions "$MAX_QUESTIONS" --perplexity_data "$I/heldout_text.jsonl" \
     --max_perplexity_texts "$PERPLEXITY_TEXTS" --seed "$SEED" --output_dir "$OUT/eval"
-echo "==> $PIPELINE finished in $(( $(date +%s) - START ))s: $OUT/eval/results.md"
+stage eval_option "$OUT/eval_option" sh Fin-numllm/evaluate.sh "$CONFIG" --model_name_or_path "$BASE" \
+    --models domain="$OUT/domain" numeric="$OUT/numeric" merged="$OUT/merged" \
+    --test_data "$OUT/data/fineval/val.jsonl" "$OUT/data/cflue/single.jsonl" "$I/heldout.jsonl" \
+    --dev_data "$OUT/data/fineval/dev.jsonl" --perplexity_data "$I/heldout_text.jsonl" --max_perplexity_texts 0 \
+    --max_questions "$MAX_QUESTIONS" --scoring option_mean \
+    --seed "$SEED" --output_dir "$OUT/eval_option"
+echo "==> $PIPELINE finished in $(( $(date +%s) - START ))s: $OUT/eval/results.md, $OUT/eval_option/results.md"

@@ -244,9 +244,16 @@ def test_evaluate_table_for_base_adapters_and_merged(tiny_lm, adapters, corpora,
         perplexity_data=[str(corpora["heldout_text"])], max_perplexity_texts=4))
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))["results"]
     block = results["questions"]["0"]
-    assert list(block) == ["base", "domain", "numeric", "merged", "chance"]
+    assert list(block) == ["base", "domain", "numeric", "merged", "chance", "longest option"]
     assert block["base"]["n"] == 2 and block["base"]["numeric_n"] == 1 and block["base"]["non_numeric_n"] == 1
     assert block["chance"]["accuracy"] == 0.25
+    # longest option: 资产负债率 question -> 偿债能力 ties 营运能力... all 4 chars, the first (A) is right;
+    # 流动负债 -> 长期应付款 (5 chars, D) is wrong
+    assert block["longest option"]["accuracy"] == 0.5 and block["longest option"]["top_letter_share"] == 0.5
+    predicted = [r["predicted"] for r in map(json.loads, (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines())
+                 if r["model"] == "base" and r["block"] == "questions" and r["shots"] == 0]
+    most = max(map(predicted.count, predicted))
+    assert predicted.count(block["base"]["top_letter"]) == most and block["base"]["top_letter_share"] == most / 2
     assert metrics["questions_questions"] == 2
     run_config = json.loads((out / "run_config.json").read_text(encoding="utf-8"))
     assert run_config["skipped_multiple_answer"] == {"questions": 1, "heldout_items": 0}
@@ -254,7 +261,8 @@ def test_evaluate_table_for_base_adapters_and_merged(tiny_lm, adapters, corpora,
     # the domain module lowers held-out perplexity on text like its training text
     assert metrics["domain_perplexity"] < metrics["base_perplexity"]
     table = (out / "results.md").read_text(encoding="utf-8")
-    assert "| chance | 25.0 |" in table and "1 numeric, 1 non-numeric" in table
+    assert "| chance | 25.0 |" in table and "| longest option | 50.0 |" in table
+    assert "1 numeric, 1 non-numeric" in table
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(predictions) == 4 * 2 * (2 + len((corpora["heldout_items"]).read_text().splitlines()))
 

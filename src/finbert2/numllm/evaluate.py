@@ -15,7 +15,10 @@ Shots (``n_shots`` > 0) are the first dev questions of the same subject, worked 
 before the question. Every model answers the same questions (a seeded sample when
 ``max_questions`` is set). The table splits accuracy into numeric and non-numeric questions by
 ``finbert2.numllm.questions.numeric_reason`` (a digit, a percentage, or an arithmetic cue in the
-question or its options), with the count of each; a chance row (mean of 1/options) is added.
+question or its options), with the count of each. Under every table: a chance row (mean of
+1/options) and the classical no-model baseline, the longest option; every model row also shows its
+most frequent answer letter and how often it gave it, so a model that answers one letter whatever
+the question is seen (and warned about in ``run.log``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +50,10 @@ from finbert2.numllm.questions import (
 from finbert2.numllm.train import causal_tokenizer, load_causal_lm
 from finbert2.run import prepare_output_dir, setup_logging, write_metrics, write_run_config
 from finbert2.precision import command_bf16
+
+LONGEST_OPTION = "longest option"
+REFERENCE_ROWS = ("chance", LONGEST_OPTION)  # no-model rows under every table
+COLLAPSE_SHARE = 0.8  # a model giving one letter this often is flagged in run.log
 
 logger = logging.getLogger("finbert2.numllm")
 
@@ -168,7 +175,8 @@ def shots_for(q: Question, dev: Sequence[Question], n: int) -> list[Question]:
 
 
 def accuracy_summary(rows: Sequence[dict]) -> dict:
-    """Accuracy overall, numeric / non-numeric (with counts), per category and per subject."""
+    """Accuracy overall, numeric / non-numeric (with counts), per category and per subject, and the share of
+    the most frequent predicted letter (near 1: the model answers one letter whatever the question)."""
     def acc(subset):
         return round(sum(r["correct"] for r in subset) / len(subset), 4) if subset else None
 
@@ -178,7 +186,11 @@ def accuracy_summary(rows: Sequence[dict]) -> dict:
     for r in rows:
         by["category"][r["category"] or "-"].append(r)
         by["subject"][r["subject"]].append(r)
+    letters = Counter(r["predicted"] for r in rows if "predicted" in r)
+    top_letter = letters.most_common(1)[0] if letters else None
     return {"accuracy": acc(rows), "n": len(rows), "numeric_accuracy": acc(numeric), "numeric_n": len(numeric),
+            "top_letter": top_letter[0] if top_letter else None,
+            "top_letter_share": round(top_letter[1] / len(rows), 4) if top_letter else None,
             "non_numeric_accuracy": acc(non_numeric), "non_numeric_n": len(non_numeric),
             "per_category": {k: {"accuracy": acc(v), "n": len(v)} for k, v in sorted(by["category"].items())},
             "per_subject": {k: {"accuracy": acc(v), "n": len(v)} for k, v in sorted(by["subject"].items())}}
@@ -187,6 +199,16 @@ def accuracy_summary(rows: Sequence[dict]) -> dict:
 def chance_summary(questions: Sequence[Question]) -> dict:
     rows = [{"correct": 1 / len(q.options), "numeric": is_numeric(q), "category": q.category, "subject": q.subject}
             for q in questions]
+    return accuracy_summary(rows)
+
+
+def longest_option_summary(questions: Sequence[Question]) -> dict:
+    """The classical no-model baseline of exam questions: answer the longest option (the first of equals)."""
+    rows = []
+    for q in questions:
+        predicted = LETTERS[max(range(len(q.options)), key=lambda i: len(q.options[i]))]
+        rows.append({"predicted": predicted, "correct": predicted == q.answer, "numeric": is_numeric(q),
+                     "category": q.category, "subject": q.subject})
     return accuracy_summary(rows)
 
 
@@ -211,16 +233,18 @@ def results_markdown(results: dict, perplexity: dict, names: list[str], scoring:
             first = next(iter(by_model.values()))
             lines += [f"## {block}, {shots}-shot ({first['n']} questions: {first['numeric_n']} numeric, "
                       f"{first['non_numeric_n']} non-numeric)", "",
-                      "| model | accuracy % | numeric % | non-numeric % |", "|---|---:|---:|---:|"]
-            for name in [*names, "chance"]:
+                      "| model | accuracy % | numeric % | non-numeric % | most frequent answer % |",
+                      "|---|---:|---:|---:|---:|"]
+            for name in [*names, *REFERENCE_ROWS]:
                 s = by_model[name]
+                top = f"{_pct(s['top_letter_share'])} ({s['top_letter']})" if s.get("top_letter") else "-"
                 lines.append(f"| {name} | {_pct(s['accuracy'])} | {_pct(s['numeric_accuracy'])} | "
-                             f"{_pct(s['non_numeric_accuracy'])} |")
+                             f"{_pct(s['non_numeric_accuracy'])} | {top} |")
             categories = list(first["per_category"])
             if len(categories) > 1:
                 lines += ["", "| model | " + " | ".join(f"{c} %" for c in categories) + " |",
                           "|---|" + "---:|" * len(categories)]
-                for name in [*names, "chance"]:
+                for name in [*names, *REFERENCE_ROWS]:
                     cells = [_pct(by_model[name]["per_category"][c]["accuracy"]) for c in categories]
                     lines.append(f"| {name} | " + " | ".join(cells) + " |")
             lines.append("")
@@ -274,6 +298,10 @@ def run_evaluate(model_args: CausalLMArguments, args: EvaluateArguments) -> dict
                 logger.info("%s %s %d-shot: accuracy %s (numeric %s of %d, non-numeric %s of %d)", spec.name, block,
                             n_shots, summary["accuracy"], summary["numeric_accuracy"], summary["numeric_n"],
                             summary["non_numeric_accuracy"], summary["non_numeric_n"])
+                if summary["top_letter_share"] is not None and summary["top_letter_share"] >= COLLAPSE_SHARE:
+                    logger.warning("%s %s %d-shot: %.0f%% of the answers are %s: the model answers one letter "
+                                   "whatever the question", spec.name, block, n_shots,
+                                   100 * summary["top_letter_share"], summary["top_letter"])
         if texts:
             perplexity[spec.name] = scorer.perplexity(texts, args.perplexity_max_tokens)
             metrics[f"{spec.name}_perplexity"] = perplexity[spec.name]
@@ -282,7 +310,9 @@ def run_evaluate(model_args: CausalLMArguments, args: EvaluateArguments) -> dict
     for block, (questions, _) in blocks.items():
         for n_shots in args.n_shots:
             results[block][n_shots]["chance"] = chance_summary(questions)
+            results[block][n_shots][LONGEST_OPTION] = longest_option_summary(questions)
         metrics[f"chance_{block}_accuracy"] = results[block][args.n_shots[0]]["chance"]["accuracy"]
+        metrics[f"longest_option_{block}_accuracy"] = results[block][args.n_shots[0]][LONGEST_OPTION]["accuracy"]
         metrics[f"{block}_questions"] = len(questions)
         metrics[f"{block}_numeric_questions"] = results[block][args.n_shots[0]]["chance"]["numeric_n"]
 
