@@ -88,4 +88,5 @@ stage eval_option "$OUT/eval_option" sh Fin-numllm/evaluate.sh "$CONFIG" --model
     --dev_data "$OUT/data/fineval/dev.jsonl" --perplexity_data "$I/heldout_text.jsonl" --max_perplexity_texts 0 \
     --max_questions "$MAX_QUESTIONS" --scoring option_mean \
     --seed "$SEED" --output_dir "$OUT/eval_option"
-echo "==> $PIPELINE finished in $(( $(date +%s) - START ))s: $OUT/eval/results.md, $OUT/eval_option/results.md"
+"$PYTHON" -m finbert2.report.numllm_tables "$OUT" > /dev/null
+echo "==> $PIPELINE finished in $(( $(date +%s) - START ))s: $OUT/tables.md (from $OUT/eval/results.md, $OUT/eval_option/results.md)"

@@ -27,8 +27,37 @@ def test_variables_found_with_kind_and_span():
         ["percentage", "growth_rate", "ratio"]
 
 
-def test_items_checked_by_hand():
-    items = build_items(SENTENCE, "corpus.txt:7", seed=42, max_items=5)
+def test_grid_items_checked_by_hand():
+    """The default construction: the true value, two perturbation axes and both together."""
+    items = {q.category: q for q in build_items(SENTENCE, "corpus.txt:7", seed=42, max_items=5)}
+    amount = items["amount"]
+    assert amount.question == "公司2023年5月实现营业收入____，同比增长23.4%。\n横线处应填入的数值是？"
+    # 12.5亿元 with x10 (125亿元), with 1<->2 swapped (21.5亿元) and with both (215亿元), shuffled
+    assert amount.options == ["125亿元", "12.5亿元", "21.5亿元", "215亿元"] and amount.answer == "B"
+    assert amount.extra["perturbations"] == {"A": "scaled", "B": "true", "C": "digit_swapped",
+                                             "D": "digit_swapped+scaled"}
+    date = items["date"]  # year -1 and month +1, alone and together
+    assert date.options == ["2022年5月", "2022年6月", "2023年6月", "2023年5月"] and date.answer == "D"
+    assert items["growth_rate"].options == ["2.34%", "32.4%", "3.24%", "23.4%"] and items["growth_rate"].answer == "D"
+    quantity = items["quantity"]  # /10 drops the thousands separator below 1,000
+    assert quantity.options == ["320人", "302人", "3,200人", "3,020人"] and quantity.answer == "C"
+    for q in items.values():
+        kinds = list(q.extra["perturbations"].values())
+        single = {k for k in kinds if k != "true" and "+" not in k}
+        (both,) = [k for k in kinds if "+" in k]
+        assert kinds.count("true") == 1 and len(single) == 2 and set(both.split("+")) == single  # a 2 x 2 grid
+        assert q.extra["true_value"] == q.options[q.answer_index]
+
+
+def test_grid_needs_four_options_and_a_known_construction():
+    with pytest.raises(ValueError, match="exactly 4 options"):
+        build_items(SENTENCE, "a.txt:1", seed=1, n_options=5)
+    with pytest.raises(ValueError, match="distractors must be one of grid, perturbed"):
+        build_items(SENTENCE, "a.txt:1", seed=1, distractors="random")
+
+
+def test_perturbed_items_checked_by_hand():
+    items = build_items(SENTENCE, "corpus.txt:7", seed=42, max_items=5, distractors="perturbed")
     assert len(items) == 5
     by_kind = {q.category: q for q in items}
     amount = by_kind["amount"]
@@ -67,10 +96,11 @@ def test_items_are_seeded_and_independent_of_the_rest_of_the_corpus():
        st.sampled_from(["营业收入为", "同比增长", "市盈率为", "总股本"]))
 def test_true_value_once_and_every_option_distinct(number, unit, seed, cue):
     text = f"该公司{cue}{number}{unit}。"
-    for q in build_items(text, "x.txt:1", seed=seed, n_options=4):
-        assert len(set(q.options)) == 4, q.options
-        assert q.options.count(q.extra["true_value"]) == 1
-        assert list(q.extra["perturbations"].values()).count("true") == 1
+    for distractors in ("grid", "perturbed"):
+        for q in build_items(text, "x.txt:1", seed=seed, n_options=4, distractors=distractors):
+            assert len(set(q.options)) == 4, q.options
+            assert q.options.count(q.extra["true_value"]) == 1
+            assert list(q.extra["perturbations"].values()).count("true") == 1
 
 
 def _run(argv) -> tuple[int, str]:

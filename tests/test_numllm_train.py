@@ -244,12 +244,16 @@ def test_evaluate_table_for_base_adapters_and_merged(tiny_lm, adapters, corpora,
         perplexity_data=[str(corpora["heldout_text"])], max_perplexity_texts=4))
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))["results"]
     block = results["questions"]["0"]
-    assert list(block) == ["base", "domain", "numeric", "merged", "chance", "longest option"]
+    assert list(block) == ["base", "domain", "numeric", "merged", "chance", "longest option", "shortest option",
+                           "closest to the others"]
     assert block["base"]["n"] == 2 and block["base"]["numeric_n"] == 1 and block["base"]["non_numeric_n"] == 1
     assert block["chance"]["accuracy"] == 0.25
     # longest option: 资产负债率 question -> 偿债能力 ties 营运能力... all 4 chars, the first (A) is right;
     # 流动负债 -> 长期应付款 (5 chars, D) is wrong
     assert block["longest option"]["accuracy"] == 0.5 and block["longest option"]["top_letter_share"] == 0.5
+    # shortest: A both times (ties -> the first), both right; closest to the others by difflib ratio: A on the
+    # first (all four share 能力, a tie) and 长期应付款 (D, 1.78 against 1.42/0.92/0.94) on the second
+    assert block["shortest option"]["accuracy"] == 1.0 and block["closest to the others"]["accuracy"] == 0.5
     predicted = [r["predicted"] for r in map(json.loads, (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines())
                  if r["model"] == "base" and r["block"] == "questions" and r["shots"] == 0]
     most = max(map(predicted.count, predicted))

@@ -78,7 +78,10 @@ class BuildNumericArguments:
     text_field: str = field(default="text", metadata={"help": "Field holding the text."})
     heldout_percentage: float = field(default=0.0, metadata={
         "help": "Percent of the documents whose items go to heldout.jsonl instead (split by document, seeded)."})
-    n_options: int = field(default=4, metadata={"help": "Options per item (the true value and n-1 perturbed ones)."})
+    n_options: int = field(default=4, metadata={"help": "Options per item (grid: 4; perturbed: the true value and n-1 perturbed ones)."})
+    distractors: str = field(default="grid", metadata={
+        "help": "grid: the true value, two perturbations and both together (no option is the centre of the others); "
+                "perturbed: the true value and n-1 single perturbations (a no-model edit-distance heuristic finds it)."})
     max_items_per_text: int = field(default=2, metadata={"help": "Numeric variables turned into items per document."})
     max_context_chars: int = field(default=200, metadata={"help": "Longest question context, in characters."})
     max_items: int | None = field(default=None, metadata={"help": "Stop after this many training items."})
@@ -89,6 +92,11 @@ class BuildNumericArguments:
             raise ConfigError("numllm build-numeric: give input_data")
         if not 2 <= self.n_options <= 10:
             raise ConfigError("numllm build-numeric: n_options must be 2 to 10")
+        if self.distractors not in ("grid", "perturbed"):
+            raise ConfigError(f"numllm build-numeric: distractors '{self.distractors}': expected grid or perturbed")
+        if self.distractors == "grid" and self.n_options != 4:
+            raise ConfigError("numllm build-numeric: the grid construction makes 4 options; "
+                              "use --distractors perturbed for another n_options")
         if not 0 <= self.heldout_percentage < 100:
             raise ConfigError("numllm build-numeric: heldout_percentage must be in [0, 100)")
 

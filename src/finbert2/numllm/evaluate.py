@@ -16,18 +16,21 @@ before the question. Every model answers the same questions (a seeded sample whe
 ``max_questions`` is set). The table splits accuracy into numeric and non-numeric questions by
 ``finbert2.numllm.questions.numeric_reason`` (a digit, a percentage, or an arithmetic cue in the
 question or its options), with the count of each. Under every table: a chance row (mean of
-1/options) and the classical no-model baseline, the longest option; every model row also shows its
+1/options) and the classical no-model baselines (the longest option, the shortest, the one closest
+to the others by ``difflib`` similarity: the give-aways of options made by perturbing the true
+value); every model row also shows its
 most frequent answer letter and how often it gave it, so a model that answers one letter whatever
 the question is seen (and warned about in ``run.log``).
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import random
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,8 +54,7 @@ from finbert2.numllm.train import causal_tokenizer, load_causal_lm
 from finbert2.run import prepare_output_dir, setup_logging, write_metrics, write_run_config
 from finbert2.precision import command_bf16
 
-LONGEST_OPTION = "longest option"
-REFERENCE_ROWS = ("chance", LONGEST_OPTION)  # no-model rows under every table
+REFERENCE_ROWS = ("chance", "longest option", "shortest option", "closest to the others")  # no-model rows
 COLLAPSE_SHARE = 0.8  # a model giving one letter this often is flagged in run.log
 
 logger = logging.getLogger("finbert2.numllm")
@@ -202,11 +204,26 @@ def chance_summary(questions: Sequence[Question]) -> dict:
     return accuracy_summary(rows)
 
 
-def longest_option_summary(questions: Sequence[Question]) -> dict:
-    """The classical no-model baseline of exam questions: answer the longest option (the first of equals)."""
+def _similarity_to_the_others(options: Sequence[str]) -> list[float]:
+    return [sum(difflib.SequenceMatcher(None, a, b).ratio() for j, b in enumerate(options) if j != i)
+            for i, a in enumerate(options)]
+
+
+# The classical no-model baselines of exam questions, each a rule that reads only the options (the
+# first of equals wins). A set of options built by perturbing the true value gives itself away to them.
+NO_MODEL_BASELINES: dict[str, Callable[[Sequence[str]], list[float]]] = {
+    "longest option": lambda options: [len(o) for o in options],
+    "shortest option": lambda options: [-len(o) for o in options],
+    "closest to the others": _similarity_to_the_others,  # the option the others look made from
+}
+
+
+def baseline_summary(questions: Sequence[Question], rule: Callable[[Sequence[str]], list[float]]) -> dict:
+    """Accuracy of one no-model rule (the option it scores highest)."""
     rows = []
     for q in questions:
-        predicted = LETTERS[max(range(len(q.options)), key=lambda i: len(q.options[i]))]
+        scores = rule(q.options)
+        predicted = LETTERS[max(range(len(scores)), key=scores.__getitem__)]
         rows.append({"predicted": predicted, "correct": predicted == q.answer, "numeric": is_numeric(q),
                      "category": q.category, "subject": q.subject})
     return accuracy_summary(rows)
@@ -310,9 +327,11 @@ def run_evaluate(model_args: CausalLMArguments, args: EvaluateArguments) -> dict
     for block, (questions, _) in blocks.items():
         for n_shots in args.n_shots:
             results[block][n_shots]["chance"] = chance_summary(questions)
-            results[block][n_shots][LONGEST_OPTION] = longest_option_summary(questions)
+            for name, rule in NO_MODEL_BASELINES.items():
+                results[block][n_shots][name] = baseline_summary(questions, rule)
         metrics[f"chance_{block}_accuracy"] = results[block][args.n_shots[0]]["chance"]["accuracy"]
-        metrics[f"longest_option_{block}_accuracy"] = results[block][args.n_shots[0]][LONGEST_OPTION]["accuracy"]
+        for name in NO_MODEL_BASELINES:
+            metrics[f"{name.replace(' ', '_')}_{block}_accuracy"] = results[block][args.n_shots[0]][name]["accuracy"]
         metrics[f"{block}_questions"] = len(questions)
         metrics[f"{block}_numeric_questions"] = results[block][args.n_shots[0]]["chance"]["numeric_n"]
 

@@ -224,16 +224,16 @@ def build_tables(out: Path) -> str:
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
 
 
-def splice_tables(document: Path, tables: str) -> None:
+def splice_tables(document: Path, tables: str, begin: str = BEGIN, end: str = END) -> None:
     """Put ``tables`` between the document's markers (its headings one level down), keeping the rest."""
     if not document.is_file():
         raise DataError(document, None, "no such file")
     text = document.read_text(encoding="utf-8")
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise DataError(document, None, f"expected one {BEGIN} followed by one {END}")
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise DataError(document, None, f"expected one {begin} followed by one {end}")
     body = "\n".join("#" + line if line.startswith("#") else line for line in tables.splitlines()[1:]).strip()
-    head, rest = text.split(BEGIN)
-    atomic_write_text(document, f"{head}{BEGIN}\n{body}\n{END}{rest.split(END, 1)[1]}")
+    head, rest = text.split(begin)
+    atomic_write_text(document, f"{head}{begin}\n{body}\n{end}{rest.split(end, 1)[1]}")
 
 
 def main(argv: list[str] | None = None) -> int:
