@@ -16,7 +16,8 @@
 #               numeric module is trained for), perplexity on held-out documents
 #   eval_option the same questions by option log-likelihood per token (option_mean: the best
 #               protocol for the base model on FinEval dev, see Fin-numllm/README.md)
-# Defaults: about 55 minutes on 2 idle cores with native bf16 (AMX); expect about twice that in fp32.
+# Defaults: 59 minutes of stage time on 2 idle cores with native bf16 (AMX, 2026-12-01); fp32 steps on
+# the same CPU were 1.3x slower (about 80 minutes in all).
 # Smaller: DOMAIN_STEPS=24 NUMERIC_STEPS=24 MAX_QUESTIONS=60. Larger: MAX_QUESTIONS=0 (every question).
 set -e
 if [ $# -ne 2 ]; then
