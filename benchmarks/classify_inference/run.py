@@ -30,7 +30,7 @@ def load_texts(limit: int) -> tuple[list[str], str]:
     source = common.PUBLIC / "cfbenchmark-basic" / "data" / "sentiment.jsonl"
     if source.is_file():
         texts = [json.loads(line)["input"].strip() for line in source.read_text(encoding="utf-8").splitlines()]
-        return texts[:limit], f"CFBenchmark sentiment news ({source})"
+        return texts[:limit], f"CFBenchmark sentiment news ($FINBERT2_PUBLIC_DATA/{source.relative_to(common.PUBLIC)})"
     return common.demo_documents()[:limit], "demo corpus"
 
 

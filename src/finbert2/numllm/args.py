@@ -92,8 +92,11 @@ class BuildNumericArguments:
             raise ConfigError("numllm build-numeric: give input_data")
         if not 2 <= self.n_options <= 10:
             raise ConfigError("numllm build-numeric: n_options must be 2 to 10")
-        if self.distractors not in ("grid", "perturbed"):
-            raise ConfigError(f"numllm build-numeric: distractors '{self.distractors}': expected grid or perturbed")
+        from finbert2.numllm.numeric_items import DISTRACTORS
+
+        if self.distractors not in DISTRACTORS:
+            raise ConfigError(f"numllm build-numeric: distractors '{self.distractors}': expected "
+                              f"{' or '.join(DISTRACTORS)}")
         if self.distractors == "grid" and self.n_options != 4:
             raise ConfigError("numllm build-numeric: the grid construction makes 4 options; "
                               "use --distractors perturbed for another n_options")

@@ -18,9 +18,8 @@ before the question. Every model answers the same questions (a seeded sample whe
 question or its options), with the count of each. Under every table: a chance row (mean of
 1/options) and the classical no-model baselines (the longest option, the shortest, the one closest
 to the others by ``difflib`` similarity: the give-aways of options made by perturbing the true
-value); every model row also shows its
-most frequent answer letter and how often it gave it, so a model that answers one letter whatever
-the question is seen (and warned about in ``run.log``).
+value). Every model row also shows its most frequent answer letter and how often it gave it, so a
+model that answers one letter whatever the question is seen (and warned about in ``run.log``).
 """
 
 from __future__ import annotations
@@ -54,7 +53,6 @@ from finbert2.numllm.train import causal_tokenizer, load_causal_lm
 from finbert2.run import prepare_output_dir, setup_logging, write_metrics, write_run_config
 from finbert2.precision import command_bf16
 
-REFERENCE_ROWS = ("chance", "longest option", "shortest option", "closest to the others")  # no-model rows
 COLLAPSE_SHARE = 0.8  # a model giving one letter this often is flagged in run.log
 
 logger = logging.getLogger("finbert2.numllm")
@@ -216,6 +214,7 @@ NO_MODEL_BASELINES: dict[str, Callable[[Sequence[str]], list[float]]] = {
     "shortest option": lambda options: [-len(o) for o in options],
     "closest to the others": _similarity_to_the_others,  # the option the others look made from
 }
+REFERENCE_ROWS = ("chance", *NO_MODEL_BASELINES)  # the no-model rows under every table
 
 
 def baseline_summary(questions: Sequence[Question], rule: Callable[[Sequence[str]], list[float]]) -> dict:

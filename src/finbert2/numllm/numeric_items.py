@@ -55,6 +55,7 @@ QUANTITY_UNITS = {"股", "家", "人", "户", "只"}
 UNIT_SWAPS = {"亿元": "万元", "万元": "亿元", "千元": "万元", "元": "万元", "亿美元": "万美元", "万美元": "亿美元",
               "美元": "万美元", "亿港元": "港元", "港元": "亿港元", "%": "个百分点", "％": "个百分点",
               "个百分点": "%", "倍": "%", "股": "万股", "家": "万家", "人": "万人", "户": "万户", "只": "万只"}
+DISTRACTORS = ("grid", "perturbed")  # the option constructions (see the module docstring)
 SENTENCE_END = re.compile(r"(?<=[。！？；!?;\n])")
 
 
@@ -244,9 +245,6 @@ def _context(text: str, variable: Variable, max_chars: int) -> str:
         left = max(0, min(at - max_chars // 2, len(blanked) - max_chars))
         blanked = blanked[left:left + max_chars]
     return blanked.strip()
-
-
-DISTRACTORS = ("grid", "perturbed")
 
 
 def perturbed_options(variable: Variable, rng: random.Random, n_options: int) -> list[tuple[str, str]] | None:

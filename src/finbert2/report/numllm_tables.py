@@ -4,15 +4,14 @@
 
 Reads ``OUT/{domain,numeric,merged}/metrics.json`` and ``OUT/eval*/results.json`` and writes the
 budget per stage, one headline table per scoring protocol (every model on every test file, numeric
-and non-numeric split, held-out perplexity, with the chance and longest-option rows and the
-sampling error of the question count) and the training table. ``--into`` replaces the part of a
+and non-numeric split, held-out perplexity, with the chance row, the no-model rules, each model's
+most frequent answer and the sampling error of the question count) and the training table. ``--into`` replaces the part of a
 markdown file between ``<!-- numllm-tables:begin -->`` and ``<!-- numllm-tables:end -->``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -33,13 +32,8 @@ def _pct(value: Any) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
-def _results(folder: Path) -> dict | None:
-    path = folder / "results.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
 def accuracy_table(record: dict) -> list[str]:
-    """Every row (models, chance, longest option) on every test block, 0-shot."""
+    """Every row (models, chance, the no-model rules) on every test block, 0-shot."""
     blocks = [b for b in BLOCKS if b in record["results"]] + [b for b in record["results"] if b not in BLOCKS]
     header, counts, split = ["model"], [], {}
     for block in blocks:
@@ -100,7 +94,7 @@ def build_tables(out: Path) -> str:
              f"Built from the run folders under `{out.name}/` by `python -m finbert2.report.numllm_tables`.", "",
              *budget_table(out)]
     for folder, protocol in EVALUATIONS.items():
-        record = _results(out / folder)
+        record = _metrics(out / folder, "results.json")
         if record:
             lines += [f"## Accuracy, 0-shot, {protocol}", "", *accuracy_table(record)]
     lines += training_table(out)

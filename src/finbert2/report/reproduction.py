@@ -78,8 +78,8 @@ def prepare_corpus(data_dir: Path, out: Path, seed: int) -> dict[str, int]:
 # tables
 
 
-def _metrics(folder: Path) -> dict[str, Any] | None:
-    path = folder / "metrics.json"
+def _metrics(folder: Path, name: str = "metrics.json") -> dict[str, Any] | None:
+    path = folder / name
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
