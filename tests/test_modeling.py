@@ -80,3 +80,43 @@ def test_pickle_weights_refused_unless_allowed(tiny_bert_dir, tmp_path):
     loaded = load_model(AutoModelForMaskedLM, allowed, tokenizer_for(allowed))
     for (name, a), b in zip(loaded.state_dict().items(), model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_dropout_options_set_the_config_and_freezing_stops_embedding_gradients(tiny_bert_dir, tiny_tokenizer_dir,
+                                                                              tmp_path):
+    args = ModelArguments(model_name_or_path=str(tiny_bert_dir), attention_dropout=0.0, hidden_dropout=0.05,
+                          freeze_word_embeddings=True)
+    assert args.config_overrides() == {"attention_probs_dropout_prob": 0.0, "hidden_dropout_prob": 0.05}
+    model = load_model(AutoModelForMaskedLM, args, tokenizer_for(args))
+    assert model.config.attention_probs_dropout_prob == 0.0 and model.config.hidden_dropout_prob == 0.05
+    dropouts = {name.rsplit(".", 2)[-2]: m.p for name, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    assert dropouts["self"] == 0.0 and dropouts["output"] == 0.05 and dropouts["embeddings"] == 0.05, dropouts
+    # The decoder is tied to the embeddings: frozen with them; its bias and the encoder still train.
+    embedding = model.get_input_embeddings().weight
+    assert not embedding.requires_grad and model.get_output_embeddings().weight is embedding
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert "cls.predictions.bias" in trainable and "bert.encoder.layer.0.attention.self.query.weight" in trainable
+    ids = torch.tensor([[2, 5, 6, 7, 3]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert embedding.grad is None and model.bert.encoder.layer[0].attention.self.query.weight.grad is not None
+
+    defaults = load_model(AutoModelForMaskedLM, ModelArguments(model_name_or_path=str(tiny_bert_dir)),
+                          tokenizer_for(args))
+    assert defaults.config.attention_probs_dropout_prob == 0.1 and defaults.get_input_embeddings().weight.requires_grad
+
+    scratch_args = ModelArguments(tokenizer_name=str(tiny_tokenizer_dir), tiny_hidden_size=32, tiny_num_hidden_layers=1,
+                                  tiny_num_attention_heads=2, tiny_intermediate_size=64, hidden_dropout=0.0,
+                                  freeze_word_embeddings=True)
+    scratch = load_model(AutoModel, scratch_args, tokenizer_for(scratch_args))
+    assert scratch.config.hidden_dropout_prob == 0.0 and not scratch.get_input_embeddings().weight.requires_grad
+
+    with pytest.raises(ConfigError, match=r"attention_dropout must be in \[0, 1\), got 1.0"):
+        ModelArguments(model_name_or_path=str(tiny_bert_dir), attention_dropout=1.0)
+    from transformers import DistilBertConfig, DistilBertModel
+
+    DistilBertModel(DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64)).save_pretrained(
+        tmp_path / "distil")
+    with pytest.raises(ConfigError, match="a distilbert config has no attention_probs_dropout_prob"):
+        load_model(AutoModel, ModelArguments(model_name_or_path=str(tmp_path / "distil"),
+                                             tokenizer_name=str(tiny_bert_dir), attention_dropout=0.0),
+                   tokenizer_for(args))

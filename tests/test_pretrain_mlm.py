@@ -257,3 +257,23 @@ def test_continued_pretraining_grows_embeddings_for_an_extended_vocab(tiny_bert_
     assert weights.shape[0] >= base_rows + 2
     original = load_file(tiny_bert_dir / "model.safetensors")["bert.embeddings.word_embeddings.weight"]
     torch.testing.assert_close(weights[:base_rows], original)
+
+
+def test_frozen_word_embeddings_and_no_attention_dropout_train_the_rest(tiny_bert_dir, tmp_path):
+    out = tmp_path / "frozen"
+    assert main(small_run_argv(tiny_bert_dir, out, "--freeze_word_embeddings", "True",
+                               "--attention_dropout", "0")) == 0
+    start, trained = load_file(tiny_bert_dir / "model.safetensors"), load_file(out / "model.safetensors")
+    name = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(trained[name], start[name])
+    query = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.allclose(trained[query], start[query])
+    assert json.loads((out / "config.json").read_text())["attention_probs_dropout_prob"] == 0.0
+    # The optimizer holds moments for the trainable parameters only: no state for the vocab x hidden matrix.
+    state = torch.load(out / "checkpoint-8" / "optimizer.pt", weights_only=True)["state"]
+    moments = sum(s["exp_avg"].numel() for s in state.values())
+    model = BertForMaskedLM.from_pretrained(tiny_bert_dir)
+    total = sum(p.numel() for p in model.parameters())
+    assert moments == total - start[name].numel()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eval_loss"] < metrics["initial_eval_loss"], metrics

@@ -11,7 +11,10 @@ peer: the transformers ``examples/pytorch/language-modeling/run_mlm.py`` DEFAULT
 ours: finbert2's MLM as ``configs/mlm/*.yaml`` run it: documents packed into full blocks, jieba
       whole-word masking drawn per fetch, the MLM head on masked positions only
       (``BertForMaskedPositionsLM``). ``--ablations`` adds line by line (batches padded to their
-      longest) and packed with full-vocabulary logits.
+      longest) and packed with full-vocabulary logits. ``--speed_options`` adds ours with the
+      training-speed options of ``ModelArguments`` (``--attention_dropout 0``,
+      ``--freeze_word_embeddings``, and both); their accuracy cost is measured by
+      ``speed_options_accuracy.py`` beside this script.
 Both go through the same ``Trainer`` loop, optimizer, batch and block length, from the same weights
 (``--size``: multilingual-e5-small as converted by finbert2, or a seeded random 12 x 768 BERT over the
 21,128-token bert-base-chinese vocab; ``tiny`` for smoke tests). Precisions: fp32, and bf16 (the
@@ -45,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common
 
 from finbert2.data import read_corpus
+from finbert2.modeling import ModelArguments, load_model
 from finbert2.pretrain.data import (
     EpochMaskedDataset,
     PretrainDataset,
@@ -56,6 +60,14 @@ from finbert2.pretrain.whole_word_masking import (
     JiebaWordSegmenter,
     WholeWordMaskCollator,
 )
+
+
+# --speed_options variants: ours plus these ModelArguments
+SPEED_OPTIONS = {
+    "ours_attention_dropout_0": {"attention_dropout": 0.0},
+    "ours_frozen_embeddings": {"freeze_word_embeddings": True},
+    "ours_both": {"attention_dropout": 0.0, "freeze_word_embeddings": True},
+}
 
 
 class Timer(TrainerCallback):
@@ -116,6 +128,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--ablations", action="store_true", help="also ours line by line, ours with full logits")
+    parser.add_argument("--speed_options", action="store_true",
+                        help="also ours with attention dropout 0, with frozen word embeddings, and with both")
     parser.add_argument("--matmul_n", type=int, default=2048, help="matmul peak: n x n times n x n")
     opts = parser.parse_args()
 
@@ -140,6 +154,8 @@ def main() -> None:
             PretrainDataset(line_by_line_examples(documents, tokenizer, segmenter, opts.max_length)),
             ours_collator.mask_example, seed=0)
         variants += ["ours_line_by_line", "ours_full_logits"]
+    if opts.speed_options:
+        variants += list(SPEED_OPTIONS)
     needed = (opts.warmup + opts.steps) * opts.batch_size
     print(f"peer blocks: {len(peer_blocks)}, our packed blocks: {len(packed)} (a run uses {needed}; "
           "fewer means a second epoch)", flush=True)
@@ -156,12 +172,16 @@ def main() -> None:
                     model, dataset, collator = BertForMaskedPositionsLM.from_pretrained(folder), packed, ours_collator
                 elif name == "ours_line_by_line":
                     model, dataset, collator = BertForMaskedPositionsLM.from_pretrained(folder), lines, ours_collator
+                elif name in SPEED_OPTIONS:
+                    model_args = ModelArguments(model_name_or_path=str(folder), **SPEED_OPTIONS[name])
+                    model = load_model(BertForMaskedPositionsLM, model_args, tokenizer)
+                    dataset, collator = packed, ours_collator
                 else:
                     model, dataset, collator = AutoModelForMaskedLM.from_pretrained(folder), packed, ours_collator
                 flops_per_token[name] = common.training_flops(model, 1, opts.max_length)
                 result = train_once(model, dataset, collator, opts, precision == "bf16")
                 measured[precision][name].append(result["tokens_per_second"])
-                print(f"round {round_index + 1} {precision} {name:17s} {result['tokens_per_second']:9.1f} tokens/s "
+                print(f"round {round_index + 1} {precision} {name:24s} {result['tokens_per_second']:9.1f} tokens/s "
                       f"({result['tokens']} tokens in {result['seconds']:.1f}s)", flush=True)
 
     rows = []

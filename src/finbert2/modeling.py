@@ -45,10 +45,40 @@ class ModelArguments:
     tiny_num_attention_heads: int = field(default=4, metadata={"help": "Attention heads of a from-scratch BERT."})
     tiny_intermediate_size: int = field(default=1024, metadata={"help": "Feed-forward size of a from-scratch BERT."})
     tiny_max_position_embeddings: int = field(default=512, metadata={"help": "Longest input of a from-scratch BERT."})
+    # Training-speed options; their speed and accuracy costs are measured in benchmarks/mlm_throughput.
+    hidden_dropout: float | None = field(
+        default=None,
+        metadata={"help": "Dropout on embeddings, attention and feed-forward outputs (BERT's hidden_dropout_prob). "
+                  "Default: the model's own (BERT, e5: 0.1). Saved in the trained model's config.json."},
+    )
+    attention_dropout: float | None = field(
+        default=None,
+        metadata={"help": "Dropout on attention probabilities (attention_probs_dropout_prob). Default: the model's "
+                  "own (0.1). 0 skips drawing a mask over every attention score, a large share of a CPU training "
+                  "step. Saved in the trained model's config.json."},
+    )
+    freeze_word_embeddings: bool = field(
+        default=False,
+        metadata={"help": "Keep the token embedding matrix (and the MLM decoder tied to it) fixed: no gradient and "
+                  "no optimizer state for its vocab x hidden rows. Rows added for new words keep their "
+                  "mean-of-pieces start."},
+    )
 
     def __post_init__(self):
         if self.model_name_or_path is None and self.tokenizer_name is None:
             raise ConfigError("give model_name_or_path, or tokenizer_name to start a BERT from scratch")
+        for name in DROPOUT_CONFIG_KEYS:
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {value}")
+
+    def config_overrides(self) -> dict[str, float]:
+        """The config attributes the dropout options set (none when left at the model's own)."""
+        return {key: getattr(self, name) for name, key in DROPOUT_CONFIG_KEYS.items() if getattr(self, name) is not None}
+
+
+# ModelArguments option -> the BERT config attribute it sets
+DROPOUT_CONFIG_KEYS = {"hidden_dropout": "hidden_dropout_prob", "attention_dropout": "attention_probs_dropout_prob"}
 
 
 def load_tokenizer(name_or_path: str, cache_dir: str | None = None,
@@ -88,12 +118,21 @@ def load_model(auto_class, model_args: ModelArguments, tokenizer: PreTrainedToke
     ``grow_embeddings`` resizes the embeddings, each new row the mean of its word's pieces under
     the checkpoint's own tokenizer; otherwise that mismatch is an error.
     """
+    overrides = model_args.config_overrides()
     if model_args.model_name_or_path is None:
-        config = scratch_bert_config(tokenizer, model_args, **kwargs)
+        config = scratch_bert_config(tokenizer, model_args, **overrides, **kwargs)
         logger.info("starting from a randomly initialised BERT (%d layers, hidden %d, vocab %d)",
                     config.num_hidden_layers, config.hidden_size, config.vocab_size)
-        return auto_class.from_config(config)
+        return apply_freezing(auto_class.from_config(config), model_args)
     check_weights_format(model_args.model_name_or_path, model_args.allow_pickle_weights)
+    if overrides:
+        config = model_config(model_args.model_name_or_path, model_args.trust_remote_code)
+        unknown = [key for key in overrides if not hasattr(config, key)]
+        if unknown:
+            raise ConfigError(f"{model_args.model_name_or_path}: a {config.model_type} config has no "
+                              f"{', '.join(unknown)}; the dropout options apply to BERT-style encoders")
+        logger.info("dropout set for training: %s", ", ".join(f"{k}={v}" for k, v in overrides.items()))
+        kwargs = {**overrides, **kwargs}
     model = from_pretrained_quietly(
         auto_class, model_args.model_name_or_path, cache_dir=model_args.cache_dir,
         trust_remote_code=model_args.trust_remote_code,
@@ -112,6 +151,16 @@ def load_model(auto_class, model_args: ModelArguments, tokenizer: PreTrainedToke
             f"but the tokenizer has {len(tokenizer)} tokens; grow them with "
             "finbert2.tokenizer.resize_embeddings_mean_init first"
         )
+    return apply_freezing(model, model_args)
+
+
+def apply_freezing(model, model_args: ModelArguments):
+    """Stop gradients to the word embeddings when asked (the Trainer then leaves them out of the optimizer)."""
+    if model_args.freeze_word_embeddings:
+        weight = model.get_input_embeddings().weight
+        weight.requires_grad_(False)
+        logger.info("word embeddings frozen (%d x %d, %.1fM parameters not trained)", *weight.shape,
+                    weight.numel() / 1e6)
     return model
 
 
