@@ -13,6 +13,12 @@ after a warm-up batch, the encoders interleaved over five slices. Precisions: fp
 the CPU has native bf16 (ours ``bf16=True``, i.e. bf16 autocast; sentence-transformers called under
 ``torch.autocast("cpu", dtype=torch.bfloat16)``: the same autocast, weights kept fp32). Prints the
 machine header, a JSON record and markdown rows (ratios are ours over sentence-transformers).
+
+``--profile N`` then bounds what any encoder of the same model can gain over sentence-transformers:
+it profiles ``SentenceTransformer.encode`` on N passages (``torch.profiler``, fp32), takes the share of
+its CPU time in matrix products (linear layers and attention) and the share of real tokens in its
+length-sorted, padded batches, and reports the ceiling ``1 / (matmul share x real-token share)``: the
+speed-up of an encoder that spent no time outside the matmuls and computed no padding at all.
 """
 
 from __future__ import annotations
@@ -31,6 +37,37 @@ def min_cos(a, b) -> float:
     return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
 
 
+MATMUL_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::matmul",
+              "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math")
+
+
+def real_token_share(st, texts: list[str], batch_size: int) -> float:
+    """Real tokens over padded tokens in sentence-transformers' batches (it sorts by character length)."""
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    lengths = [len(ids) for ids in st.tokenizer([texts[i] for i in order], truncation=True,
+                                                max_length=st.max_seq_length)["input_ids"]]
+    padded = sum(max(lengths[i:i + batch_size]) * len(lengths[i:i + batch_size])
+                 for i in range(0, len(lengths), batch_size))
+    return sum(lengths) / padded
+
+
+def speedup_ceiling(st, texts: list[str], batch_size: int, prompt: str) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        st.encode(texts, batch_size=batch_size, prompt=prompt, convert_to_numpy=True)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]
+    real = real_token_share(st, [prompt + t for t in texts], batch_size)
+    result = {"passages": len(texts), "matmul_share": matmul / total, "real_token_share": real,
+              "ceiling": 1.0 / (matmul / total * real),
+              "top_ops": [[e.key, round(e.self_cpu_time_total / total, 4)] for e in top]}
+    print("speed-up ceiling over sentence-transformers:", result, flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_args(parser)
@@ -39,6 +76,8 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--max_length", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5, help="slices the passages are cut into, encoders interleaved")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="profile sentence-transformers on N passages and report the speed-up ceiling")
     args = parser.parse_args()
 
     info = common.print_header()
@@ -90,8 +129,9 @@ def main() -> None:
         })
         print(rows[-1], flush=True)
 
+    ceiling = speedup_ceiling(st, passages[: args.profile], args.batch_size, prompt) if args.profile else None
     model = str(args.model) if args.model else common.size_description(args.size)
-    record = {"benchmark": "encode_throughput", "machine": info, "size": args.model or args.size, "model": model,
+    record = {"speedup_ceiling": ceiling, "benchmark": "encode_throughput", "machine": info, "size": args.model or args.size, "model": model,
               "passages": len(passages), "batch_size": args.batch_size, "max_length": args.max_length,
               "passage_prompt": prompt, "pooling": ours.pooling,
               "peer_bf16": "sentence-transformers under torch.autocast('cpu', dtype=torch.bfloat16), fp32 weights",
