@@ -47,14 +47,27 @@ TRAIN = common.REPO / "data" / "demo" / "retrieval" / "train.jsonl"
 
 
 class StepTimer(TrainerCallback):
-    def __init__(self):
+    """Step end times and logged losses; with ``profile_steps``, a torch.profiler table of the steps after ``warmup``."""
+
+    def __init__(self, warmup: int = 0, profile_steps: int = 0):
         self.ends: list[float] = []
         self.losses: dict[int, float] = {}
+        self.warmup, self.profile_steps = warmup, profile_steps
+        self.profiler, self.profile_table = None, None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.ends = [time.perf_counter()]
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.profile_steps and state.global_step == self.warmup:
+            from torch.profiler import ProfilerActivity, profile
+
+            self.profiler = profile(activities=[ProfilerActivity.CPU])
+            self.profiler.start()
+        elif self.profiler is not None and state.global_step == self.warmup + self.profile_steps:
+            self.profiler.stop()
+            self.profile_table = self.profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+            self.profiler = None
         self.ends.append(time.perf_counter())
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -67,7 +80,7 @@ class StepTimer(TrainerCallback):
         return {"steps": steps, "timed_steps": len(timed) - 1,
                 "steps_per_second": (len(timed) - 1) / (timed[-1] - timed[0]) if len(timed) > 1 else float("nan"),
                 "total_seconds": self.ends[-1] - self.ends[0],
-                "losses": [self.losses[s] for s in sorted(self.losses)]}
+                "losses": [self.losses[s] for s in sorted(self.losses)], "profile": self.profile_table}
 
 
 def prepare(folder: Path, work: Path, opts) -> tuple[Path, Path]:
@@ -122,7 +135,7 @@ def run_ours(flags: list[str], pooling: str, opts) -> dict:
     import finbert2.retrieve.trainer as retriever_trainer
     from finbert2.retrieve.cli import main as retrieve
 
-    timer = StepTimer()
+    timer = StepTimer(opts.warmup, opts.profile_steps)
     original = retriever_trainer.RetrieverTrainer
 
     class TimedRetrieverTrainer(original):
@@ -151,7 +164,7 @@ def run_flagembedding(flags: list[str], pooling: str, opts) -> dict:
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(
         args=[*flags, "--sentence_pooling_method", pooling, "--normalize_embeddings", "True"])
     runner = EncoderOnlyEmbedderRunner(model_args=model_args, data_args=data_args, training_args=training_args)
-    timer = StepTimer()
+    timer = StepTimer(opts.warmup, opts.profile_steps)
     runner.trainer.add_callback(timer)
     runner.run()
     return timer.summary(opts.warmup)
@@ -178,6 +191,9 @@ def main() -> None:
     parser.add_argument("--learning_rate", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--keep_negatives", action="store_true", help="all negatives: each side samples its own groups")
+    parser.add_argument("--profile_steps", type=int, default=0,
+                        help="profile this many steps after --warmup on each side (torch.profiler)")
+    parser.add_argument("--profile_out", type=Path, default=None, help="where the profile tables go (markdown)")
     parser.add_argument("--keep_duplicates", action="store_true",
                         help="keep rows that repeat a text (our loss masks such in-batch false negatives, FlagEmbedding not)")
     parser.add_argument("--keep_dropout", action="store_true", help="the folder's dropout (curves then differ by noise)")
@@ -215,7 +231,13 @@ def main() -> None:
                   "passage_max_len": opts.passage_max_len, "temperature": opts.temperature,
                   "learning_rate": opts.learning_rate, "seed": opts.seed, "pooling": pooling,
                   "query_prompt": query_prompt, "passage_prompt": passage_prompt, "rows": rows}
+        profiles = [(f"{side}, {r['precision']}", r[side].pop("profile", None)) for r in rows
+                    for side in ("ours", "flagembedding")]
         common.write_record(opts.output, record)
+        if opts.profile_out and any(table for _, table in profiles):
+            opts.profile_out.write_text("".join(f"## {name}: {opts.profile_steps} steps after {opts.warmup}\n\n```\n"
+                                                f"{table}\n```\n\n" for name, table in profiles if table),
+                                        encoding="utf-8")
         print("\n| size | precision | ours steps/s | FlagEmbedding steps/s | ratio | first 20 losses within 1% "
               "(max rel. diff) |\n|---|---|---:|---:|---:|---|")
         for r in rows:
