@@ -18,16 +18,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
+from bench import SPEED_OPTIONS  # the throughput benchmark's variants, as stage flags here
 
 from finbert2.pretrain.mlm import main as pretrain_mlm
 
-VARIANTS = {
-    "defaults": [],
-    "attention_dropout_0": ["--attention_dropout", "0"],
-    "frozen_word_embeddings": ["--freeze_word_embeddings", "True"],
-    "both": ["--attention_dropout", "0", "--freeze_word_embeddings", "True"],
-}
+VARIANTS = {"defaults": [], **{name.removeprefix("ours_"): [f for key, value in options.items()
+                                                            for f in (f"--{key}", str(value))]
+                               for name, options in SPEED_OPTIONS.items()}}
 
 
 def main() -> None:
@@ -71,7 +70,7 @@ def main() -> None:
         row["speed_ratio_to_defaults"] = row["train_tokens_per_second"] / base["train_tokens_per_second"]
         row["eval_loss_change"] = row["eval_loss"] - base["eval_loss"]
     record = {"benchmark": "mlm_speed_options_accuracy", "machine": info, "size": opts.size,
-              "model": common.size_description(opts.size), 
+              "model": common.size_description(opts.size),
               "steps": opts.steps, "batch_size": opts.batch_size, "max_length": opts.max_length,
               "learning_rate": opts.learning_rate, "eval_sequences": opts.eval_sequences, "rows": rows}
     common.write_record(opts.output, record)

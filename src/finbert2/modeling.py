@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoConfig, AutoTokenizer, BertConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, BertConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from finbert2.errors import ConfigError
 
@@ -123,7 +123,10 @@ def load_model(auto_class, model_args: ModelArguments, tokenizer: PreTrainedToke
         config = scratch_bert_config(tokenizer, model_args, **overrides, **kwargs)
         logger.info("starting from a randomly initialised BERT (%d layers, hidden %d, vocab %d)",
                     config.num_hidden_layers, config.hidden_size, config.vocab_size)
-        return apply_freezing(auto_class.from_config(config), model_args)
+        # an Auto class builds from a config with from_config, a concrete model class (a stage's own) directly
+        build = auto_class if isinstance(auto_class, type) and issubclass(auto_class, PreTrainedModel) \
+            else auto_class.from_config
+        return apply_freezing(build(config), model_args)
     check_weights_format(model_args.model_name_or_path, model_args.allow_pickle_weights)
     if overrides:
         config = model_config(model_args.model_name_or_path, model_args.trust_remote_code)

@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, Trai
 
 from finbert2.errors import ConfigError, OutputDirError
 from finbert2.guards import embedding_collapse, record_collapse
-from finbert2.modeling import ModelArguments, apply_freezing, load_model, scratch_bert_config, tokenizer_for
+from finbert2.modeling import ModelArguments, load_model, tokenizer_for
 from finbert2.pretrain.args import PretrainDataArguments
 from finbert2.pretrain.data import EpochMaskedDataset, PretrainDataset, build_datasets
 from finbert2.pretrain.modeling import save_encoder
@@ -96,9 +96,6 @@ class _SessionTokens(TrainerCallback):
 def build_model(model_class, model_args: ModelArguments, tokenizer: PreTrainedTokenizerBase, seed: int):
     """The stage's model: from a checkpoint (embeddings grown to an extended vocab) or from scratch."""
     set_seed(seed)  # a from-scratch model's initial weights depend on the seed only
-    if model_args.model_name_or_path is None:
-        config = scratch_bert_config(tokenizer, model_args, **model_args.config_overrides())
-        return apply_freezing(model_class(config), model_args)
     return load_model(model_class, model_args, tokenizer, grow_embeddings=True)
 
 
