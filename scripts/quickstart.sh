@@ -23,6 +23,9 @@ TOTAL=10
 # and the retriever are fine-tuned from the converted e5 itself, so their scores say what
 # fine-tuning does, not what a few pretraining steps did.
 E5="$OUT/e5-small"
+# 8 steps of 8 sequences and a 64-passage held-out set: the mechanics, not the quality, of pretraining
+PRETRAIN_SIZES="--max_seq_length 128 --per_device_train_batch_size 8 --max_steps 8 --eval_steps 8 --save_steps 8
+    --logging_steps 2 --max_eval_samples 64"
 stage e5-small "$E5" \
     "$PYTHON" -m finbert2 convert multilingual-e5-small "$E5" --prune_vocab --corpus data/demo/corpus.jsonl
 stage tokenizer "$OUT/tokenizer" \
@@ -30,11 +33,10 @@ stage tokenizer "$OUT/tokenizer" \
     --max_added_words 300 --output_dir "$OUT/tokenizer"
 stage mlm "$OUT/mlm" \
     sh FinBERT2/pretrain/run_mlm.sh configs/mlm/e5-small.yaml --model_name_or_path "$E5" \
-    --tokenizer_name "$OUT/tokenizer" --max_seq_length 128 --max_steps 8 --eval_steps 8 --save_steps 8 \
-    --logging_steps 2 --output_dir "$OUT/mlm"
+    --tokenizer_name "$OUT/tokenizer" $PRETRAIN_SIZES --output_dir "$OUT/mlm"
 stage retromae "$OUT/retromae" \
     sh FinBERT2/pretrain/run_retromae.sh configs/retromae/e5-small.yaml --model_name_or_path "$OUT/mlm" \
-    --max_seq_length 128 --max_steps 8 --eval_steps 8 --save_steps 8 --logging_steps 2 --output_dir "$OUT/retromae"
+    $PRETRAIN_SIZES --output_dir "$OUT/retromae"
 stage classify "$OUT/classify" \
     sh Fin-labeler/runclassify.sh configs/classify/e5-small.yaml --model_name_or_path "$E5" \
     --max_length 96 --num_train_epochs 1 --output_dir "$OUT/classify"
@@ -46,7 +48,7 @@ stage retriever_mine "$OUT/retriever_mine" \
     --range_for_sampling 2-50 --negative_number 7 --max_length 96 --output_dir "$OUT/retriever_mine"
 stage retriever "$OUT/retriever" \
     sh Fin-retriever/contrastive_finetune.sh configs/retriever/e5-small.yaml --model_name_or_path "$E5" \
-    --train_data "$OUT/retriever_mine/train.jsonl" --passage_max_len 96 --num_train_epochs 1 \
+    --train_data "$OUT/retriever_mine/train.jsonl" --train_group_size 2 --passage_max_len 96 --num_train_epochs 1 \
     --eval_steps 25 --save_steps 25 --output_dir "$OUT/retriever"
 # BM25, e5 before fine-tuning and after a few FinBERT2-style pretraining steps, the fine-tuned retriever
 stage retriever_eval "$OUT/retriever_eval" \

@@ -39,6 +39,8 @@ SEQ_LEN=${SEQ_LEN:-256}                  # pretraining sequence length
 MLM_STEPS=${MLM_STEPS:-120}              # MLM optimizer steps of PRETRAIN_BATCH packed blocks
 RETROMAE_STEPS=${RETROMAE_STEPS:-60}     # RetroMAE steps of PRETRAIN_BATCH passages
 PRETRAIN_BATCH=${PRETRAIN_BATCH:-16}
+PRETRAIN_SEQUENCES=${PRETRAIN_SEQUENCES:-}   # tokenize only the corpus's first N sequences (default: all; smoke runs)
+EVAL_SEQUENCES=${EVAL_SEQUENCES:-256}    # held-out pretraining sequences scored before and after
 SEEDS=${SEEDS:-"42 43 44"}               # CFBenchmark sentiment runs (mean +- std); other tasks: the first
 CLS_EPOCHS=${CLS_EPOCHS:-5}              # at most; the best epoch is chosen on validation macro-F1
 CLS_MAX_LENGTH=${CLS_MAX_LENGTH:-192}    # tokens per text (head + tail of long news), as swept
@@ -88,7 +90,8 @@ stage "domain words" "$OUT/tokenizer" \
     "$PYTHON" -m finbert2 tokenizer configs/tokenizer/tiny.yaml --base_tokenizer "$GENERAL" \
     --train_data "$D/corpus.jsonl" --vocab_size 8000 --min_word_frequency 20 --max_added_words "$ADDED_WORDS" \
     --output_dir "$OUT/tokenizer"
-PRETRAIN_COMMON="--train_data $D/corpus.jsonl --validation_split_percentage 2 --max_eval_samples 256
+PRETRAIN_COMMON="--train_data $D/corpus.jsonl --validation_split_percentage 2 --max_eval_samples $EVAL_SEQUENCES
+    ${PRETRAIN_SEQUENCES:+--max_train_samples $PRETRAIN_SEQUENCES}
     --max_seq_length $SEQ_LEN --per_device_train_batch_size $PRETRAIN_BATCH --use_cpu $USE_CPU --seed $SEED
     --logging_steps 5 --disable_tqdm false"
 stage "whole-word MLM" "$OUT/mlm" \

@@ -92,3 +92,33 @@ def e5_pruned_dir() -> Path:
     from finbert2.pretrained import multilingual_e5_small
 
     return multilingual_e5_small(prune_vocab=True, corpus=[str(DEMO_DIR / "corpus.jsonl")])
+
+
+@pytest.fixture(scope="session")
+def tiny_e5_shaped_dir(tmp_path_factory, e5_pruned_dir) -> Path:
+    """A random 2-layer, 64-wide encoder folder shaped like the converted e5: its tokenizer, prompts,
+    mean pooling and normalisation, so a pipeline test runs every stage's e5 code path in seconds."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from finbert2.pretrained.e5 import E5_SMALL_PROMPTS
+    from finbert2.retrieve.encoder import save_sentence_transformer
+    from finbert2.data.writers import write_json
+
+    out = tmp_path_factory.mktemp("fixtures") / "tiny_e5_shaped"
+    out.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(e5_pruned_dir / name, out / name)
+    config = BertConfig.from_pretrained(e5_pruned_dir)
+    config.update({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128})
+    torch.manual_seed(0)
+    model = BertModel(config, add_pooling_layer=False)
+    model.save_pretrained(out)
+    save_sentence_transformer(out, prompts=E5_SMALL_PROMPTS, max_seq_length=config.max_position_embeddings,
+                              pooling="mean", normalize=True)
+    write_json(out / "metrics.json", {"model": "random 2 x 64 encoder with multilingual-e5-small's tokenizer",
+                                      "vocab_size": config.vocab_size,
+                                      "parameters": int(sum(p.numel() for p in model.parameters()))})
+    return out

@@ -204,6 +204,28 @@ def test_packed_examples(tokenizer, segmenter):
     assert max(lines[0]["word_ids"]) < min(w for w in lines[1]["word_ids"] if w >= 0)
 
 
+def test_example_limit_stops_early_with_the_same_first_examples(tokenizer, segmenter, monkeypatch):
+    """--max_train_samples / --max_eval_samples: the first N examples of the full build, with the corpus's
+    tail left untokenized (a quick run on a large corpus does not wait for all of it)."""
+    import finbert2.pretrain.data as data
+
+    documents = read_corpus(DEMO_DIR / "corpus.jsonl")[:400]
+    full_packed = packed_examples(documents, tokenizer, segmenter, max_seq_length=64)
+    full_lines = line_by_line_examples(documents, tokenizer, segmenter, max_seq_length=64)
+    monkeypatch.setattr(data, "TOKENIZE_BATCH", 16)
+    seen = []
+    tokenize = data._tokenize_with_words
+    monkeypatch.setattr(data, "_tokenize_with_words",
+                        lambda docs, *a: (seen.append(x) or x for x in tokenize(docs, *a)))
+    assert data.packed_examples(documents, tokenizer, segmenter, max_seq_length=64, limit=5) == full_packed[:5]
+    assert 0 < len(seen) < len(documents) // 2
+    seen.clear()
+    assert data.line_by_line_examples(documents, tokenizer, segmenter, max_seq_length=64, limit=7) == full_lines[:7]
+    assert len(seen) == 7
+    everything = data.packed_examples(documents, tokenizer, segmenter, max_seq_length=64, limit=10**6)
+    assert everything == full_packed
+
+
 def test_heldout_split_is_seeded_and_disjoint():
     documents = [f"doc {i}" for i in range(100)]
     train, held = split_heldout(documents, 5, seed=1)

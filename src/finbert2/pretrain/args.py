@@ -22,10 +22,12 @@ class PretrainDataArguments:
         default=5.0, metadata={"help": "Percent of train_data documents held out when eval_data is not given."}
     )
     max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Evaluate on at most this many held-out sequences (default: all)."}
+        default=None, metadata={"help": "Evaluate on the first this many held-out sequences (default: all); "
+                                        "the rest is not tokenized."}
     )
     max_train_samples: int | None = field(
-        default=None, metadata={"help": "Train on at most this many sequences (default: all); for quick runs."}
+        default=None, metadata={"help": "Train on the corpus's first this many sequences (default: all; the rest "
+                                        "is not tokenized); for quick runs."}
     )
     max_seq_length: int = field(
         default=512, metadata={"help": "Tokens per sequence, [CLS] and [SEP] included (upstream: 512)."}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 
@@ -85,19 +86,26 @@ def _tokenize_with_words(documents: Sequence[str], tokenizer: PreTrainedTokenize
 
 
 def line_by_line_examples(documents: Sequence[str], tokenizer: PreTrainedTokenizerBase,
-                          segmenter: JiebaWordSegmenter, max_seq_length: int, desc: str = "tokenizing") -> list[dict]:
-    """One example per document, truncated to ``max_seq_length`` tokens ([CLS] ... [SEP])."""
-    return [{"input_ids": ids, "word_ids": words}
-            for ids, words in _tokenize_with_words(documents, tokenizer, segmenter, True, max_seq_length, desc)
-            if len(ids) > 2]
+                          segmenter: JiebaWordSegmenter, max_seq_length: int, desc: str = "tokenizing",
+                          limit: int | None = None) -> list[dict]:
+    """One example per document, truncated to ``max_seq_length`` tokens ([CLS] ... [SEP]).
+
+    ``limit``: stop after that many examples, leaving the rest of the corpus untokenized.
+    """
+    examples = ({"input_ids": ids, "word_ids": words}
+                for ids, words in _tokenize_with_words(documents, tokenizer, segmenter, True, max_seq_length, desc)
+                if len(ids) > 2)
+    return list(itertools.islice(examples, limit))
 
 
 def packed_examples(documents: Sequence[str], tokenizer: PreTrainedTokenizerBase,
-                    segmenter: JiebaWordSegmenter, max_seq_length: int, desc: str = "tokenizing") -> list[dict]:
+                    segmenter: JiebaWordSegmenter, max_seq_length: int, desc: str = "tokenizing",
+                    limit: int | None = None) -> list[dict]:
     """Documents joined by [SEP] into one stream, cut into ``[CLS] block [SEP]`` examples of ``max_seq_length``.
 
     No padding is wasted; the last, shorter block is kept. A word cut by a block boundary becomes
-    two words, one per block.
+    two words, one per block. ``limit``: stop after that many examples (the first ``limit`` of the
+    full result), leaving the rest of the corpus untokenized.
     """
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     block = max_seq_length - 2
@@ -121,6 +129,8 @@ def packed_examples(documents: Sequence[str], tokenizer: PreTrainedTokenizerBase
         words_buffer += words
         while len(ids_buffer) >= block:
             flush(block)
+        if limit is not None and len(examples) >= limit:
+            return examples[:limit]
     if ids_buffer and any(w >= 0 for w in words_buffer):
         flush(len(ids_buffer))
     return examples
@@ -142,12 +152,10 @@ def build_datasets(data_args: PretrainDataArguments, tokenizer: PreTrainedTokeni
                           f"model_max_length {tokenizer.model_max_length}")
     segmenter = JiebaWordSegmenter(data_args.jieba_user_dict)
     make = line_by_line_examples if data_args.line_by_line else packed_examples
-    train = make(train_docs, tokenizer, segmenter, data_args.max_seq_length, "tokenizing train")
-    heldout = make(eval_docs, tokenizer, segmenter, data_args.max_seq_length, "tokenizing eval") if eval_docs else []
-    if data_args.max_train_samples is not None:
-        train = train[:data_args.max_train_samples]
-    if data_args.max_eval_samples is not None:
-        heldout = heldout[:data_args.max_eval_samples]
+    train = make(train_docs, tokenizer, segmenter, data_args.max_seq_length, "tokenizing train",
+                 limit=data_args.max_train_samples)
+    heldout = make(eval_docs, tokenizer, segmenter, data_args.max_seq_length, "tokenizing eval",
+                   limit=data_args.max_eval_samples) if eval_docs else []
     if not train:
         raise ConfigError("pretrain: the training corpus gives no sequences")
     summary = {
