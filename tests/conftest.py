@@ -103,9 +103,9 @@ def tiny_e5_shaped_dir(tmp_path_factory, e5_pruned_dir) -> Path:
     import torch
     from transformers import BertConfig, BertModel
 
+    from finbert2.data.writers import write_json
     from finbert2.pretrained.e5 import E5_SMALL_PROMPTS
     from finbert2.retrieve.encoder import save_sentence_transformer
-    from finbert2.data.writers import write_json
 
     out = tmp_path_factory.mktemp("fixtures") / "tiny_e5_shaped"
     out.mkdir()
