@@ -133,6 +133,20 @@ def test_embedding_resize_mean_init():
     assert out.logits.shape[-1] == len(tokenizer)
 
 
+def test_scratch_vocab_is_the_same_on_every_run_and_covers_every_character():
+    """The same corpus gives the same ids (the tokenizers WordPieceTrainer varied from run to run)."""
+    texts = [json.loads(line)["text"] for line in (DEMO_DIR / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
+    vocabs = [train_scratch_tokenizer(texts[:400], vocab_size=750, min_frequency=2).get_vocab() for _ in range(3)]
+    assert vocabs[0] == vocabs[1] == vocabs[2]
+    assert len(vocabs[0]) == 750 and [t for t, _ in sorted(vocabs[0].items(), key=lambda kv: kv[1])][:5] == [
+        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = train_scratch_tokenizer(["ab ab ab abc", "净利润 2023"], vocab_size=100, min_frequency=3)
+    vocab = tokenizer.get_vocab()
+    assert "ab" in vocab and "abc" not in vocab  # whole words only once seen min_frequency times
+    assert tokenizer.tokenize("abc 利润 2032") == ["ab", "##c", "利", "润", "2", "##0", "##3", "##2"]
+    assert tokenizer.unk_token_id not in tokenizer("abc 净利润 2032").input_ids
+
+
 def test_split_heldout_is_seeded_and_disjoint():
     docs = [f"文档{i}" for i in range(100)]
     train, heldout = split_heldout(docs, 10, seed=1)

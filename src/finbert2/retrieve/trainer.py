@@ -106,6 +106,23 @@ class RetrieverTrainer(Trainer):
         return metrics
 
 
+def logged_evaluation(state, training_args) -> dict[str, float] | None:
+    """The validation scores logged at the step whose weights the model holds after training.
+
+    With ``load_best_model_at_end`` that is the best checkpoint, else the last step. Reusing
+    the logged scores saves encoding the validation corpus once more; None if that step was
+    not evaluated.
+    """
+    if training_args.load_best_model_at_end and state.best_model_checkpoint:
+        step = int(state.best_model_checkpoint.rstrip("/").rsplit("-", 1)[-1])
+    else:
+        step = state.global_step
+    for entry in reversed(state.log_history):
+        if entry.get("step") == step and any(key.startswith("eval_") for key in entry):
+            return {k: v for k, v in entry.items() if k.startswith("eval_") or k == "epoch"}
+    return None
+
+
 class EpochCallback(TrainerCallback):
     """Tell the dataset the epoch, so each epoch draws other negatives."""
 
@@ -235,8 +252,8 @@ def run_training(model_args: ModelArguments, data_args, training_args, run_args)
     result = trainer.train(resume_from_checkpoint=checkpoint)
 
     metrics: dict[str, Any] = {**result.metrics, **initial}
-    if eval_data is not None:
-        metrics.update(trainer.evaluate())  # the kept (best) model's scores
+    if eval_data is not None:  # the kept model's scores: logged when it was evaluated, else computed now
+        metrics.update(logged_evaluation(trainer.state, training_args) or trainer.evaluate())
         if trainer.state.best_model_checkpoint:
             metrics["best_model_checkpoint"] = trainer.state.best_model_checkpoint
             metrics["best_metric"] = trainer.state.best_metric

@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
-from tokenizers.models import WordPiece
-from tokenizers.trainers import WordPieceTrainer
+from tokenizers import AddedToken, normalizers, pre_tokenizers
 from transformers import AutoTokenizer, BertTokenizer, PreTrainedTokenizerBase
 
 from finbert2.data.readers import iter_raw_lines
@@ -73,23 +72,33 @@ def load_base_tokenizer(name_or_path: str, do_lower_case: bool = True, model_max
 
 def train_scratch_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2,
                             do_lower_case: bool = True, model_max_length: int = 512) -> BertTokenizer:
-    """A small BERT WordPiece vocab trained on the corpus: every frequent character plus Latin/digit pieces.
+    """A small BERT WordPiece vocab built from the corpus: every character it holds, then its frequent words.
 
-    Chinese characters are split one per token as in bert-base-chinese; multi-character words
-    come afterwards as added domain words, exactly as when extending a published vocab.
+    BERT's normalizer and pre-tokenizer split the text, so Chinese characters come one per token
+    as in bert-base-chinese and the words are Latin/digit runs; multi-character Chinese words
+    come afterwards as added domain words, exactly as when extending a published vocab. Every
+    character gets a word-start and a ``##`` continuation entry, so no text maps to [UNK]; the
+    rest of the budget goes to whole words seen ``min_frequency`` times or more, by count.
+    Ties are broken by the text itself: the same corpus always gives the same vocab, which the
+    tokenizers library's WordPieceTrainer does not (its merges follow hash-map order,
+    huggingface/tokenizers#1794).
     """
-    backend = Tokenizer(WordPiece(unk_token="[UNK]"))
-    backend.normalizer = normalizers.BertNormalizer(
+    normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=do_lower_case
     )
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=BERT_SPECIAL_TOKENS,
-        show_progress=False, continuing_subword_prefix="##",
-    )
-    backend.train_from_iterator(texts, trainer=trainer)
-    vocab = backend.get_vocab()
-    tokens = sorted(vocab, key=vocab.get)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    word_counts: Counter[str] = Counter()
+    for text in texts:
+        word_counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    alphabet = {char for word in word_counts for char in word[:1]}
+    continuations = {f"##{char}" for word in word_counts for char in word[1:]}
+    tokens = list(BERT_SPECIAL_TOKENS) + sorted(alphabet) + sorted(continuations)
+    if len(tokens) > vocab_size:
+        logger.warning("scratch vocab: the corpus has %d characters, more than vocab_size %d; keeping them all",
+                       len(tokens), vocab_size)
+    frequent_words = sorted((w for w, n in word_counts.items() if len(w) > 1 and n >= min_frequency),
+                            key=lambda w: (-word_counts[w], w))
+    tokens += frequent_words[: max(0, vocab_size - len(tokens))]
     return bert_tokenizer_from_vocab(tokens, do_lower_case, model_max_length)
 
 
