@@ -36,7 +36,7 @@ from finbert2.errors import ConfigError
 from finbert2.guards import prediction_collapse, record_collapse
 from finbert2.modeling import ModelArguments, load_model, tokenizer_for
 from finbert2.run import RunArguments, peak_memory_mb, prepare_output_dir, setup_logging, write_metrics, write_run_config
-from finbert2.training import plot_loss_curves, resume_checkpoint, standard_callbacks
+from finbert2.training import checkpoint_step, plot_loss_curves, resume_checkpoint, standard_callbacks
 
 logger = logging.getLogger("finbert2.classify")
 
@@ -190,7 +190,7 @@ def run_train(model_args: ModelArguments, data_args: DataArguments, training_arg
         "train_rows": len(splits.train.texts),
         "eval_rows": len(splits.validation.texts),
         "threshold": threshold if multi_label else None,
-        "best_checkpoint_step": int(best_checkpoint.rsplit("-", 1)[-1]) if best_checkpoint else None,
+        "best_checkpoint_step": checkpoint_step(best_checkpoint) if best_checkpoint else None,
     }
     metrics.update({f"initial_eval_{k}": v for k, v in initial.items()})
     if not multi_label:

@@ -38,6 +38,7 @@ from finbert2.retrieve.encoder import (
 )
 from finbert2.retrieve.evaluate import dense_evaluation
 from finbert2.retrieve.modeling import BiEncoder, grad_cache_step
+from finbert2.training import checkpoint_step
 
 logger = logging.getLogger("finbert2.retrieve")
 
@@ -114,7 +115,7 @@ def logged_evaluation(state, training_args) -> dict[str, float] | None:
     not evaluated.
     """
     if training_args.load_best_model_at_end and state.best_model_checkpoint:
-        step = int(state.best_model_checkpoint.rstrip("/").rsplit("-", 1)[-1])
+        step = checkpoint_step(state.best_model_checkpoint)
     else:
         step = state.global_step
     for entry in reversed(state.log_history):
