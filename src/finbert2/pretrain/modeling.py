@@ -16,6 +16,7 @@ from torch import nn
 from transformers import BertConfig, BertForMaskedLM
 from transformers.utils import ModelOutput
 
+from finbert2.losses import linear_cross_entropy
 from finbert2.pretrain.whole_word_masking import IGNORE_INDEX
 
 
@@ -24,14 +25,16 @@ def masked_lm_loss(model: BertForMaskedLM, hidden: torch.Tensor, labels: torch.T
 
     The head (dense + LayerNorm + a vocabulary-sized projection) runs on the gathered masked
     positions, ~15% of the tokens, instead of all of them: the same loss as full logits, a
-    fraction of the compute.
+    fraction of the compute. The projection and the softmax are fused (``linear_cross_entropy``):
+    no full-vocabulary float32 logits are materialised.
     """
     selected = labels != IGNORE_INDEX
     targets = labels[selected]
     if targets.numel() == 0:  # no masked token in the batch: a zero loss that keeps the graph
         return hidden.sum() * 0.0
-    logits = model.cls(hidden[selected])
-    return F.cross_entropy(logits.float(), targets)
+    head = model.cls.predictions
+    decoder = head.decoder
+    return linear_cross_entropy(head.transform(hidden[selected]), decoder.weight, decoder.bias, targets)
 
 
 @dataclass
