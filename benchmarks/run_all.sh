@@ -18,8 +18,10 @@ run mlm_throughput         python $B/mlm_throughput/bench.py         --size e5-s
 run mlm_throughput         python $B/mlm_throughput/bench.py         --size bert-base --steps 10 --rounds 2 --output $B/mlm_throughput/bert-base.json
 run mlm_throughput         python $B/mlm_throughput/bench.py         --size e5-small  --steps 12 --rounds 2 --speed_options --output $B/mlm_throughput/e5-small-speed-options.json
 run mlm_throughput         python $B/mlm_throughput/speed_options_accuracy.py --size e5-small --steps 60 --output $B/mlm_throughput/e5-small-speed-options-accuracy.json
-run contrastive_throughput python $B/contrastive_throughput/bench.py --size e5-small  --steps 40 --output $B/contrastive_throughput/e5-small.json
+run contrastive_throughput python $B/contrastive_throughput/bench.py --size e5-small  --steps 40 --rounds 2 --output $B/contrastive_throughput/e5-small.json
 run contrastive_throughput python $B/contrastive_throughput/bench.py --size e5-small  --steps 4 --profile_steps 3 --peer_first --output $B/contrastive_throughput/profile-run.json --profile_out $B/contrastive_throughput/profile-e5-small-peer-first.md
-run contrastive_throughput python $B/contrastive_throughput/bench.py --size bert-base --steps 20 --output $B/contrastive_throughput/bert-base.json
+run contrastive_throughput python $B/contrastive_throughput/bench.py --size bert-base --steps 20 --rounds 2 --output $B/contrastive_throughput/bert-base.json
+run contrastive_throughput python $B/contrastive_throughput/bench.py --size e5-small  --steps 20 --rounds 2 --keep_dropout --speed_options --output $B/contrastive_throughput/e5-small-speed-options.json
 run retromae_vs_mlm        python $B/retromae_vs_mlm/bench.py        --size e5-small  --steps 20 --output $B/retromae_vs_mlm/e5-small.json  --profile_out $B/retromae_vs_mlm/profile-e5-small.md
+run retromae_vs_mlm        python $B/retromae_vs_mlm/loss_bench.py   --output $B/retromae_vs_mlm/loss.json
 run retromae_vs_mlm        python $B/retromae_vs_mlm/bench.py        --size bert-base --steps 10 --output $B/retromae_vs_mlm/bert-base.json --profile_out $B/retromae_vs_mlm/profile-bert-base.md

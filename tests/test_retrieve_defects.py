@@ -127,6 +127,21 @@ def test_collator_gives_identical_texts_one_id():
     assert batch["query_ids"][0] != batch["query_ids"][1]
 
 
+def test_collator_pads_to_the_longest_unless_a_multiple_is_asked():
+    from transformers import AutoTokenizer
+
+    from finbert2.retrieve.data import ContrastiveCollator, ContrastiveGroupDataset
+
+    rows = [{"query": "问题", "pos": ["一段较长的正例段落文字"], "neg": ["负例"]}]
+    tokenizer = AutoTokenizer.from_pretrained(DEMO_DIR / "tokenizer")
+    group = ContrastiveGroupDataset(rows, group_size=2, query_instruction="")[0]
+    longest = max(len(tokenizer(p)["input_ids"]) for p in group["passages"])
+    assert longest % 8 != 0  # else the two cases below could not differ
+    assert ContrastiveCollator(tokenizer)([group])["passage"]["input_ids"].shape[1] == longest
+    padded = ContrastiveCollator(tokenizer, pad_to_multiple_of=8)([group])["passage"]["input_ids"].shape[1]
+    assert padded == -(-longest // 8) * 8
+
+
 # ---------------------------------------------------------------- validation settings
 
 

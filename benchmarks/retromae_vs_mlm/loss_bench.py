@@ -23,15 +23,15 @@ import common
 import torch
 import torch.nn.functional as F
 
-from finbert2.losses import linear_cross_entropy
+from finbert2.losses import BLOCK_BYTES, linear_cross_entropy
 
 
 def autograd_path(h, w, b, t):
     return F.cross_entropy(F.linear(h, w, b).float(), t)
 
 
-def fused_path(h, w, b, t):
-    return linear_cross_entropy(h, w, b, t)
+def fused_path(block_bytes: int):
+    return lambda h, w, b, t: linear_cross_entropy(h, w, b, t, block_bytes=block_bytes)
 
 
 def step(path, h, w, b, t, precision):
@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[614, 3800],
                         help="positions scored: MLM's 15%% and RetroMAE's decoder of a 16 x 256 batch")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--block_bytes", type=int, nargs="+", default=[BLOCK_BYTES],
+                        help="fused: float32 logits per row block (several: a sweep; the first is the default's row)")
     opts = parser.parse_args()
     info = common.print_header()
     generator = torch.Generator().manual_seed(0)
@@ -63,17 +65,20 @@ def main() -> None:
         for rows in opts.rows:
             h = torch.randn(rows, opts.hidden, generator=generator).requires_grad_()
             t = torch.randint(0, opts.vocab, (rows,), generator=generator)
-            times = {"autograd": [], "fused": []}
+            paths = [("autograd", autograd_path)] + [(f"fused {n}", fused_path(n)) for n in opts.block_bytes]
+            times = {name: [] for name, _ in paths}
             for repeat in range(opts.repeats + 1):
-                results = {name: step(path, h, w, b, t, precision)
-                           for name, path in (("autograd", autograd_path), ("fused", fused_path))}
+                results = {name: step(path, h, w, b, t, precision) for name, path in paths}
                 if repeat:
                     for name, (seconds, _, _) in results.items():
                         times[name].append(seconds)
-            (_, loss_a, grads_a), (_, loss_f, grads_f) = results["autograd"], results["fused"]
+            fused = f"fused {opts.block_bytes[0]}"
+            (_, loss_a, grads_a), (_, loss_f, grads_f) = results["autograd"], results[fused]
             row = {"precision": precision, "rows": rows, "vocab": opts.vocab, "hidden": opts.hidden,
-                   "autograd_ms": 1000 * statistics.median(times["autograd"]),
-                   "fused_ms": 1000 * statistics.median(times["fused"]),
+                   "block_bytes": opts.block_bytes[0], "autograd_ms": 1000 * statistics.median(times["autograd"]),
+                   "fused_ms": 1000 * statistics.median(times[fused]),
+                   "fused_ms_by_block_bytes": {n: 1000 * statistics.median(times[f"fused {n}"])
+                                               for n in opts.block_bytes},
                    "loss_difference": abs(float(loss_a - loss_f)),
                    "gradient_cosine_min": min(float(F.cosine_similarity(ga.flatten().double(), gf.flatten().double(), dim=0))
                                               for ga, gf in zip(grads_a, grads_f))}

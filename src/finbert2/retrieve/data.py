@@ -59,7 +59,7 @@ class ContrastiveCollator:
     tokenizer: Any
     query_max_len: int = 64
     passage_max_len: int = 256
-    pad_to_multiple_of: int | None = 8
+    pad_to_multiple_of: int | None = None  # as FlagEmbedding's default; 8 helps GPU tensor cores only
 
     def __call__(self, groups: list[dict[str, Any]]) -> dict[str, Any]:
         queries = [g["query"] for g in groups]

@@ -228,7 +228,8 @@ def run_training(model_args: ModelArguments, data_args, training_args, run_args)
 
     dataset = ContrastiveGroupDataset(rows, data_args.train_group_size, data_args.query_instruction_for_retrieval,
                                       data_args.passage_instruction_for_retrieval, training_args.seed)
-    collator = ContrastiveCollator(tokenizer, data_args.query_max_len, data_args.passage_max_len)
+    collator = ContrastiveCollator(tokenizer, data_args.query_max_len, data_args.passage_max_len,
+                                   data_args.pad_to_multiple_of)
     trainer = RetrieverTrainer(
         model=model, args=training_args, train_dataset=dataset, eval_dataset=eval_data,
         data_collator=collator, processing_class=tokenizer,
