@@ -127,7 +127,7 @@ def test_collator_gives_identical_texts_one_id():
     assert batch["query_ids"][0] != batch["query_ids"][1]
 
 
-def test_collator_pads_to_the_longest_unless_a_multiple_is_asked():
+def test_collator_pads_to_a_multiple_of_8_unless_told_0():
     from transformers import AutoTokenizer
 
     from finbert2.retrieve.data import ContrastiveCollator, ContrastiveGroupDataset
@@ -137,8 +137,8 @@ def test_collator_pads_to_the_longest_unless_a_multiple_is_asked():
     group = ContrastiveGroupDataset(rows, group_size=2, query_instruction="")[0]
     longest = max(len(tokenizer(p)["input_ids"]) for p in group["passages"])
     assert longest % 8 != 0  # else the two cases below could not differ
-    assert ContrastiveCollator(tokenizer)([group])["passage"]["input_ids"].shape[1] == longest
-    padded = ContrastiveCollator(tokenizer, pad_to_multiple_of=8)([group])["passage"]["input_ids"].shape[1]
+    assert ContrastiveCollator(tokenizer, pad_to_multiple_of=0)([group])["passage"]["input_ids"].shape[1] == longest
+    padded = ContrastiveCollator(tokenizer)([group])["passage"]["input_ids"].shape[1]
     assert padded == -(-longest // 8) * 8
 
 
