@@ -41,6 +41,15 @@ SCRATCH = {  # layers, hidden, heads; vocab: bert-base-chinese's 21,128 tokens
 SIZE_HELP = ("e5-small: multilingual-e5-small as converted by finbert2.pretrained (vocab pruned to the demo "
              "corpus; 12 x 384); bert-base: a seeded random 12 x 768 BERT over the 21,128-token "
              "bert-base-chinese vocab; tiny: 2 x 64 over the same vocab (smoke tests only).")
+# The training-speed ModelArguments together (their accuracy cost: mlm_throughput/RESULTS.md).
+SPEED_OPTIONS = {"attention_dropout": 0.0, "freeze_word_embeddings": True}
+
+
+def stage_flags(options: dict) -> list[str]:
+    """``{"attention_dropout": 0.0}`` -> ``["--attention_dropout", "0.0"]``: ModelArguments as command-line flags."""
+    return [flag for key, value in options.items() for flag in (f"--{key}", str(value))]
+
+
 FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
 
 

@@ -136,7 +136,7 @@ def shared_flags(folder: Path, data: Path, out: Path, opts, precision: str, quer
             "--disable_tqdm", "True"]
 
 
-SPEED_OPTIONS = ["--attention_dropout", "0", "--freeze_word_embeddings", "True"]
+SPEED_OPTIONS = common.stage_flags(common.SPEED_OPTIONS)
 
 
 def run_ours(flags: list[str], pooling: str, opts) -> dict:

@@ -66,7 +66,7 @@ from finbert2.pretrain.whole_word_masking import (
 SPEED_OPTIONS = {
     "ours_attention_dropout_0": {"attention_dropout": 0.0},
     "ours_frozen_embeddings": {"freeze_word_embeddings": True},
-    "ours_both": {"attention_dropout": 0.0, "freeze_word_embeddings": True},
+    "ours_both": dict(common.SPEED_OPTIONS),
 }
 
 

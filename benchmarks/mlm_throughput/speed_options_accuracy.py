@@ -24,8 +24,7 @@ from bench import SPEED_OPTIONS  # the throughput benchmark's variants, as stage
 
 from finbert2.pretrain.mlm import main as pretrain_mlm
 
-VARIANTS = {"defaults": [], **{name.removeprefix("ours_"): [f for key, value in options.items()
-                                                            for f in (f"--{key}", str(value))]
+VARIANTS = {"defaults": [], **{name.removeprefix("ours_"): common.stage_flags(options)
                                for name, options in SPEED_OPTIONS.items()}}
 
 
