@@ -131,13 +131,16 @@ def print_header(info: dict | None = None) -> dict:
 
 def add_common_args(parser: argparse.ArgumentParser, default_size: str = "e5-small") -> None:
     parser.add_argument("--size", choices=SIZES, default=default_size, help=SIZE_HELP)
-    parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+    parser.add_argument("--bf16", choices=("auto", "on", "off", "only"), default="auto",
                         help="bf16 rows: auto = only where the CPU has native bf16 (AMX / AVX512-BF16), "
-                             "on = also where oneDNN emulates it (slow), off = fp32 only.")
+                             "on = also where oneDNN emulates it (slow), off = fp32 only, only = the bf16 "
+                             "rows alone (to fill them in after an fp32 run).")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON record here")
 
 
 def precisions(choice: str) -> list[str]:
+    if choice == "only":
+        return ["bf16"]
     if choice == "off" or (choice == "auto" and not cpu_bf16_flags()):
         return ["fp32"]
     return ["fp32", "bf16"]

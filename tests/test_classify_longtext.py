@@ -11,6 +11,7 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 
 from finbert2.classify.inference import CONFIG_KEY, SequenceClassifier
 from finbert2.classify.longtext import LongTextSettings, chunks, encode_texts, head_tail, windows_for
+from finbert2.retrieve.encoder import ClsOnlyLastLayer
 from tests.conftest import DEMO_DIR
 
 TOKENIZER_DIR = DEMO_DIR / "tokenizer"
@@ -98,3 +99,46 @@ def test_classifier_pools_exactly_the_strategy_windows(tokenizer, long_texts, st
     one_by_one = classifier.predict(long_texts, batch_size=1)
     np.testing.assert_allclose(one_by_one.logits, result.logits, rtol=1e-4, atol=1e-5)
     assert result.labels() == one_by_one.labels()
+
+
+def test_forward_passes_keep_to_the_token_budget_and_the_batch_size(tokenizer, long_texts, monkeypatch):
+    classifier = tiny_classifier(tokenizer, LongTextSettings(max_length=64, truncation="chunk",
+                                                                  chunk_overlap=8, max_chunks=4))
+    expected = classifier.predict(long_texts, batch_size=1)
+    passes, forward = [], classifier._forward
+    monkeypatch.setattr(classifier, "_forward", lambda rows, *a: passes.append([len(r) for r in rows]) or forward(rows, *a))
+    got = classifier.predict(long_texts, batch_size=5, max_batch_tokens=150)
+    window_lengths = [len(w) for w in encode_texts(tokenizer, long_texts, classifier.settings)[0]]
+    windows = len(window_lengths)
+    assert sorted(n for p in passes for n in p) == sorted(window_lengths)  # every window once
+    assert all(len(p) <= 5 and len(p) * max(p) <= 150 for p in passes)
+    assert len(passes) == got.stats["forward_passes"] > -(-windows // 5)  # the budget, not only the rows, cut
+    np.testing.assert_allclose(got.logits, expected.logits, rtol=1e-4, atol=1e-5)
+    # The CPU default bounds tokens; 0 lifts the bound (rows alone).
+    assert classifier.predict(long_texts[:2]).stats["max_batch_tokens"] == 2048
+    passes.clear()
+    assert classifier.predict(long_texts, batch_size=5, max_batch_tokens=0).stats["max_batch_tokens"] is None
+    assert len(passes) == -(-windows // 5)
+
+
+def test_loaded_classifier_runs_its_last_layer_at_cls_only_with_equal_outputs(tokenizer, long_texts, tmp_path):
+    settings = LongTextSettings(max_length=64, truncation="chunk", chunk_overlap=8, max_chunks=4)
+    full = tiny_classifier(tokenizer, settings)
+    full.model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = SequenceClassifier.from_pretrained(str(tmp_path), device="cpu")
+    assert isinstance(loaded.model.bert.encoder.layer[-1], ClsOnlyLastLayer)  # the head reads [CLS] alone
+    assert list(loaded.model.state_dict()) == list(full.model.state_dict())
+    expected = full.predict(long_texts, batch_size=3, return_cls=True)  # padded, length-sorted batches
+    got = loaded.predict(long_texts, batch_size=3, return_cls=True)
+    np.testing.assert_allclose(got.logits, expected.logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.cls, expected.cls, rtol=1e-4, atol=1e-5)
+    assert got.labels() == expected.labels()
+
+
+def test_predict_rejects_a_negative_token_budget():
+    from finbert2.classify.args import PredictArguments
+    from finbert2.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_batch_tokens must be 0"):
+        PredictArguments(model_name_or_path="model", input_file="in.jsonl", output_file="out.jsonl", max_batch_tokens=-1)

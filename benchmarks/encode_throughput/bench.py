@@ -8,7 +8,8 @@ multilingual-e5-small as the toolkit converts it (mean pooling, ``passage: `` pr
 a seeded random 12 x 768 BERT over the 21,128-token bert-base-chinese vocab (CLS pooling, the
 FinBERT2 layout), ``tiny`` a 2 x 64 one for smoke tests; ``--model`` takes any retriever folder.
 Passages are the demo candidate pool and corpus, cycled to ``--passages``, with the folder's
-passage prompt on both sides. Same batch size and max length on both sides, one process, timings
+passage prompt on both sides. Same batch size (``--peer_batch_size`` changes the peer's; ours also
+caps a forward pass at 2048 padded tokens on CPU, ``--max_batch_tokens``) and max length on both sides, one process, timings
 after a warm-up batch, the encoders interleaved over five slices. Precisions: fp32, and bf16 where
 the CPU has native bf16 (ours ``bf16=True``, i.e. bf16 autocast; sentence-transformers called under
 ``torch.autocast("cpu", dtype=torch.bfloat16)``: the same autocast, weights kept fp32). Prints the
@@ -73,7 +74,11 @@ def main() -> None:
     common.add_common_args(parser)
     parser.add_argument("--model", help="Any retriever folder (HF + sentence-transformers); overrides --size.")
     parser.add_argument("--passages", type=int, default=10000)
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=64, help="both sides (ours: at most, see below)")
+    parser.add_argument("--max_batch_tokens", type=int, default=None,
+                        help="ours: padded tokens per forward pass (default: the CPU default, 2048; 0: no bound)")
+    parser.add_argument("--peer_batch_size", type=int, default=None,
+                        help="sentence-transformers' batch size, when not --batch_size")
     parser.add_argument("--max_length", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5, help="slices the passages are cut into, encoders interleaved")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
@@ -92,12 +97,13 @@ def main() -> None:
     st = SentenceTransformer(str(folder), device="cpu")
     st.max_seq_length = args.max_length
     ours = DenseEncoder.from_pretrained(str(folder), max_length=args.max_length, batch_size=args.batch_size,
-                                        device="cpu")
+                                        device="cpu", max_batch_tokens=args.max_batch_tokens)
+    peer_batch_size = args.peer_batch_size or args.batch_size
     prompt = ours.passage_instruction  # the folder's document prompt ("passage: " for e5), both sides
 
     def st_encode(texts, precision):
         with common.autocast(precision):
-            return st.encode(texts, batch_size=args.batch_size, prompt=prompt, convert_to_numpy=True)
+            return st.encode(texts, batch_size=peer_batch_size, prompt=prompt, convert_to_numpy=True)
 
     def ours_encode(texts, precision):
         ours.bf16 = precision == "bf16"
@@ -129,10 +135,11 @@ def main() -> None:
         })
         print(rows[-1], flush=True)
 
-    ceiling = speedup_ceiling(st, passages[: args.profile], args.batch_size, prompt) if args.profile else None
+    ceiling = speedup_ceiling(st, passages[: args.profile], peer_batch_size, prompt) if args.profile else None
     model = str(args.model) if args.model else common.size_description(args.size)
     record = {"benchmark": "encode_throughput", "machine": info, "size": args.model or args.size, "model": model,
               "passages": len(passages), "batch_size": args.batch_size, "max_length": args.max_length,
+              "ours_max_batch_tokens": ours.max_batch_tokens, "peer_batch_size": peer_batch_size,
               "passage_prompt": prompt, "pooling": ours.pooling,
               "peer_bf16": "sentence-transformers under torch.autocast('cpu', dtype=torch.bfloat16), fp32 weights",
               "rows": rows, "speedup_ceiling": ceiling}

@@ -150,6 +150,11 @@ class PredictArguments:
                   "label set and accuracy/F1 are printed."},
     )
     batch_size: int = field(default=64, metadata={"help": "Model inputs per forward pass (length-sorted)."})
+    max_batch_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Padded tokens per forward pass, as well as batch_size. Default: 2048 on CPU (a CPU "
+                  "forward slows per token as its activations outgrow the caches), no bound on a GPU; 0: no bound."},
+    )
     max_length: int | None = field(default=None, metadata={"help": "Default: the value the model was trained with."})
     truncation: str | None = field(
         default=None,
@@ -168,6 +173,8 @@ class PredictArguments:
     def __post_init__(self):
         if self.batch_size < 1:
             raise ConfigError("classify predict: batch_size must be at least 1")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 0:
+            raise ConfigError("classify predict: max_batch_tokens must be 0 (no bound) or more")
         if self.truncation is not None and self.truncation not in TRUNCATION_STRATEGIES:
             raise ConfigError(f"classify predict: truncation must be one of {', '.join(TRUNCATION_STRATEGIES)}")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:

@@ -23,7 +23,7 @@ from finbert2.classify.data import pool_by_owner
 from finbert2.classify.longtext import LongTextSettings, encode_texts
 from finbert2.errors import ConfigError
 from finbert2.modeling import load_tokenizer
-from finbert2.retrieve.encoder import pad_batch
+from finbert2.retrieve.encoder import default_batch_tokens, last_layer_at_cls_only, pad_batch, token_budget_batches
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,10 @@ def label_names_of(config) -> list[str]:
 
 
 HEAD_MODULES = ("classifier", "score", "pooler")  # the heads of transformers' *ForSequenceClassification
+# Classifiers whose head reads the last layer at [CLS] (position 0) alone: BERT's pooler, RoBERTa's
+# classification head. Their last layer can run at [CLS] only (``last_layer_at_cls_only``).
+CLS_HEAD_CLASSIFIERS = ("BertForSequenceClassification", "RobertaForSequenceClassification",
+                        "XLMRobertaForSequenceClassification")
 
 
 def keep_head_fp32(model: torch.nn.Module) -> int:
@@ -123,6 +127,9 @@ class SequenceClassifier:
                 name_or_path, trust_remote_code=trust_remote_code, use_safetensors=True)
         except (OSError, ValueError) as err:
             raise ConfigError(f"{name_or_path}: cannot load a classifier ({str(err).splitlines()[0]})") from None
+        # This model is ours alone (one handed to __init__ may be in training): its head reads [CLS] only.
+        if type(model).__name__ in CLS_HEAD_CLASSIFIERS:
+            last_layer_at_cls_only(model.base_model)
         tokenizer = load_tokenizer(tokenizer_name or name_or_path, trust_remote_code=trust_remote_code)
         stored = dict(stored_settings(model.config).get("long_text", {}))
         if max_length is not None:
@@ -166,22 +173,26 @@ class SequenceClassifier:
 
     @torch.inference_mode()
     def predict(self, texts: list[str], batch_size: int = 64, return_cls: bool = False,
-                progress: bool = False) -> Predictions:
+                progress: bool = False, max_batch_tokens: int | None = None) -> Predictions:
+        """Labels, probabilities (and [CLS] vectors) of ``texts``. A forward pass holds at most ``batch_size``
+        model inputs and ``max_batch_tokens`` padded tokens (``None``: ``CPU_BATCH_TOKENS`` on CPU, no token
+        bound elsewhere; 0: no token bound)."""
         started = time.perf_counter()
         input_ids, owners, _ = encode_texts(self.tokenizer, texts, self.settings)
+        if max_batch_tokens is None:
+            max_batch_tokens = default_batch_tokens(self.device)
         # Longest first: batches hold similar lengths, so little padding; an out-of-memory shows at once.
-        order = sorted(range(len(input_ids)), key=lambda i: -len(input_ids[i]))
+        batches = token_budget_batches([len(ids) for ids in input_ids], max_batch_tokens or None, batch_size)
         num_labels = len(self.label_names)
         window_logits = np.zeros((len(input_ids), num_labels), dtype=np.float32)
         window_cls = np.zeros((len(input_ids), self.model.config.hidden_size), dtype=np.float32) if return_cls else None
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        batches = range(0, len(order), batch_size)
+        forward_passes = len(batches)
         if progress:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc="predict", unit="batch")
-        for start in batches:
-            rows = order[start:start + batch_size]
+        for rows in batches:
             out = self._forward([input_ids[i] for i in rows], pad_id, return_cls)
             window_logits[rows] = out.logits.float().cpu().numpy()
             if return_cls:
@@ -192,6 +203,7 @@ class SequenceClassifier:
         seconds = time.perf_counter() - started
         tokens = sum(len(x) for x in input_ids)
         stats = {"texts": len(texts), "model_inputs": len(input_ids), "tokens": tokens, "seconds": seconds,
+                 "forward_passes": forward_passes, "max_batch_tokens": max_batch_tokens or None,
                  "texts_per_second": len(texts) / seconds if seconds else None,
                  "tokens_per_second": tokens / seconds if seconds else None}
         return Predictions(self.label_names, self.multi_label, self.threshold, logits, cls_vectors, stats)

@@ -90,7 +90,8 @@ def run_predict(args: PredictArguments) -> dict:
     logger.info("%d texts from %s; model %s (%d labels, %s, max_length %d)", len(texts), args.input_file,
                 args.model_name_or_path, len(classifier.label_names), classifier.settings.truncation,
                 classifier.settings.max_length)
-    predictions = classifier.predict(texts, args.batch_size, return_cls=args.return_cls, progress=True)
+    predictions = classifier.predict(texts, args.batch_size, return_cls=args.return_cls, progress=True,
+                                     max_batch_tokens=args.max_batch_tokens)
     write_predictions(args.output_file, output_rows(rows, predictions, args.keep_fields, args.return_cls))
     stats = dict(predictions.stats)
     print(f"predicted {stats['texts']} texts ({stats['model_inputs']} model inputs, {stats['tokens']} tokens) in "

@@ -104,6 +104,35 @@ def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return input_ids, attention_mask
 
 
+# Padded tokens per forward pass on CPU. Per token, a CPU forward slows as its activations outgrow the
+# caches: a 12 x 768 BERT on 512-token texts ran 914 / 882 / 827 padded tokens/s at 4 / 8 / 32 rows in
+# fp32 and 1685 / 1506 / 1037 in bf16 (AVX512-BF16, 2 cores; benchmarks/classify_inference/RESULTS.md), and
+# the encoder 1.73 / 1.26 passages/s at 4 / 64 rows. A GPU wants large batches: there only ``batch_size``
+# bounds a batch.
+CPU_BATCH_TOKENS = 2048
+
+
+def default_batch_tokens(device: torch.device) -> int | None:
+    return CPU_BATCH_TOKENS if device.type == "cpu" else None
+
+
+def token_budget_batches(lengths: list[int], max_batch_tokens: int | None,
+                         max_rows: int | None = None) -> list[list[int]]:
+    """Indices of ``lengths`` longest first, cut so each batch's padded size (rows x longest) fits
+    ``max_batch_tokens`` and it holds at most ``max_rows`` rows (``None``: no bound of that kind); one
+    input longer than the budget runs alone."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        # Longest first: the first row of a batch sets its padded width.
+        if (batches and (max_rows is None or len(batches[-1]) < max_rows)
+                and (max_batch_tokens is None or (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_batch_tokens)):
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 class ClsOnlyLastLayer(torch.nn.Module):
     """A BERT-style encoder layer that computes its output at position 0 ([CLS]) only.
 
@@ -144,10 +173,23 @@ class ClsOnlyLastLayer(torch.nn.Module):
         return self.output(self.intermediate(attended), attended)  # (batch, 1, hidden): [CLS] only
 
 
+def last_layer_at_cls_only(model: torch.nn.Module) -> bool:
+    """Swap the last encoder layer of ``model`` (a base model, ``BertModel``-like) for ``ClsOnlyLastLayer``
+    where it fits; True if swapped. Only for a model whose caller reads the last layer's [CLS] alone and
+    does not train it. The layers must get the dense 4-D mask (sdpa, eager): flash kernels unpad instead."""
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    dense_mask = getattr(model.config, "_attn_implementation", None) in {"sdpa", "eager"}
+    if not (dense_mask and layers is not None and len(layers) and ClsOnlyLastLayer.fits(layers[-1])):
+        return False
+    layers[-1] = ClsOnlyLastLayer(layers[-1])
+    return True
+
+
 class DenseEncoder:
     """Encode queries and passages to L2-normalised vectors in length-sorted batches.
 
-    Batches are sorted by token count, so padding is nearly nil; ``from_pretrained`` with CLS pooling
+    Batches are sorted by token count, so padding is nearly nil, and hold at most ``batch_size`` texts and
+    ``max_batch_tokens`` padded tokens (default 2048 on CPU); ``from_pretrained`` with CLS pooling
     computes the last layer at [CLS] only (``ClsOnlyLastLayer``); ``bf16`` runs the forward pass under bf16 autocast
     (about 2x on CPU, cosine ~0.999 to fp32); vectors are returned as float32 numpy arrays.
     """
@@ -155,7 +197,7 @@ class DenseEncoder:
     def __init__(self, model, tokenizer, pooling: str = "cls", normalize: bool = True,
                  query_instruction: str = QUERY_INSTRUCTION, max_length: int = 512,
                  batch_size: int = 64, bf16: bool = False, device: str | None = None,
-                 passage_instruction: str = ""):
+                 passage_instruction: str = "", max_batch_tokens: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.pooling = pooling
@@ -167,6 +209,8 @@ class DenseEncoder:
         self.bf16 = bf16
         self.sort_chunk = 8192  # texts tokenized and length-sorted together (bounds memory on huge corpora)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        # Padded tokens a forward pass, besides batch_size rows (None: the device's default; 0: no bound).
+        self.max_batch_tokens = default_batch_tokens(self.device) if max_batch_tokens is None else max_batch_tokens or None
         self.model.to(self.device).eval()
 
     @classmethod
@@ -192,13 +236,10 @@ class DenseEncoder:
             raise ConfigError(f"{tokenizer_name or name_or_path}: cannot load a tokenizer "
                               f"({str(err).splitlines()[0]})") from None
         model = load_encoder_model(name_or_path, trust_remote_code)
-        layers = getattr(getattr(model, "encoder", None), "layer", None)
         # This model is ours alone (a model handed to __init__ may be in training): with CLS pooling
-        # its last layer needs only [CLS], where the layers get the dense 4-D mask (flash kernels unpad).
-        dense_mask = getattr(model.config, "_attn_implementation", None) in {"sdpa", "eager"}
-        if (pooling == "cls" and dense_mask and layers is not None and len(layers)
-                and ClsOnlyLastLayer.fits(layers[-1])):
-            layers[-1] = ClsOnlyLastLayer(layers[-1])
+        # its last layer needs only [CLS].
+        if pooling == "cls":
+            last_layer_at_cls_only(model)
         return cls(model, tokenizer, pooling=pooling, normalize=normalize, query_instruction=query_instruction,
                    passage_instruction=passage_instruction, **kwargs)
 
@@ -221,7 +262,7 @@ class DenseEncoder:
         if show_progress:
             from tqdm.auto import tqdm
 
-            progress = tqdm(total=-(-len(texts) // batch_size), desc="encode", unit="batch")
+            progress = tqdm(total=len(texts), desc="encode", unit="text")
         # Tokenize a chunk at once and batch it by token count, longest first: batches then hold
         # texts of (nearly) one length, so there is almost no padding (sorting by characters left
         # ~17% padding on the demo passages); the first batch shows the peak memory.
@@ -229,15 +270,13 @@ class DenseEncoder:
             chunk = [prompt + t for t in texts[chunk_start:chunk_start + self.sort_chunk]]
             ids = self.tokenizer(chunk, truncation=True, max_length=self.max_length,
                                  return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-            order = sorted(range(len(chunk)), key=lambda i: -len(ids[i]))
-            for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
+            for rows in token_budget_batches([len(x) for x in ids], self.max_batch_tokens, batch_size):
                 emb = self.pooled([ids[i] for i in rows])
                 if self.normalize:
                     emb = torch.nn.functional.normalize(emb, dim=-1)
                 vectors[[chunk_start + i for i in rows]] = emb.numpy()
                 if progress is not None:
-                    progress.update(1)
+                    progress.update(len(rows))
         if progress is not None:
             progress.close()
         return vectors

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from finbert2.retrieve.encoder import token_budget_batches
 from finbert2.serve.metrics import ServerMetrics
 
 
@@ -27,20 +28,6 @@ class _Pending:
     submitted: float
     outputs: list = field(default_factory=list)
     remaining: int = 0
-
-
-def token_budget_batches(lengths: list[int], max_batch_tokens: int) -> list[list[int]]:
-    """Indices of ``lengths`` longest first, cut so each batch's padded size (rows x longest) fits the
-    budget; one input longer than the budget runs alone."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    for i in order:
-        # Longest first: the first row of a batch sets its padded width.
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_batch_tokens:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
 
 
 class Batcher:
