@@ -64,9 +64,9 @@ def test_encode_texts_longer_than_the_limit(tokenizer, long_texts, strategy):
     assert owners == sorted(owners)
 
 
-def tiny_classifier(tokenizer, settings: LongTextSettings) -> SequenceClassifier:
+def tiny_classifier(tokenizer, settings: LongTextSettings, layers: int = 2) -> SequenceClassifier:
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128, num_labels=3,
                         id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2},
                         pad_token_id=tokenizer.pad_token_id)
@@ -121,13 +121,15 @@ def test_forward_passes_keep_to_the_token_budget_and_the_batch_size(tokenizer, l
     assert len(passes) == -(-windows // 5)
 
 
-def test_loaded_classifier_runs_its_last_layer_at_cls_only_with_equal_outputs(tokenizer, long_texts, tmp_path):
+@pytest.mark.parametrize("layers", [1, 2])
+def test_loaded_classifier_runs_its_last_layer_at_cls_only_with_equal_outputs(tokenizer, long_texts, tmp_path, layers):
     settings = LongTextSettings(max_length=64, truncation="chunk", chunk_overlap=8, max_chunks=4)
-    full = tiny_classifier(tokenizer, settings)
+    full = tiny_classifier(tokenizer, settings, layers)
     full.model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     loaded = SequenceClassifier.from_pretrained(str(tmp_path), device="cpu")
-    assert isinstance(loaded.model.bert.encoder.layer[-1], ClsOnlyLastLayer)  # the head reads [CLS] alone
+    # The head reads [CLS] alone; a 1-layer model keeps its layer (its hidden states would go unrecorded).
+    assert isinstance(loaded.model.bert.encoder.layer[-1], ClsOnlyLastLayer) == (layers > 1)
     assert list(loaded.model.state_dict()) == list(full.model.state_dict())
     expected = full.predict(long_texts, batch_size=3, return_cls=True)  # padded, length-sorted batches
     got = loaded.predict(long_texts, batch_size=3, return_cls=True)

@@ -176,10 +176,14 @@ class ClsOnlyLastLayer(torch.nn.Module):
 def last_layer_at_cls_only(model: torch.nn.Module) -> bool:
     """Swap the last encoder layer of ``model`` (a base model, ``BertModel``-like) for ``ClsOnlyLastLayer``
     where it fits; True if swapped. Only for a model whose caller reads the last layer's [CLS] alone and
-    does not train it. The layers must get the dense 4-D mask (sdpa, eager): flash kernels unpad instead."""
+    does not train it. The layers must get the dense 4-D mask (sdpa, eager): flash kernels unpad instead.
+
+    transformers 5 records ``hidden_states`` with hooks on its own layer classes and puts the final state
+    last: with the swap that tuple loses the second-to-last layer's entry, ``[-1]`` stays the [CLS] state.
+    A 1-layer model would record none at all, so it keeps its layer."""
     layers = getattr(getattr(model, "encoder", None), "layer", None)
     dense_mask = getattr(model.config, "_attn_implementation", None) in {"sdpa", "eager"}
-    if not (dense_mask and layers is not None and len(layers) and ClsOnlyLastLayer.fits(layers[-1])):
+    if not (dense_mask and layers is not None and len(layers) > 1 and ClsOnlyLastLayer.fits(layers[-1])):
         return False
     layers[-1] = ClsOnlyLastLayer(layers[-1])
     return True
