@@ -50,10 +50,8 @@ def main() -> None:
     info = common.print_header()
     from transformers import pipeline
 
-    import torch
-
-    from finbert2.classify.inference import SequenceClassifier, default_batch_tokens
-    from finbert2.retrieve.encoder import ClsOnlyLastLayer
+    from finbert2.classify.inference import SequenceClassifier
+    from finbert2.retrieve.encoder import ClsOnlyLastLayer, batch_token_bound
 
     texts, source = load_texts(args.texts)
     work = common.work_dir("clsbench_")
@@ -105,8 +103,7 @@ def main() -> None:
                   "model": common.size_description(args.size) + ", seeded random 3-label head",
                   "texts": len(texts), "source": source, "tokens_after_truncation": tokens,
                   "max_length": args.max_length, "ours_batch_size": args.batch_size,
-                  "ours_max_batch_tokens": args.max_batch_tokens or None if args.max_batch_tokens is not None
-                  else default_batch_tokens(torch.device("cpu")),
+                  "ours_max_batch_tokens": batch_token_bound(args.max_batch_tokens, ours.device),
                   "ours_last_layer_at_cls_only": isinstance(ours.model.base_model.encoder.layer[-1], ClsOnlyLastLayer),
                   "peer_bf16": "pipeline under torch.autocast('cpu', dtype=torch.bfloat16), fp32 weights",
                   "rows": rows}

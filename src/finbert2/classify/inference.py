@@ -23,7 +23,7 @@ from finbert2.classify.data import pool_by_owner
 from finbert2.classify.longtext import LongTextSettings, encode_texts
 from finbert2.errors import ConfigError
 from finbert2.modeling import load_tokenizer
-from finbert2.retrieve.encoder import default_batch_tokens, last_layer_at_cls_only, pad_batch, token_budget_batches
+from finbert2.retrieve.encoder import batch_token_bound, last_layer_at_cls_only, pad_batch, token_budget_batches
 
 logger = logging.getLogger(__name__)
 
@@ -179,10 +179,9 @@ class SequenceClassifier:
         bound elsewhere; 0: no token bound)."""
         started = time.perf_counter()
         input_ids, owners, _ = encode_texts(self.tokenizer, texts, self.settings)
-        if max_batch_tokens is None:
-            max_batch_tokens = default_batch_tokens(self.device)
+        max_batch_tokens = batch_token_bound(max_batch_tokens, self.device)
         # Longest first: batches hold similar lengths, so little padding; an out-of-memory shows at once.
-        batches = token_budget_batches([len(ids) for ids in input_ids], max_batch_tokens or None, batch_size)
+        batches = token_budget_batches([len(ids) for ids in input_ids], max_batch_tokens, batch_size)
         num_labels = len(self.label_names)
         window_logits = np.zeros((len(input_ids), num_labels), dtype=np.float32)
         window_cls = np.zeros((len(input_ids), self.model.config.hidden_size), dtype=np.float32) if return_cls else None
@@ -203,7 +202,7 @@ class SequenceClassifier:
         seconds = time.perf_counter() - started
         tokens = sum(len(x) for x in input_ids)
         stats = {"texts": len(texts), "model_inputs": len(input_ids), "tokens": tokens, "seconds": seconds,
-                 "forward_passes": forward_passes, "max_batch_tokens": max_batch_tokens or None,
+                 "forward_passes": forward_passes, "max_batch_tokens": max_batch_tokens,
                  "texts_per_second": len(texts) / seconds if seconds else None,
                  "tokens_per_second": tokens / seconds if seconds else None}
         return Predictions(self.label_names, self.multi_label, self.threshold, logits, cls_vectors, stats)

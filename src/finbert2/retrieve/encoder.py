@@ -112,8 +112,12 @@ def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 CPU_BATCH_TOKENS = 2048
 
 
-def default_batch_tokens(device: torch.device) -> int | None:
-    return CPU_BATCH_TOKENS if device.type == "cpu" else None
+def batch_token_bound(requested: int | None, device: torch.device) -> int | None:
+    """The padded-token bound of a forward pass: ``requested`` (0: none), or ``None`` asked -> the device's
+    default (``CPU_BATCH_TOKENS`` on CPU, none elsewhere)."""
+    if requested is None:
+        return CPU_BATCH_TOKENS if device.type == "cpu" else None
+    return requested or None
 
 
 def token_budget_batches(lengths: list[int], max_batch_tokens: int | None,
@@ -214,7 +218,7 @@ class DenseEncoder:
         self.sort_chunk = 8192  # texts tokenized and length-sorted together (bounds memory on huge corpora)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         # Padded tokens a forward pass, besides batch_size rows (None: the device's default; 0: no bound).
-        self.max_batch_tokens = default_batch_tokens(self.device) if max_batch_tokens is None else max_batch_tokens or None
+        self.max_batch_tokens = batch_token_bound(max_batch_tokens, self.device)
         self.model.to(self.device).eval()
 
     @classmethod
