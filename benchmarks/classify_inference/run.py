@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 import shutil
 import sys
 from pathlib import Path
@@ -93,6 +94,8 @@ def main() -> None:
                 "ratio_vs_pipeline_best": len(texts) / ours_s / sweep[best]["texts_per_second"],
                 "identical_labels_at_best": sweep[best]["identical_labels"],
                 "identical_labels_all_batch_sizes": all(v["identical_labels"] for v in sweep.values()),
+                # a random head may put every text in one class, which would make "identical" trivial
+                "ours_label_counts": dict(Counter(ours_labels)),
                 "ours_label_agreement_with_ours_fp32": None if fp32_labels is None else
                 sum(a == b for a, b in zip(ours_labels, fp32_labels)) / len(texts),
             }
