@@ -195,6 +195,9 @@ def from_pretrained_quietly(auto_class, name_or_path: str, **kwargs):
         raise ConfigError(f"{name_or_path}: checkpoint shapes do not fit {type(model).__name__} "
                           f"({', '.join(str(k) for k in list(info['mismatched_keys'])[:3])})")
     missing = _module_names(list(info.get("missing_keys") or []))
+    # Which modules start from the seed, for the stages that treat a new head specially (the MLM prior bias
+    # and head warm-up on an encoder that shipped without one).
+    model.new_module_names = missing
     if missing:
         output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         tied = (output is not None

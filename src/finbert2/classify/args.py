@@ -98,6 +98,18 @@ class DataArguments(LongTextArguments):
     early_stopping_patience: int = field(
         default=3, metadata={"help": "Stop after this many evaluations without validation improvement (0: off)."}
     )
+    pooling: str | None = field(
+        default=None,
+        metadata={"help": "The sentence vector the head reads: cls (the architecture's head; BERT: its pooler over "
+                  "[CLS]) or mean (masked mean of the last layer, BERT encoders). Default: mean for a model folder "
+                  "saved with mean pooling (e5, our retrievers), else cls. Saved with the model."},
+    )
+    head_init: str = field(
+        default="random",
+        metadata={"help": "random (from the seed) or probe: the head starts as a logistic regression fitted on the "
+                  "frozen features of the training split (linear probing, then fine-tuning)."},
+    )
+    probe_c: float = field(default=1.0, metadata={"help": "Inverse L2 strength of the probe's logistic regression."})
 
     def __post_init__(self):
         self.check_long_text()
@@ -109,6 +121,12 @@ class DataArguments(LongTextArguments):
             raise ConfigError("classify: threshold must be in (0, 1)")
         if self.label_list is not None and len(set(self.label_list)) != len(self.label_list):
             raise ConfigError("classify: label_list has duplicates")
+        if self.pooling is not None and self.pooling not in {"cls", "mean"}:
+            raise ConfigError(f"classify: pooling must be cls or mean, got {self.pooling!r}")
+        if self.head_init not in {"random", "probe"}:
+            raise ConfigError(f"classify: head_init must be random or probe, got {self.head_init!r}")
+        if self.probe_c <= 0:
+            raise ConfigError("classify: probe_c must be > 0")
 
 
 @dataclass

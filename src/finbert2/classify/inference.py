@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from finbert2.classify.data import pool_by_owner
 from finbert2.classify.longtext import LongTextSettings, encode_texts
@@ -37,7 +37,7 @@ class Predictions:
     multi_label: bool
     threshold: float
     logits: np.ndarray  # (n, k), window logits averaged per text
-    cls: np.ndarray | None = None  # (n, hidden), window [CLS] vectors averaged per text
+    cls: np.ndarray | None = None  # (n, hidden), the vector the head reads ([CLS] or mean) averaged per text
     stats: dict = field(default_factory=dict)
 
     @property
@@ -109,6 +109,7 @@ class SequenceClassifier:
         self.settings = settings or LongTextSettings(**stored.get("long_text", {}))
         self.multi_label = model.config.problem_type == "multi_label_classification"
         self.threshold = threshold if threshold is not None else float(stored.get("threshold", 0.5))
+        self.pooling = stored.get("pooling", "cls")  # the sentence vector the head reads (and return_cls gives)
         self.label_names = label_names_of(model.config)
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.model.to(self.device).eval()
@@ -122,9 +123,14 @@ class SequenceClassifier:
     def from_pretrained(cls, name_or_path: str, tokenizer_name: str | None = None, *, max_length: int | None = None,
                         truncation: str | None = None, threshold: float | None = None, device: str | None = None,
                         bf16: bool = False, trust_remote_code: bool = False) -> "SequenceClassifier":
+        from finbert2.classify.pooling import classifier_class
+
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                name_or_path, trust_remote_code=trust_remote_code, use_safetensors=True)
+            config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+            model_class = classifier_class(stored_settings(config).get("pooling", "cls"),
+                                           AutoModelForSequenceClassification)
+            model = model_class.from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
+                                                use_safetensors=True)
         except (OSError, ValueError) as err:
             raise ConfigError(f"{name_or_path}: cannot load a classifier ({str(err).splitlines()[0]})") from None
         # This model is ours alone (one handed to __init__ may be in training): its head reads [CLS] only.
@@ -161,6 +167,17 @@ class SequenceClassifier:
             return self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                               output_hidden_states=return_cls)
 
+    def sentence_vectors(self, last_hidden: torch.Tensor, rows: list[list[int]]) -> np.ndarray:
+        """The vector the head reads from each window: [CLS], or the mean over its real tokens."""
+        if self.pooling != "mean":
+            return last_hidden[:, 0].float().cpu().numpy()
+        from finbert2.classify.pooling import masked_mean
+
+        mask = torch.zeros(last_hidden.shape[:2], dtype=torch.long, device=last_hidden.device)
+        for i, ids in enumerate(rows):
+            mask[i, :len(ids)] = 1
+        return masked_mean(last_hidden.float(), mask).cpu().numpy()
+
     @torch.inference_mode()
     def window_logits(self, rows: list[list[int]]) -> np.ndarray:
         """Float32 logits of one batch of model inputs (``encode_texts`` windows): the server's batcher calls this."""
@@ -195,7 +212,7 @@ class SequenceClassifier:
             out = self._forward([input_ids[i] for i in rows], pad_id, return_cls)
             window_logits[rows] = out.logits.float().cpu().numpy()
             if return_cls:
-                window_cls[rows] = out.hidden_states[-1][:, 0].float().cpu().numpy()
+                window_cls[rows] = self.sentence_vectors(out.hidden_states[-1], [input_ids[i] for i in rows])
         owners_arr = np.asarray(owners, dtype=np.int64)
         logits = pool_by_owner(window_logits, owners_arr, len(texts))
         cls_vectors = pool_by_owner(window_cls, owners_arr, len(texts)) if return_cls else None

@@ -6,7 +6,8 @@
 
 Model selection is honest: the best checkpoint, early stopping and the multi-label threshold are
 chosen on the validation split only (given, or carved from train, stratified); the test split is
-scored once, at the end. The output folder loads with ``AutoModelForSequenceClassification``.
+scored once, at the end. The output folder loads with ``AutoModelForSequenceClassification`` (a
+``--pooling mean`` one with ``SequenceClassifier.from_pretrained``, see ``finbert2.classify.pooling``).
 """
 
 from __future__ import annotations
@@ -31,10 +32,19 @@ from finbert2.classify.data import PadCollator, class_weights, encode_split, lab
 from finbert2.classify.inference import CONFIG_KEY, Predictions, SequenceClassifier
 from finbert2.classify.longtext import LongTextSettings
 from finbert2.classify.metrics import majority_macro_f1, summary_metrics, write_split_report
+from finbert2.classify.pooling import (
+    check_mean_pooling_supported,
+    classifier_class,
+    classifier_inputs,
+    default_pooling,
+    fit_probe,
+    probe_logits,
+    set_head_from_probe,
+)
 from finbert2.data import write_jsonl
 from finbert2.errors import ConfigError
 from finbert2.guards import prediction_collapse, record_collapse
-from finbert2.modeling import ModelArguments, load_model, tokenizer_for
+from finbert2.modeling import ModelArguments, load_model, model_config, tokenizer_for
 from finbert2.run import RunArguments, peak_memory_mb, prepare_output_dir, setup_logging, write_metrics, write_run_config
 from finbert2.training import checkpoint_step, plot_loss_curves, resume_checkpoint, standard_callbacks
 
@@ -90,6 +100,30 @@ def prediction_rows(texts, gold, predictions: Predictions) -> list[dict]:
     ]
 
 
+def initialise_head_from_probe(model, tokenizer, train_set, val_set, val_targets: np.ndarray, num_labels: int,
+                               multi_label: bool, data_args: DataArguments, training_args) -> dict:
+    """Fit a logistic regression on the frozen classifier-layer inputs of the training windows and start the head
+    from it; returns the probe's validation scores (``probe_eval_*``), which the fine-tuning run's untrained
+    row equals."""
+    pad_id = tokenizer.pad_token_id or 0
+    started = time.perf_counter()
+    train_features = classifier_inputs(model, train_set.input_ids, pad_id, training_args.per_device_eval_batch_size)
+    window_targets = train_set.targets[train_set.owners]
+    if not multi_label:
+        window_targets = window_targets.astype(np.int64)
+    probe = fit_probe(train_features, window_targets, num_labels, multi_label, data_args.probe_c, training_args.seed)
+    set_head_from_probe(model, probe, num_labels, multi_label)
+    val_features = classifier_inputs(model, val_set.input_ids, pad_id, training_args.per_device_eval_batch_size)
+    logits = pool_by_owner(probe_logits(probe, val_features, num_labels, multi_label), val_set.owners,
+                           len(val_targets))
+    predicted = Predictions([str(i) for i in range(num_labels)], multi_label, data_args.threshold, logits).predicted()
+    scores = {f"probe_eval_{k}": v for k, v in summary_metrics(val_targets, predicted, num_labels).items()}
+    logger.info("head initialised from a logistic-regression probe (C=%g) on %d frozen training features in %.1f s: "
+                "validation %s", data_args.probe_c, len(train_features), time.perf_counter() - started,
+                {k: round(v, 4) for k, v in scores.items()})
+    return scores
+
+
 def run_train(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
               run_args: RunArguments) -> dict:
     started = time.perf_counter()
@@ -116,9 +150,13 @@ def run_train(model_args: ModelArguments, data_args: DataArguments, training_arg
                 label_names, len(splits.train.texts), len(splits.validation.texts),
                 len(splits.test.texts) if splits.test else 0)
 
+    pooling = data_args.pooling or default_pooling(model_args.model_name_or_path)
+    if pooling == "mean" and model_args.model_name_or_path:
+        check_mean_pooling_supported(model_args.model_name_or_path,
+                                     model_config(model_args.model_name_or_path, model_args.trust_remote_code).model_type)
     set_seed(training_args.seed)  # the new head (and a from-scratch encoder) start from the seed
     model = load_model(
-        AutoModelForSequenceClassification, model_args, tokenizer,
+        classifier_class(pooling, AutoModelForSequenceClassification), model_args, tokenizer,
         num_labels=num_labels, id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)},
         problem_type="multi_label_classification" if multi_label else "single_label_classification",
@@ -127,13 +165,20 @@ def run_train(model_args: ModelArguments, data_args: DataArguments, training_arg
     if max_positions and settings.max_length > max_positions:
         raise ConfigError(f"classify: max_length {settings.max_length} exceeds the model's {max_positions} positions")
     # Stored in config.json, so inference applies the same long-text handling and threshold.
-    setattr(model.config, CONFIG_KEY, {"long_text": settings.to_dict(), "threshold": data_args.threshold})
+    setattr(model.config, CONFIG_KEY, {"long_text": settings.to_dict(), "threshold": data_args.threshold,
+                                       "pooling": pooling})
+    logger.info("the head reads %s", "the masked mean of the last layer" if pooling == "mean"
+                else f"{type(model).__name__}'s own pooling ([CLS])")
 
     train_set = encode_split(tokenizer, splits.train, label_names, settings)
     val_set = encode_split(tokenizer, splits.validation, label_names, settings)
     val_targets = label_targets(splits.validation, label_names)
     logger.info("%d training inputs from %d texts (%s, max_length %d)", len(train_set), len(splits.train.texts),
                 settings.truncation, settings.max_length)
+    probe_metrics = {}
+    if data_args.head_init == "probe":
+        probe_metrics = initialise_head_from_probe(model, tokenizer, train_set, val_set, val_targets, num_labels,
+                                                   multi_label, data_args, training_args)
 
     callbacks = standard_callbacks(output_dir, run_args.skip_nonfinite_steps)  # loss log + NaN/inf guard
     if data_args.early_stopping_patience > 0 and training_args.load_best_model_at_end:
@@ -177,7 +222,8 @@ def run_train(model_args: ModelArguments, data_args: DataArguments, training_arg
         threshold, score = tune_threshold(val_pred.probabilities, val_targets, num_labels)
         logger.info("threshold tuned on validation: %.2f (macro-F1 %.4f)", threshold, score)
         classifier.threshold = val_pred.threshold = threshold
-    setattr(trainer.model.config, CONFIG_KEY, {"long_text": settings.to_dict(), "threshold": threshold})
+    setattr(trainer.model.config, CONFIG_KEY, {"long_text": settings.to_dict(), "threshold": threshold,
+                                               "pooling": pooling})
     trainer.save_model(str(output_dir))  # model + config (label maps, long-text settings) + tokenizer
 
     metrics: dict = {
@@ -193,6 +239,8 @@ def run_train(model_args: ModelArguments, data_args: DataArguments, training_arg
         "best_checkpoint_step": checkpoint_step(best_checkpoint) if best_checkpoint else None,
     }
     metrics.update({f"initial_eval_{k}": v for k, v in initial.items()})
+    metrics.update(probe_metrics)
+    metrics["pooling"], metrics["head_init"] = pooling, data_args.head_init
     if not multi_label:
         metrics["eval_majority_macro_f1"] = majority_macro_f1(val_targets, num_labels)
     metrics.update(write_split_report(output_dir, "eval", val_targets, val_pred.predicted(), label_names))

@@ -46,8 +46,10 @@ def write_retrieval_split(output_dir: Path, train_rows: list[dict], corpus: list
 
 def run_retrieval_converter(argv: list[str] | None, prog: str, description: str, input_default: str,
                             input_help: str, test_fraction_help: str,
-                            convert: Callable[..., dict[str, int]]) -> int:
-    """Parse, convert, print the counts; bad input is one ``error: path:line: reason`` line and exit 2."""
+                            convert: Callable[..., dict[str, int]], extra_options: dict[str, dict] | None = None) -> int:
+    """Parse, convert, print the counts; bad input is one ``error: path:line: reason`` line and exit 2.
+    ``extra_options`` (flag name -> ``add_argument`` keywords) are a converter's own flags, passed to ``convert``
+    by name."""
 
     def parse_and_convert(argv: list[str]) -> int:
         parser = argparse.ArgumentParser(prog=prog, description=description)
@@ -59,13 +61,16 @@ def run_retrieval_converter(argv: list[str] | None, prog: str, description: str,
                                  "choosing settings; its passages are neither positives nor negatives in train.jsonl.")
         parser.add_argument("--negatives", type=int, default=7, help="Random negatives per training row.")
         parser.add_argument("--seed", type=int, default=42)
+        for name, options in (extra_options or {}).items():
+            parser.add_argument(f"--{name}", **options)
         args = parser.parse_args(argv)
         if not 0 < args.test_fraction < 1:
             raise ConfigError("--test_fraction must be in (0, 1)")
         if not 0 <= args.validation_fraction < 1 - args.test_fraction:
             raise ConfigError("--validation_fraction must be in [0, 1 - test_fraction)")
         counts = convert(Path(args.input_dir), Path(args.output_dir), args.test_fraction, args.negatives, args.seed,
-                         validation_fraction=args.validation_fraction)
+                         validation_fraction=args.validation_fraction,
+                         **{name: getattr(args, name) for name in extra_options or {}})
         print(" ".join(f"{k}={v}" for k, v in counts.items()))
         return 0
 

@@ -23,6 +23,7 @@ from finbert2.errors import ConfigError
 from finbert2.modeling import ModelArguments
 from finbert2.pretrain.args import PretrainDataArguments
 from finbert2.pretrain.data import PretrainDataset
+from finbert2.pretrain.headless import HeadlessStartArguments
 from finbert2.pretrain.modeling import BertForMaskedPositionsLM
 from finbert2.pretrain.runner import finish, run_pretraining
 from finbert2.pretrain.whole_word_masking import WholeWordMaskCollator, premask
@@ -41,10 +42,11 @@ def mlm_collators(data_args: PretrainDataArguments):
 
 
 def run(model_args: ModelArguments, data_args: PretrainDataArguments, training_args: TrainingArguments,
-        run_args: RunArguments, callbacks=()) -> dict:
+        run_args: RunArguments, callbacks=(), headless_args: HeadlessStartArguments | None = None) -> dict:
     metrics = run_pretraining(
         "mlm", model_args, data_args, training_args, run_args,
         model_class=BertForMaskedPositionsLM, make_collators=mlm_collators(data_args), callbacks=callbacks,
+        headless_args=headless_args,
     )
     if metrics.get("eval_loss") is not None:
         metrics["perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
@@ -53,12 +55,13 @@ def run(model_args: ModelArguments, data_args: PretrainDataArguments, training_a
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        model_args, data_args, training_args, run_args = parse_args(
-            (ModelArguments, PretrainDataArguments, PrecisionTrainingArguments, RunArguments), argv, prog="finbert2 mlm")
+        model_args, data_args, headless_args, training_args, run_args = parse_args(
+            (ModelArguments, PretrainDataArguments, HeadlessStartArguments, PrecisionTrainingArguments, RunArguments),
+            argv, prog="finbert2 mlm")
     except ValueError as err:  # TrainingArguments' own validation (e.g. bf16 without hardware support)
         raise ConfigError(f"mlm: {str(err).splitlines()[0]}") from None
     setup_logging()
-    run(model_args, data_args, training_args, run_args)
+    run(model_args, data_args, training_args, run_args, headless_args=headless_args)
     return 0
 
 

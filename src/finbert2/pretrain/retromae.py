@@ -26,6 +26,7 @@ from finbert2.errors import ConfigError
 from finbert2.modeling import ModelArguments
 from finbert2.pretrain.args import PretrainDataArguments, RetroMAEArguments
 from finbert2.pretrain.data import PretrainDataset
+from finbert2.pretrain.headless import HeadlessStartArguments
 from finbert2.pretrain.modeling import RetroMAEForPretraining
 from finbert2.pretrain.runner import finish, run_pretraining
 from finbert2.pretrain.whole_word_masking import EVAL_EPOCH, IGNORE_INDEX, WholeWordMaskCollator, example_generator
@@ -119,7 +120,8 @@ def retromae_collators(data_args: PretrainDataArguments, retromae_args: RetroMAE
 
 
 def run(model_args: ModelArguments, data_args: PretrainDataArguments, retromae_args: RetroMAEArguments,
-        training_args: TrainingArguments, run_args: RunArguments, callbacks=()) -> dict:
+        training_args: TrainingArguments, run_args: RunArguments, callbacks=(),
+        headless_args: HeadlessStartArguments | None = None) -> dict:
     from finbert2.retrieve.encoder import saved_sentence_settings
 
     start = saved_sentence_settings(model_args.model_name_or_path) if model_args.model_name_or_path else {}
@@ -132,20 +134,20 @@ def run(model_args: ModelArguments, data_args: PretrainDataArguments, retromae_a
         "retromae", model_args, data_args, training_args, run_args,
         model_class=RetroMAEForPretraining, make_collators=retromae_collators(data_args, retromae_args),
         loss_components=LOSS_COMPONENTS, extra_args=(retromae_args,), callbacks=callbacks,
-        configure_model=configure, sentence_pooling=retromae_args.sentence_pooling,
+        configure_model=configure, sentence_pooling=retromae_args.sentence_pooling, headless_args=headless_args,
     )
     return finish(training_args.output_dir, metrics, training_args.process_index == 0)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        model_args, data_args, retromae_args, training_args, run_args = parse_args(
-            (ModelArguments, PretrainDataArguments, RetroMAEArguments, PrecisionTrainingArguments, RunArguments), argv,
-            prog="finbert2 retromae")
+        model_args, data_args, retromae_args, headless_args, training_args, run_args = parse_args(
+            (ModelArguments, PretrainDataArguments, RetroMAEArguments, HeadlessStartArguments,
+             PrecisionTrainingArguments, RunArguments), argv, prog="finbert2 retromae")
     except ValueError as err:  # TrainingArguments' own validation (e.g. bf16 without hardware support)
         raise ConfigError(f"retromae: {str(err).splitlines()[0]}") from None
     setup_logging()
-    run(model_args, data_args, retromae_args, training_args, run_args)
+    run(model_args, data_args, retromae_args, training_args, run_args, headless_args=headless_args)
     return 0
 
 

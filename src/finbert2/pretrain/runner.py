@@ -20,6 +20,20 @@ from finbert2.guards import embedding_collapse, record_collapse
 from finbert2.modeling import ModelArguments, load_model, tokenizer_for
 from finbert2.pretrain.args import PretrainDataArguments
 from finbert2.pretrain.data import EpochMaskedDataset, PretrainDataset, build_datasets
+from finbert2.pretrain.headless import (
+    HeadlessStartArguments,
+    HeadWarmupCallback,
+    RetrievalProbe,
+    grouped_parameters,
+    per_group_schedule,
+    planned_steps,
+    resolve_head_warmup,
+    retrieval_damage,
+    set_prior_bias,
+    unigram_cross_entropy,
+    unigram_log_prior,
+    uses_prior_bias,
+)
 from finbert2.pretrain.modeling import save_encoder
 from finbert2.retrieve.encoder import inherit_sentence_settings
 from finbert2.run import (
@@ -40,20 +54,62 @@ from finbert2.training import (
 logger = logging.getLogger("finbert2.pretrain")
 
 INITIAL_EVAL_FILE = "initial_eval.json"  # the held-out losses before training, kept for resumed runs
+RECIPE_LOG_FIELDS = ["head_learning_rate", "encoder_learning_rate", "eval_ndcg_at_10"]  # loss_log.csv columns
 
 
 class PretrainTrainer(Trainer):
-    """``Trainer`` that also logs the loss components a model returns (RetroMAE: encoder and decoder).
+    """``Trainer`` that also logs the loss components a model returns (RetroMAE: encoder and decoder),
+    trains a new head and the encoder at their own learning rates, and scores zero-shot retrieval.
 
     Only public hooks are overridden: ``compute_loss`` notes the components of each training
-    batch, ``log`` adds their mean since the previous log line.
+    batch, ``log`` adds their mean since the previous log line; ``create_optimizer`` and
+    ``create_scheduler`` give the head and the encoder their own learning rate and schedule (only when
+    ``encoder_learning_rate`` or ``head_warmup_steps`` is set); ``evaluate`` adds the retrieval probe's
+    metrics (``eval_ndcg_at_10``, usable as ``metric_for_best_model``).
     """
 
-    def __init__(self, *args, loss_components: Sequence[str] = (), **kwargs):
+    def __init__(self, *args, loss_components: Sequence[str] = (), head_warmup_steps: int = 0,
+                 encoder_learning_rate: float | None = None, retrieval_probe: RetrievalProbe | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_components = tuple(loss_components)
         self._component_sums = {name: 0.0 for name in self.loss_components}
         self._component_count = 0
+        self.head_warmup_steps = head_warmup_steps
+        self.encoder_learning_rate = encoder_learning_rate
+        self.retrieval_probe = retrieval_probe
+
+    @property
+    def per_part_learning_rates(self) -> bool:
+        return self.head_warmup_steps > 0 or self.encoder_learning_rate is not None
+
+    def create_optimizer(self, model=None):
+        if not self.per_part_learning_rates or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        encoder_lr = self.args.learning_rate if self.encoder_learning_rate is None else self.encoder_learning_rate
+        groups = grouped_parameters(opt_model, set(self.get_decay_parameter_names(opt_model)), self.args.weight_decay,
+                                    self.args.learning_rate, encoder_lr)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if not self.per_part_learning_rates or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        self.lr_scheduler = per_group_schedule(optimizer or self.optimizer, self.args, num_training_steps,
+                                               self.head_warmup_steps)
+        return self.lr_scheduler
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        if self.retrieval_probe is not None and eval_dataset is None:
+            encoder = self.accelerator.unwrap_model(self.model).bert
+            scores = {f"{metric_key_prefix}_{k}": v
+                      for k, v in self.retrieval_probe(encoder, self.args.device, self.args.bf16).items()}
+            self.log(scores)
+            metrics.update(scores)
+        return metrics
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
@@ -64,6 +120,10 @@ class PretrainTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self.per_part_learning_rates and self.lr_scheduler is not None:
+            rates = {g.get("part"): lr for g, lr in zip(self.optimizer.param_groups, self.lr_scheduler.get_last_lr())}
+            logs["encoder_learning_rate"] = rates.get("encoder", 0.0)
+            logs["head_learning_rate"] = rates.get("head", 0.0)
         if "loss" in logs and self._component_count:
             for name in self.loss_components:
                 logs[name] = round(self._component_sums[name] / self._component_count, 4)
@@ -157,6 +217,7 @@ def run_pretraining(
     callbacks: Sequence[TrainerCallback] = (),
     configure_model: Callable | None = None,
     sentence_pooling: str | None = None,
+    headless_args: HeadlessStartArguments | None = None,
 ) -> dict:
     """Train ``model_class`` on the corpus of ``data_args``; returns the metrics written to ``metrics.json``.
 
@@ -165,8 +226,10 @@ def run_pretraining(
     evaluation set with its masks drawn once. ``configure_model`` adjusts the built model (RetroMAE:
     its sentence pooling). The saved encoder keeps the starting model's sentence-transformers
     settings (pooling, prompts; ``sentence_pooling`` overrides the pooling), so later stages embed
-    it as it was pretrained.
+    it as it was pretrained. ``headless_args`` set the recipe for a checkpoint whose head is new
+    (``finbert2.pretrain.headless``): prior bias, head warm-up, encoder learning rate, retrieval probe.
     """
+    headless_args = headless_args or HeadlessStartArguments()
     output_dir = Path(training_args.output_dir)
     # Refuse a finished run before any work; everything else is validated before output_dir is touched.
     if is_finished_run(output_dir) and not run_args.overwrite_output_dir:
@@ -177,14 +240,39 @@ def run_pretraining(
     if model_args.model_name_or_path is None and data_args.max_seq_length > model_args.tiny_max_position_embeddings:
         raise ConfigError(f"{stage}: max_seq_length exceeds tiny_max_position_embeddings")
 
-    is_main = start_training_run(output_dir, training_args, run_args, model_args, data_args, *extra_args, stage=stage,
-                                 data_summary=data_summary)
+    pooling = sentence_pooling or start_pooling(model_args.model_name_or_path)
+    probe = retrieval_probe(headless_args, model_args.model_name_or_path, tokenizer, pooling)
+    is_main = start_training_run(output_dir, training_args, run_args, model_args, data_args, headless_args,
+                                 *extra_args, stage=stage, data_summary=data_summary)
 
     model = build_model(model_class, model_args, tokenizer, training_args.seed)
     if configure_model is not None:
         configure_model(model)
     collator, eval_masked = make_collators(tokenizer, eval_dataset, training_args.seed)
     train_masked = EpochMaskedDataset(train_dataset, collator.mask_example, training_args.seed)
+
+    # The context-free bound (the corpus's unigram model on the held-out masked tokens) and, for a new head,
+    # the decoder bias started at that prior; then the head warm-up and the encoder's own learning rate.
+    log_prior = unigram_log_prior([e["input_ids"] for e in train_dataset.examples], model.config.vocab_size,
+                                  structural_token_ids(tokenizer), headless_args.prior_smoothing)
+    recipe: dict = {"unigram_cross_entropy": unigram_cross_entropy(
+        log_prior, [e["labels"] for e in eval_masked.examples if "labels" in e])}
+    recipe["prior_bias"] = uses_prior_bias(headless_args, model)
+    if recipe["prior_bias"]:
+        set_prior_bias(model, log_prior)
+        logger.info("MLM decoder bias set to the corpus's log unigram prior (add-%g smoothing)",
+                    headless_args.prior_smoothing)
+    recipe["head_warmup_steps"] = resolve_head_warmup(headless_args, model, planned_steps(training_args,
+                                                                                            len(train_dataset)))
+    recipe["encoder_learning_rate"] = (training_args.learning_rate if headless_args.encoder_learning_rate is None
+                                       else headless_args.encoder_learning_rate)
+    logger.info("unigram cross-entropy of the held-out masked tokens: %s nats; head warm-up %d steps; "
+                "learning rates: head %g, encoder %g", recipe["unigram_cross_entropy"], recipe["head_warmup_steps"],
+                training_args.learning_rate, recipe["encoder_learning_rate"])
+    warmup_callbacks = []
+    if recipe["head_warmup_steps"]:
+        warmup_callbacks.append(HeadWarmupCallback(model, recipe["head_warmup_steps"]))
+        training_args.ddp_find_unused_parameters = True  # the frozen encoder has no gradient during the warm-up
     # Count real (non-padding) tokens for train_tokens_per_second; keep every column for our collator.
     training_args.include_num_input_tokens_seen = "non_padding"
     training_args.remove_unused_columns = False
@@ -196,10 +284,13 @@ def run_pretraining(
         eval_dataset=eval_masked if len(eval_masked) else None,
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=[LossLogCallback(output_dir, extra_fields=list(loss_components)),
+        callbacks=[LossLogCallback(output_dir, extra_fields=[*loss_components, *RECIPE_LOG_FIELDS]),
                    NonFiniteGuardCallback(output_dir, skip=run_args.skip_nonfinite_steps), EpochCallback(train_masked),
-                   session_tokens, *callbacks],
+                   session_tokens, *warmup_callbacks, *callbacks],
         loss_components=loss_components,
+        head_warmup_steps=recipe["head_warmup_steps"],
+        encoder_learning_rate=headless_args.encoder_learning_rate,
+        retrieval_probe=probe,
     )
 
     checkpoint = resume_checkpoint(output_dir, training_args.resume_from_checkpoint)
@@ -208,6 +299,8 @@ def run_pretraining(
         initial = json.loads(initial_path.read_text(encoding="utf-8"))
     else:
         initial = evaluate_losses(trainer, eval_masked, loss_components)
+        if probe is not None:
+            initial.update({f"eval_{k}": v for k, v in probe(model.bert, training_args.device, training_args.bf16).items()})
         if is_main:
             initial_path.write_text(json.dumps(initial, indent=2), encoding="utf-8")
     logger.info("held-out losses before training: %s", initial)
@@ -216,6 +309,9 @@ def run_pretraining(
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     session_seconds = time.perf_counter() - started
     final = evaluate_losses(trainer, eval_masked, loss_components)
+    if probe is not None:
+        final.update({f"eval_{k}": v
+                      for k, v in probe(trainer.model.bert, training_args.device, training_args.bf16).items()})
     logger.info("held-out losses after training: %s", final)
 
     metrics: dict = {
@@ -232,6 +328,18 @@ def run_pretraining(
         "peak_memory_mb": peak_memory_mb(),
         **data_summary,
     }
+    metrics.update(recipe)
+    mlm_loss = final.get("eval_encoder_mlm_loss", final.get("eval_loss"))  # RetroMAE: its encoder's MLM loss
+    if mlm_loss is not None and recipe["unigram_cross_entropy"] is not None:
+        metrics["eval_mlm_loss_below_unigram"] = round(recipe["unigram_cross_entropy"] - mlm_loss, 6)
+    damage = None
+    if probe is not None:
+        damage = retrieval_damage(initial.get("eval_ndcg_at_10"), final.get("eval_ndcg_at_10"),
+                                  headless_args.retrieval_damage_tolerance)
+        metrics["embedding_damaged"] = damage is not None
+        if damage:
+            logger.warning(damage)
+            metrics["embedding_damage_reason"] = damage
     check_set = train_dataset if len(eval_dataset) < 2 else eval_dataset
     metrics["sentence_mean_cosine"], collapse = embedding_collapse(
         sentence_vectors(trainer.model, check_set, tokenizer.pad_token_id or 0, sentence_pooling or "mean"))
@@ -248,6 +356,31 @@ def run_pretraining(
         plot_loss_curves(output_dir, title=f"{stage}: {output_dir.name}")
     training_args.distributed_state.wait_for_everyone()
     return metrics
+
+
+def structural_token_ids(tokenizer) -> list[int]:
+    """Special tokens that are never a masked word ([CLS], [SEP], padding, [MASK]); the unknown token is one."""
+    return [i for i in tokenizer.all_special_ids if i != tokenizer.unk_token_id]
+
+
+def start_pooling(model_name_or_path: str | None) -> str:
+    """The pooling the starting model was trained with (its sentence-transformers folder), else cls."""
+    from finbert2.retrieve.encoder import saved_sentence_settings
+
+    return saved_sentence_settings(model_name_or_path).get("pooling", "cls") if model_name_or_path else "cls"
+
+
+def retrieval_probe(args: HeadlessStartArguments, model_name_or_path: str | None, tokenizer,
+                    pooling: str) -> RetrievalProbe | None:
+    """The zero-shot retrieval probe on ``eval_retrieval_data`` (read and checked before any work), or None."""
+    if not args.eval_retrieval_data:
+        return None
+    from finbert2.data import read_retrieval_eval
+    from finbert2.retrieve.encoder import resolve_prompts
+
+    data = read_retrieval_eval(args.eval_retrieval_data, split=args.eval_retrieval_split)
+    query_prompt, passage_prompt = resolve_prompts(model_name_or_path)
+    return RetrievalProbe(data, tokenizer, pooling, query_prompt, passage_prompt, args.eval_retrieval_max_length)
 
 
 def finish(output_dir: str | Path, metrics: dict, is_main: bool) -> dict:

@@ -31,7 +31,11 @@ class RetrieverDataArguments:
     train_group_size: int = field(
         default=8, metadata={"help": "Passages per query: 1 positive + (group size - 1) hard negatives (upstream: 15)."}
     )
-    query_max_len: int = field(default=64, metadata={"help": "Longest query in tokens, instruction included (upstream: 512)."})
+    query_max_len: int | None = field(
+        default=None,
+        metadata={"help": "Longest query in tokens, instruction included (upstream: 512). Default: the longest training "
+                  "query (up to passage_max_len); a smaller value logs how many it cuts. Saved with the model, so "
+                  "evaluate, mine, index and serve cut queries where training did."})
     passage_max_len: int = field(default=256, metadata={"help": "Longest passage in tokens (upstream: 512)."})
     pad_to_multiple_of: int | None = field(
         default=8, metadata={"help": "Pad batches to a multiple of this (8 suits GPU tensor cores); 0: to the longest "
@@ -47,6 +51,9 @@ class RetrieverDataArguments:
                                 "document prompt (e5: 'passage: '), else none (upstream)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
     eval_k: int = field(default=100, metadata={"help": "Documents retrieved per query in evaluation."})
+    early_stopping_patience: int = field(
+        default=0, metadata={"help": "With eval_data: stop after this many evaluations without a better "
+                             "metric_for_best_model (0: off); the best checkpoint is kept either way."})
 
     def __post_init__(self):
         if not self.train_data:

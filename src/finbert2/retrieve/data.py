@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch.utils.data import Dataset
 
 from finbert2.retrieve.modeling import text_ids
@@ -16,7 +17,9 @@ class ContrastiveGroupDataset(Dataset):
 
     The positive is drawn from ``pos`` and the negatives from ``neg`` (without replacement when there
     are enough, else repeated, as FlagEmbedding does); draws depend on ``seed``, the epoch and the
-    row, so a resumed run sees the same groups.
+    row, so a resumed run sees the same groups. Each group also carries the text ids of *all* its row's
+    positives (padded with -1 to the widest row, the same width on every rank), so the loss never treats
+    another positive of the query as a negative.
     """
 
     def __init__(self, rows: list[dict[str, Any]], group_size: int, query_instruction: str = "",
@@ -27,6 +30,7 @@ class ContrastiveGroupDataset(Dataset):
         self.passage_instruction = passage_instruction
         self.seed = seed
         self.epoch = 0
+        self.positive_width = max((len(r["pos"]) for r in rows), default=1)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -46,9 +50,11 @@ class ContrastiveGroupDataset(Dataset):
             negatives = rng.sample(negatives, wanted)
         else:
             negatives = [rng.choice(negatives) for _ in range(wanted)] if wanted else []
+        positive_ids = text_ids([self.passage_instruction + p for p in row["pos"]]).tolist()
         return {
             "query": self.query_instruction + row["query"],
             "passages": [self.passage_instruction + p for p in [positive, *negatives]],
+            "positive_ids": positive_ids + [-1] * (self.positive_width - len(positive_ids)),
         }
 
 
@@ -72,4 +78,6 @@ class ContrastiveCollator:
             # text ids: the loss leaves in-batch copies of a query's positive out of its negatives
             "query_ids": text_ids(queries),
             "passage_ids": text_ids(passages),
+            **({"positive_ids": torch.tensor([g["positive_ids"] for g in groups], dtype=torch.long)}
+               if all("positive_ids" in g for g in groups) else {}),
         }

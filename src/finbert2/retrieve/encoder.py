@@ -43,7 +43,8 @@ def saved_sentence_settings(name_or_path: str) -> dict:
     A retriever fine-tuned with mean pooling and e5's ``query: ``/``passage: `` prompts must be
     encoded that way: reading the folder's own ``modules.json`` and
     ``config_sentence_transformers.json`` keeps every command (evaluate, mine, index, topics)
-    consistent with training. Keys: ``pooling``, ``normalize``, ``prompts`` (each only when saved).
+    consistent with training. Keys: ``pooling``, ``normalize``, ``prompts``, and ``query_max_length`` /
+    ``passage_max_length`` (the token limits a retriever was trained with), each only when saved.
     """
     folder = Path(name_or_path)
     modules_file = folder / "modules.json"
@@ -62,6 +63,10 @@ def saved_sentence_settings(name_or_path: str) -> dict:
                     settings["pooling"] = mode
                 else:
                     raise ConfigError(f"{folder}: pooling {pooling} is not supported (cls or mean)")
+        lengths_file = folder / RETRIEVAL_LENGTHS_FILE
+        if lengths_file.is_file():
+            lengths = json.loads(lengths_file.read_text(encoding="utf-8"))
+            settings.update({k: int(v) for k, v in lengths.items() if k in {"query_max_length", "passage_max_length"}})
         st_config = folder / "config_sentence_transformers.json"
         if st_config.is_file():
             prompts = json.loads(st_config.read_text(encoding="utf-8")).get("prompts")
@@ -205,7 +210,8 @@ class DenseEncoder:
     def __init__(self, model, tokenizer, pooling: str = "cls", normalize: bool = True,
                  query_instruction: str = QUERY_INSTRUCTION, max_length: int = 512,
                  batch_size: int = 64, bf16: bool = False, device: str | None = None,
-                 passage_instruction: str = "", max_batch_tokens: int | None = None):
+                 passage_instruction: str = "", max_batch_tokens: int | None = None,
+                 query_max_length: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.pooling = pooling
@@ -213,6 +219,8 @@ class DenseEncoder:
         self.query_instruction = query_instruction or ""
         self.passage_instruction = passage_instruction or ""
         self.max_length = max_length
+        # queries are cut where the retriever was trained to see them (default: the passages' limit)
+        self.query_max_length = query_max_length
         self.batch_size = batch_size
         self.bf16 = bf16
         self.sort_chunk = 8192  # texts tokenized and length-sorted together (bounds memory on huge corpora)
@@ -237,6 +245,8 @@ class DenseEncoder:
                            saved["pooling"], pooling)
         pooling = pooling or saved.get("pooling", "cls")
         normalize = saved.get("normalize", True) if normalize is None else normalize
+        if "query_max_length" in saved:
+            kwargs.setdefault("query_max_length", saved["query_max_length"])
         try:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_name or name_or_path,
                                                       trust_remote_code=trust_remote_code)
@@ -262,9 +272,11 @@ class DenseEncoder:
 
     @torch.inference_mode()
     def encode(self, texts: list[str], prompt: str = "", batch_size: int | None = None,
-               show_progress: bool = False) -> np.ndarray:
-        """Vectors of ``prompt + text`` for each text, in input order."""
+               show_progress: bool = False, max_length: int | None = None) -> np.ndarray:
+        """Vectors of ``prompt + text`` for each text, in input order, cut at ``max_length`` tokens (default:
+        the encoder's)."""
         batch_size = batch_size or self.batch_size
+        max_length = max_length or self.max_length
         vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
         progress = None
         if show_progress:
@@ -276,7 +288,7 @@ class DenseEncoder:
         # ~17% padding on the demo passages); the first batch shows the peak memory.
         for chunk_start in range(0, len(texts), self.sort_chunk):
             chunk = [prompt + t for t in texts[chunk_start:chunk_start + self.sort_chunk]]
-            ids = self.tokenizer(chunk, truncation=True, max_length=self.max_length,
+            ids = self.tokenizer(chunk, truncation=True, max_length=max_length,
                                  return_attention_mask=False, return_token_type_ids=False)["input_ids"]
             for rows in token_budget_batches([len(x) for x in ids], self.max_batch_tokens, batch_size):
                 emb = self.pooled([ids[i] for i in rows])
@@ -304,6 +316,7 @@ class DenseEncoder:
         return input_ids.to(self.device), attention_mask.to(self.device)
 
     def encode_queries(self, queries: list[str], **kwargs) -> np.ndarray:
+        kwargs.setdefault("max_length", self.query_max_length)
         return self.encode(queries, prompt=self.query_instruction, **kwargs)
 
     def encode_passages(self, passages: list[str], **kwargs) -> np.ndarray:
@@ -311,6 +324,15 @@ class DenseEncoder:
 
 
 ST_FILES = {"modules.json", "config_sentence_transformers.json", "sentence_bert_config.json"}
+# The token limits a retriever was trained with (sentence-transformers keeps one max_seq_length for both).
+RETRIEVAL_LENGTHS_FILE = "retrieval_lengths.json"
+
+
+def save_retrieval_lengths(folder: str | Path, query_max_length: int, passage_max_length: int) -> None:
+    """Record the query and passage token limits of training, read back by ``saved_sentence_settings``."""
+    (Path(folder) / RETRIEVAL_LENGTHS_FILE).write_text(
+        json.dumps({"query_max_length": int(query_max_length), "passage_max_length": int(passage_max_length)}),
+        encoding="utf-8")
 
 
 def default_prompts(query_instruction: str = QUERY_INSTRUCTION, passage_instruction: str = "") -> dict[str, str]:

@@ -4,7 +4,7 @@
         --candidate_pool data/demo/retrieval/candidates.jsonl --range_for_sampling 2-50 --negative_number 7 \\
         --output_file runs/mined.jsonl
 
-A candidate is never a positive of its query, nor a near-duplicate of one (same text after
+A candidate is never a positive of its query text (in any row that asks it), nor a near-duplicate of one (same text after
 whitespace normalisation, or, when set, cosine to a positive >= ``duplicate_threshold``); with ``margin`` it
 must also score at most ``positive score - margin`` (a false-negative guard: a passage that scores
 like the positive is probably another answer). Kept candidates are sampled from ranks
@@ -95,10 +95,17 @@ def mine_hard_negatives(encoder: DenseEncoder, rows: list[dict[str, Any]], pool:
     index = build_index(pool_vectors, "ivf" if use_ivf else "flat")
     scores, ids = search_index(index, query_vectors, range_end)
 
+    # Every positive of a query text, over all rows asking it (templated questions: one text, many answers),
+    # is kept out of that text's negatives: mined, topped up at random, or in the output row.
+    positives_of_text: dict[str, set[int]] = {}
+    for row in rows:
+        positives_of_text.setdefault(_normalise(row["query"]), set()).update(
+            pool_index[_normalise(p)] for p in row["pos"])
     mined, short, filled = [], 0, 0
     for i, row in enumerate(rows):
-        positive_ids = {pool_index[_normalise(p)] for p in row["pos"]}
-        positive_vectors = pool_vectors[sorted(positive_ids)]
+        own_positive_ids = {pool_index[_normalise(p)] for p in row["pos"]}
+        positive_ids = positives_of_text[_normalise(row["query"])]
+        positive_vectors = pool_vectors[sorted(own_positive_ids)]
         positive_score = float(np.min(positive_vectors @ query_vectors[i]))  # the weakest positive
         candidate_rows = [int(r) for r in ids[i] if r >= 0]
         similarity_to_pos = pool_vectors[candidate_rows] @ positive_vectors.T if candidate_rows else np.zeros((0, 1))

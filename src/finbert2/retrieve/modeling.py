@@ -36,14 +36,17 @@ def gather_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(tensor.contiguous()), dim=0)
 
 
-def false_negative_mask(query_ids: torch.Tensor, passage_ids: torch.Tensor) -> torch.Tensor:
+def false_negative_mask(query_ids: torch.Tensor, passage_ids: torch.Tensor,
+                        positive_ids: torch.Tensor | None = None) -> torch.Tensor:
     """``(B, B*G)`` bool: the columns that must not count as negatives of each query.
 
     Column ``j`` is another copy of query ``i``'s positive (the same text, from another group or
     among its own hard negatives), or the positive of another row with the same query text (Fin-Eva
     has rows that share a templated question): treating those as negatives punishes the right
-    answer. The query's own target column is never masked. Ids are text hashes
-    (``text_ids``), so this also works across ranks.
+    answer. With ``positive_ids`` ``(B, P)`` (every positive of each row's query text, padded with -1),
+    any column holding one of them is masked too: a context that answers several questions, or a hard
+    negative of another row that is a positive of this one. The query's own target column is never
+    masked. Ids are text hashes (``text_ids``), so this also works across ranks.
     """
     batch, columns = query_ids.numel(), passage_ids.numel()
     group_size = columns // batch
@@ -55,24 +58,29 @@ def false_negative_mask(query_ids: torch.Tensor, passage_ids: torch.Tensor) -> t
     positive_of_same_query = torch.zeros(batch, columns, dtype=torch.bool, device=passage_ids.device)
     positive_of_same_query[:, targets] = same_query
     mask = same_positive | (positive_of_same_query & is_positive_column[None, :])
+    if positive_ids is not None:
+        mask |= (passage_ids[None, :, None] == positive_ids[:, None, :]).any(-1)
     mask[torch.arange(batch), targets] = False
     return mask
 
 
 def contrastive_loss(q_emb: torch.Tensor, p_emb: torch.Tensor, temperature: float,
                      cross_device: bool = False, query_ids: torch.Tensor | None = None,
-                     passage_ids: torch.Tensor | None = None) -> torch.Tensor:
+                     passage_ids: torch.Tensor | None = None,
+                     positive_ids: torch.Tensor | None = None) -> torch.Tensor:
     """InfoNCE of queries ``(B, d)`` against passages ``(B*G, d)`` grouped by query; with text ids,
     in-batch false negatives (``false_negative_mask``) are left out of the softmax."""
     if cross_device:
         q_emb, p_emb = gather_across_ranks(q_emb), gather_across_ranks(p_emb)
         if query_ids is not None and passage_ids is not None:
             query_ids, passage_ids = gather_ids(query_ids), gather_ids(passage_ids)
+            positive_ids = gather_ids(positive_ids) if positive_ids is not None else None
     group_size = p_emb.size(0) // q_emb.size(0)
     scores = q_emb @ p_emb.T / temperature
     if query_ids is not None and passage_ids is not None:
-        scores = scores.masked_fill(false_negative_mask(query_ids.to(scores.device), passage_ids.to(scores.device)),
-                                    torch.finfo(scores.dtype).min)
+        positive_ids = positive_ids.to(scores.device) if positive_ids is not None else None
+        scores = scores.masked_fill(false_negative_mask(query_ids.to(scores.device), passage_ids.to(scores.device),
+                                                        positive_ids), torch.finfo(scores.dtype).min)
     target = torch.arange(q_emb.size(0), device=scores.device) * group_size
     return F.cross_entropy(scores, target)
 
@@ -112,21 +120,23 @@ class BiEncoder(nn.Module):
         return F.normalize(emb, dim=-1) if self.normalize else emb
 
     def loss(self, q_emb: torch.Tensor, p_emb: torch.Tensor, query_ids: torch.Tensor | None = None,
-             passage_ids: torch.Tensor | None = None) -> torch.Tensor:
+             passage_ids: torch.Tensor | None = None, positive_ids: torch.Tensor | None = None) -> torch.Tensor:
         cross_device = self.negatives_cross_device and self.training
         world = dist.get_world_size() if cross_device and dist.is_available() and dist.is_initialized() else 1
         self.passages_scored = p_emb.size(0) * world
         return contrastive_loss(q_emb.float(), p_emb.float(), self.temperature, cross_device=cross_device,
-                                query_ids=query_ids, passage_ids=passage_ids)
+                                query_ids=query_ids, passage_ids=passage_ids, positive_ids=positive_ids)
 
     def forward(self, query: dict | None = None, passage: dict | None = None,
                 features: dict | None = None, query_ids: torch.Tensor | None = None,
-                passage_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                passage_ids: torch.Tensor | None = None,
+                positive_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``query`` + ``passage`` -> ``{"loss"}``; ``features`` alone -> ``{"embeddings"}`` (grad caching)."""
         if features is not None:
             return {"embeddings": self.embed(**features)}
         q_emb, p_emb = self.embed(**query), self.embed(**passage)
-        return {"loss": self.loss(q_emb, p_emb, query_ids, passage_ids), "q_emb": q_emb, "p_emb": p_emb}
+        return {"loss": self.loss(q_emb, p_emb, query_ids, passage_ids, positive_ids), "q_emb": q_emb,
+                "p_emb": p_emb}
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
         self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)

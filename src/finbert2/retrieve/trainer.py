@@ -33,6 +33,7 @@ from finbert2.retrieve.encoder import (
     DenseEncoder,
     default_prompts,
     resolve_prompts,
+    save_retrieval_lengths,
     save_sentence_transformer,
     saved_sentence_settings,
 )
@@ -49,16 +50,17 @@ class RetrieverTrainer(Trainer):
     """``Trainer`` over a ``BiEncoder``; ``eval_dataset`` is a ``RetrievalEvalData`` folder."""
 
     def __init__(self, *args, query_instruction: str = "", passage_instruction: str = "", eval_max_len: int = 512,
-                 eval_k: int = 100, **kwargs):
+                 eval_query_max_len: int | None = None, eval_k: int = 100, **kwargs):
         super().__init__(*args, **kwargs)
         self.query_instruction = query_instruction
         self.passage_instruction = passage_instruction
         self.eval_max_len = eval_max_len
+        self.eval_query_max_len = eval_query_max_len
         self.eval_k = eval_k
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(query=inputs["query"], passage=inputs["passage"], query_ids=inputs.get("query_ids"),
-                        passage_ids=inputs.get("passage_ids"))
+                        passage_ids=inputs.get("passage_ids"), positive_ids=inputs.get("positive_ids"))
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -72,9 +74,10 @@ class RetrieverTrainer(Trainer):
         scale = 1.0 / self.current_gradient_accumulation_steps
         no_sync = getattr(model, "no_sync", None)  # DDP: all-reduce once, after the last chunk
         query_ids, passage_ids = inputs.get("query_ids"), inputs.get("passage_ids")
+        positive_ids = inputs.get("positive_ids")
 
         def loss_fn(q_emb, p_emb):
-            return bi_encoder.loss(q_emb, p_emb, query_ids, passage_ids)
+            return bi_encoder.loss(q_emb, p_emb, query_ids, passage_ids, positive_ids)
 
         with self.compute_loss_context_manager():
             loss = grad_cache_step(model, query, passage, self.args.grad_cache_chunk_size, loss_fn,
@@ -88,7 +91,8 @@ class RetrieverTrainer(Trainer):
         encoder = DenseEncoder(bi_encoder.encoder, self.processing_class, pooling=bi_encoder.pooling,
                                normalize=bi_encoder.normalize, query_instruction=self.query_instruction,
                                passage_instruction=self.passage_instruction,
-                               max_length=self.eval_max_len, device=str(self.args.device),
+                               max_length=self.eval_max_len, query_max_length=self.eval_query_max_len,
+                               device=str(self.args.device),
                                bf16=self.args.bf16)
         mean, _, _ = dense_evaluation(encoder, data, self.eval_k)
         bi_encoder.train(was_training)
@@ -188,6 +192,29 @@ def with_validation(training_args):
     return replaced
 
 
+def early_stopping(patience: int, has_validation: bool, training_args) -> list[TrainerCallback]:
+    """Transformers' early stopping on the validation metric, when asked and there is validation data."""
+    if patience <= 0 or not has_validation:
+        return []
+    from transformers import EarlyStoppingCallback
+
+    training_args.restore_callback_states_from_checkpoint = True  # a resumed run keeps its patience count
+    return [EarlyStoppingCallback(early_stopping_patience=patience)]
+
+
+def resolve_query_max_len(tokenizer, queries: list[str], requested: int | None,
+                          ceiling: int) -> tuple[int, str]:
+    """``(query token limit, a log line)``: the one asked for, else the longest training query (prompt and
+    special tokens included) up to ``ceiling``; the line says how many training queries the limit cuts."""
+    lengths = [len(ids) for ids in tokenizer(queries, add_special_tokens=True, return_attention_mask=False,
+                                             return_token_type_ids=False)["input_ids"]] or [1]
+    limit = requested if requested is not None else min(max(lengths), ceiling)
+    cut = sum(1 for n in lengths if n > limit)
+    note = (f"query_max_len {limit}: covers every training query (longest {max(lengths)} tokens)" if not cut else
+            f"query_max_len {limit} cuts {cut} of {len(lengths)} training queries (longest {max(lengths)} tokens)")
+    return limit, note
+
+
 def run_training(model_args: ModelArguments, data_args, training_args, run_args) -> dict[str, Any]:
     from finbert2.run import peak_memory_mb, prepare_output_dir, setup_logging, write_metrics, write_run_config
     from finbert2.training import LossLogCallback, plot_loss_curves, resume_checkpoint
@@ -211,6 +238,9 @@ def run_training(model_args: ModelArguments, data_args, training_args, run_args)
         model_args.model_name_or_path, data_args.query_instruction_for_retrieval,
         data_args.passage_instruction_for_retrieval)
     training_args.pooling = training_args.pooling or start.get("pooling", "cls")
+    data_args.query_max_len, query_length_note = resolve_query_max_len(
+        tokenizer, [data_args.query_instruction_for_retrieval + r["query"] for r in rows], data_args.query_max_len,
+        data_args.passage_max_len)
 
     if training_args.should_save:
         prepare_output_dir(training_args.output_dir, overwrite=run_args.overwrite_output_dir)
@@ -225,6 +255,7 @@ def run_training(model_args: ModelArguments, data_args, training_args, run_args)
                          stage="retrieve train")
     logger.info("pooling %s; query prompt %r; passage prompt %r", training_args.pooling,
                 data_args.query_instruction_for_retrieval, data_args.passage_instruction_for_retrieval)
+    logger.info(query_length_note)
 
     dataset = ContrastiveGroupDataset(rows, data_args.train_group_size, data_args.query_instruction_for_retrieval,
                                       data_args.passage_instruction_for_retrieval, training_args.seed)
@@ -233,9 +264,11 @@ def run_training(model_args: ModelArguments, data_args, training_args, run_args)
     trainer = RetrieverTrainer(
         model=model, args=training_args, train_dataset=dataset, eval_dataset=eval_data,
         data_collator=collator, processing_class=tokenizer,
-        callbacks=[LossLogCallback(training_args.output_dir), EpochCallback(dataset)],
+        callbacks=[LossLogCallback(training_args.output_dir), EpochCallback(dataset),
+                   *early_stopping(data_args.early_stopping_patience, eval_data is not None, training_args)],
         query_instruction=data_args.query_instruction_for_retrieval,
-        passage_instruction=data_args.passage_instruction_for_retrieval, eval_max_len=data_args.passage_max_len, eval_k=data_args.eval_k,
+        passage_instruction=data_args.passage_instruction_for_retrieval, eval_max_len=data_args.passage_max_len,
+        eval_query_max_len=data_args.query_max_len, eval_k=data_args.eval_k,
     )
     logger.info("training on %d groups of %d passages, batch %d x %d process(es), cross-device negatives: %s, "
                 "grad cache: %s", len(rows), data_args.train_group_size, training_args.per_device_train_batch_size,
@@ -267,8 +300,10 @@ def run_training(model_args: ModelArguments, data_args, training_args, run_args)
                                                                  data_args.passage_instruction_for_retrieval)}
         save_sentence_transformer(output_dir, prompts, max_seq_length=data_args.passage_max_len,
                                   pooling=training_args.pooling, normalize=training_args.normalized)
+        save_retrieval_lengths(output_dir, data_args.query_max_len, data_args.passage_max_len)
         plot_loss_curves(output_dir, title="retriever: contrastive loss")
         metrics.update({"train_groups": len(rows), "train_group_size": data_args.train_group_size,
+                        "query_max_len": data_args.query_max_len,
                         "passages_per_query": model.passages_scored,
                         "chance_loss": math.log(model.passages_scored),
                         "world_size": world, "total_seconds": time.perf_counter() - started,

@@ -1,0 +1,213 @@
+"""The validation sweeps behind the domain-adaptation recipes of configs/{mlm,classify,retriever}/e5-small.yaml.
+
+    python scripts/sweep_adaptation.py mlm       DATA_DIR OUT    # continued MLM from headless e5-small
+    python scripts/sweep_adaptation.py classify  DATA_DIR OUT    # pooling x head init, then seeds
+    python scripts/sweep_adaptation.py retriever DATA_DIR OUT    # grouped Fin-Eva, multi-epoch, early stopping
+    python scripts/sweep_adaptation.py tables    -        OUT    # markdown -> OUT/<sweep>.md
+
+DATA_DIR is the public data folder (``FINBERT2_PUBLIC_DATA``). Every choice is made on validation data and by
+the metric users care about: pretraining recipes by the continued encoder's zero-shot nDCG@10 on the Fin-Eva
+validation split and a linear probe's macro-F1 on CFBenchmark sentiment validation (never by MLM loss alone,
+which is read against the corpus's unigram cross-entropy); classifiers by validation macro-F1; retrievers by
+validation nDCG@10. Test splits are never read. Runs are sequential and skipped when their folder holds
+``metrics.json``, so an interrupted sweep resumes. Sizes are environment variables (``MLM_STEPS``,
+``CLS_MAX_LENGTH``, ``RET_EPOCHS``) so the sweep fits a 2-core CPU; on a GPU raise them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweep_recipes import REPO, fmt, metrics, run  # noqa: E402  (the runner and formatting the sweeps share)
+
+MLM_STEPS = int(os.environ.get("MLM_STEPS", "80"))
+MLM_HEAD_WARMUP = int(os.environ.get("MLM_HEAD_WARMUP", "20"))
+# (name, extra flags): the old recipe is the control every new cell is read against
+MLM_GRID = [
+    ("mlm_old_lr1e-4", ["--prior_bias", "false", "--head_warmup_steps", "0", "--learning_rate", "1e-4"]),
+    ("mlm_new_enc2e-5", ["--head_warmup_steps", str(MLM_HEAD_WARMUP), "--learning_rate", "1e-3",
+                         "--encoder_learning_rate", "2e-5"]),
+    ("mlm_new_enc5e-6", ["--head_warmup_steps", str(MLM_HEAD_WARMUP), "--learning_rate", "1e-3",
+                         "--encoder_learning_rate", "5e-6"]),
+]
+CLS_MAX_LENGTH = os.environ.get("CLS_MAX_LENGTH", "128")
+CLS_EPOCHS = os.environ.get("CLS_EPOCHS", "6")
+CLS_GRID = [(pooling, init) for pooling in ("cls", "mean") for init in ("random", "probe")]
+CLS_SEEDS = [42, 43, 44]
+RET_EPOCHS = os.environ.get("RET_EPOCHS", "2")
+RET_LRS = os.environ.get("RET_LRS", "3e-5 1e-5").split()
+
+
+def prepared(data_dir: Path, out: Path) -> Path:
+    """Converted data: the pretraining corpus (no test text), Fin-Eva with a validation split, CFBenchmark."""
+    data = out / "data"
+    if not (data / "metrics.json").is_file():
+        data.mkdir(parents=True, exist_ok=True)
+        subprocess.check_call(["finbert2", "convert", "cfbenchmark-sentiment",
+                               str(data_dir / "cfbenchmark-basic" / "data" / "sentiment.jsonl"), str(data / "cfb_sentiment"),
+                               "--test_fraction", "0.2", "--validation_fraction", "0.1", "--seed", "42"], cwd=REPO)
+        subprocess.check_call(["finbert2", "convert", "fin-eva", "--input_dir", str(data_dir / "fin-eva"),
+                               "--output_dir", str(data / "fineva"), "--validation_fraction", "0.15", "--seed", "42"],
+                              cwd=REPO)
+        subprocess.check_call([sys.executable, "-m", "finbert2.report.reproduction", "prepare-corpus", str(data_dir),
+                               str(data), "--seed", "42"], cwd=REPO)
+    return data
+
+
+def general(out: Path, data: Path) -> Path:
+    folder = out / "general"
+    if not (folder / "metrics.json").is_file():
+        subprocess.check_call(["finbert2", "convert", "multilingual-e5-small", str(folder), "--prune_vocab",
+                               "--corpus", str(data / "corpus.jsonl")], cwd=REPO)
+    return folder
+
+
+def probe_macro_f1(model: Path, data: Path) -> dict:
+    """A logistic regression on the encoder's frozen mean-pooled features (CFBenchmark sentiment): train -> validation."""
+    cached = model / "probe_cfb_sentiment.json"
+    if cached.is_file():
+        return json.loads(cached.read_text("utf-8"))
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+
+    from finbert2.retrieve.encoder import DenseEncoder
+
+    encoder = DenseEncoder.from_pretrained(str(model), pooling="mean", normalize=False, max_length=int(CLS_MAX_LENGTH))
+
+    def split(name: str):
+        rows = [json.loads(line) for line in (data / "cfb_sentiment" / f"{name}.jsonl").read_text("utf-8").splitlines()]
+        return encoder.encode([r["text"] for r in rows]), [str(r["label"]) for r in rows]
+
+    (x_train, y_train), (x_val, y_val) = split("train"), split("validation")
+    probe = LogisticRegression(C=1.0, max_iter=3000).fit(x_train, y_train)
+    result = {"probe_val_macro_f1": float(f1_score(y_val, probe.predict(x_val), average="macro"))}
+    cached.write_text(json.dumps(result), encoding="utf-8")
+    return result
+
+
+def sweep_mlm(data_dir: Path, out: Path) -> None:
+    data = prepared(data_dir, out)
+    model = general(out, data)
+    probe_macro_f1(model, data)
+    for name, flags in MLM_GRID:
+        folder = run(out, name, [
+            "finbert2", "mlm", "configs/mlm/e5-small.yaml", "--model_name_or_path", str(model),
+            "--train_data", str(data / "corpus.jsonl"), "--validation_split_percentage", "2",
+            "--max_eval_samples", "128", "--max_seq_length", "128", "--per_device_train_batch_size", "16",
+            "--max_steps", str(MLM_STEPS), "--eval_steps", str(MLM_STEPS // 2), "--save_steps", str(MLM_STEPS // 2),
+            "--warmup_steps", "0.1", "--attention_dropout", "0", "--logging_steps", "5",
+            "--eval_retrieval_data", str(data / "fineva" / "validation"), "--eval_retrieval_max_length", "256",
+            "--seed", "42", "--disable_tqdm", "false", "--output_dir", str(out / name), *flags])
+        probe_macro_f1(folder, data)
+
+
+def sweep_classify(data_dir: Path, out: Path) -> None:
+    data = prepared(data_dir, out)
+    model = general(out, data)
+    task = data / "cfb_sentiment"
+
+    def train(pooling: str, init: str, seed: int, lr: str = "1e-4") -> Path:
+        name = f"classify_{pooling}_{init}_lr{lr}_seed{seed}"
+        return run(out, name, [
+            "finbert2", "classify", "train", "configs/classify/e5-small.yaml", "--model_name_or_path", str(model),
+            "--train_data", str(task / "train.jsonl"), "--eval_data", str(task / "validation.jsonl"),
+            "--max_length", CLS_MAX_LENGTH, "--num_train_epochs", CLS_EPOCHS, "--pooling", pooling,
+            "--head_init", init, "--learning_rate", lr, "--seed", str(seed), "--disable_tqdm", "false",
+            "--output_dir", str(out / name)])
+
+    for pooling, init in CLS_GRID:
+        train(pooling, init, CLS_SEEDS[0])
+    ranked = sorted(CLS_GRID, key=lambda cell: -metrics(out / f"classify_{cell[0]}_{cell[1]}_lr1e-4_seed42")
+                    .get("eval_macro_f1", 0.0))
+    for pooling, init in ranked[:2]:  # the chosen setting and the runner-up, over seeds
+        for seed in CLS_SEEDS[1:]:
+            train(pooling, init, seed)
+
+
+def sweep_retriever(data_dir: Path, out: Path) -> None:
+    data = prepared(data_dir, out)
+    model = general(out, data)
+    mined = run(out, "retriever_mined", [
+        "finbert2", "retrieve", "mine", "--model_name_or_path", str(model),
+        "--input_file", str(data / "fineva" / "train.jsonl"), "--range_for_sampling", "3-100",
+        "--negative_number", "3", "--margin", "0.02", "--fill_random", "true", "--max_length", "256",
+        "--seed", "42", "--output_dir", str(out / "retriever_mined")])
+    for lr in RET_LRS:
+        name = f"retriever_lr{lr}_g4"
+        run(out, name, [
+            "finbert2", "retrieve", "train", "configs/retriever/e5-small.yaml", "--model_name_or_path", str(model),
+            "--train_data", str(mined / "train.jsonl"), "--eval_data", str(data / "fineva" / "validation"),
+            "--learning_rate", lr, "--num_train_epochs", RET_EPOCHS, "--train_group_size", "4",
+            "--eval_steps", "10", "--save_steps", "10", "--early_stopping_patience", "4", "--seed", "42",
+            "--disable_tqdm", "false", "--output_dir", str(out / name)])
+
+
+def mlm_table(out: Path) -> str:
+    base = out / "general"
+    lines = ["| recipe | held-out MLM loss (start -> end) | unigram CE | zero-shot val nDCG@10 (start -> end) | "
+             "probe val macro-F1 | sentence cosine | damage guard | s/step |", "|---|---|---|---|---|---|---|---|"]
+    probe = json.loads((base / "probe_cfb_sentiment.json").read_text("utf-8")) if (base / "probe_cfb_sentiment.json").is_file() else {}
+    lines.append(f"| e5-small as converted | - | - | - | {fmt(probe.get('probe_val_macro_f1'))} | - | - | - |")
+    for name, _ in MLM_GRID:
+        m = metrics(out / name)
+        if not m:
+            continue
+        p = json.loads((out / name / "probe_cfb_sentiment.json").read_text("utf-8")) \
+            if (out / name / "probe_cfb_sentiment.json").is_file() else {}
+        lines.append(f"| {name} | {fmt(m.get('initial_eval_loss'), 3)} -> {fmt(m.get('eval_loss'), 3)} | "
+                     f"{fmt(m.get('unigram_cross_entropy'), 3)} | {fmt(m.get('initial_eval_ndcg_at_10'))} -> "
+                     f"{fmt(m.get('eval_ndcg_at_10'))} | {fmt(p.get('probe_val_macro_f1'))} | "
+                     f"{fmt(m.get('sentence_mean_cosine'), 3)} | {'fired' if m.get('embedding_damaged') else 'quiet'} | "
+                     f"{fmt((m.get('train_runtime') or 0) / max(m.get('global_step') or 1, 1), 1)} |")
+    return "\n".join(lines)
+
+
+def classify_table(out: Path) -> str:
+    lines = ["| pooling | head init | seed | untrained (or probe) val macro-F1 | val macro-F1 | best step | "
+             "collapsed | s |", "|---|---|---|---|---|---|---|---|"]
+    for folder in sorted(out.glob("classify_*")):
+        m = metrics(folder)
+        if m:
+            lines.append(f"| {m.get('pooling')} | {m.get('head_init')} | {folder.name.rsplit('seed', 1)[1]} | "
+                         f"{fmt(m.get('initial_eval_macro_f1'))} | {fmt(m.get('eval_macro_f1'))} | "
+                         f"{m.get('best_checkpoint_step')} | {m.get('collapsed')} | {fmt(m.get('total_seconds'), 0)} |")
+    return "\n".join(lines)
+
+
+def retriever_table(out: Path) -> str:
+    lines = ["| lr | group | val nDCG@10 start | best | at step | steps run | passage cosine | s/step |",
+             "|---|---|---|---|---|---|---|---|"]
+    for folder in sorted(out.glob("retriever_lr*")):
+        m = metrics(folder)
+        if m:
+            lines.append(f"| {folder.name.split('_')[1][2:]} | 4 | {fmt(m.get('initial_eval_ndcg_at_10'))} | "
+                         f"{fmt(m.get('eval_ndcg_at_10'))} | {m.get('best_model_checkpoint', '').rsplit('-', 1)[-1]} | "
+                         f"{m.get('global_step', m.get('train_steps'))} | {fmt(m.get('passage_mean_cosine'), 3)} | "
+                         f"{fmt((m.get('train_runtime') or 0) / max(m.get('global_step') or 1, 1), 1)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", choices=["mlm", "classify", "retriever", "tables"])
+    parser.add_argument("data_dir", type=Path, help="public data folder (FINBERT2_PUBLIC_DATA); '-' for tables")
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.sweep == "tables":
+        for name, table in (("mlm", mlm_table), ("classify", classify_table), ("retriever", retriever_table)):
+            (args.out / f"{name}.md").write_text(table(args.out) + "\n", encoding="utf-8")
+            print(f"## {name}\n\n{table(args.out)}\n")
+        return 0
+    {"mlm": sweep_mlm, "classify": sweep_classify, "retriever": sweep_retriever}[args.sweep](args.data_dir, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

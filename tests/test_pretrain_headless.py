@@ -1,0 +1,143 @@
+"""Continued pretraining from an encoder without an MLM head: the prior bias, the head warm-up, the encoder's
+own learning rate and schedule, the retrieval probe and its damage guard (finbert2.pretrain.headless)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from finbert2.errors import ConfigError
+from finbert2.pretrain.headless import (
+    HeadlessStartArguments,
+    grouped_parameters,
+    per_group_schedule,
+    retrieval_damage,
+    unigram_cross_entropy,
+    unigram_log_prior,
+)
+from finbert2.pretrain.whole_word_masking import IGNORE_INDEX
+from tests.conftest import DEMO_DIR
+
+
+def test_unigram_prior_and_cross_entropy_by_hand():
+    # counts over ids 0..4 of [[0, 1, 2, 2], [2, 3]], id 0 not counted (e.g. [CLS]), add-0.5 smoothing
+    log_prior = unigram_log_prior([[0, 1, 2, 2], [2, 3]], vocab_size=5, excluded_ids=[0], smoothing=0.5)
+    counts = torch.tensor([0.5, 1.5, 3.5, 1.5, 0.5])
+    assert torch.allclose(log_prior, (counts / counts.sum()).log())
+    assert math.isclose(float(log_prior.exp().sum()), 1.0, rel_tol=1e-6)
+    # the loss of the context-free model at the labelled positions only
+    labels = [[IGNORE_INDEX, 2, IGNORE_INDEX], [3, IGNORE_INDEX]]
+    expected_ce = -(math.log(3.5 / 7.5) + math.log(1.5 / 7.5)) / 2
+    assert math.isclose(unigram_cross_entropy(log_prior, labels), expected_ce, rel_tol=1e-6)
+    assert unigram_cross_entropy(log_prior, [[IGNORE_INDEX]]) is None
+
+
+def test_per_group_schedule_holds_the_encoder_until_the_head_warmup_ends():
+    from transformers import TrainingArguments
+
+    model = torch.nn.ModuleDict({"bert": torch.nn.Linear(2, 2), "cls": torch.nn.Linear(2, 2)})
+    groups = grouped_parameters(model, {"bert.weight", "cls.weight"}, 0.01, head_lr=1e-3, encoder_lr=2e-5)
+    assert sorted((g["part"], g["lr"], g["weight_decay"], len(g["params"])) for g in groups) == [
+        ("encoder", 2e-5, 0.0, 1), ("encoder", 2e-5, 0.01, 1), ("head", 1e-3, 0.0, 1), ("head", 1e-3, 0.01, 1)]
+    optimizer = torch.optim.AdamW(groups)
+    args = TrainingArguments(output_dir="unused", lr_scheduler_type="linear", warmup_steps=2, report_to="none")
+    scheduler = per_group_schedule(optimizer, args, num_training_steps=12, head_warmup_steps=4)
+    rates = []
+    for _ in range(12):
+        rates.append({g["part"]: g["lr"] for g in optimizer.param_groups})
+        optimizer.step()
+        scheduler.step()
+    # head: linear warm-up over 2 steps, then linear decay to 0 at step 12
+    assert [round(r["head"] / 1e-3, 4) for r in rates[:4]] == [0.0, 0.5, 1.0, round(9 / 10, 4)]
+    # encoder: 0 during the 4 head-only steps, then its own 2-step warm-up and decay over the 8 left
+    assert [round(r["encoder"] / 2e-5, 4) for r in rates[:8]] == [0.0, 0.0, 0.0, 0.0, 0.0, 0.5, 1.0, round(5 / 6, 4)]
+
+
+def test_retrieval_damage_guard():
+    assert retrieval_damage(0.70, 0.69, 0.02) is None
+    assert retrieval_damage(None, 0.1, 0.02) is None
+    reason = retrieval_damage(0.70, 0.60, 0.02)
+    assert "damaging the embedding space" in reason and "0.6000 vs 0.7000" in reason
+
+
+def test_headless_arguments_are_checked():
+    with pytest.raises(ConfigError, match="prior_bias"):
+        HeadlessStartArguments(prior_bias="yes")
+    with pytest.raises(ConfigError, match="head_warmup_steps"):
+        HeadlessStartArguments(head_warmup_steps=-1)
+
+
+def _mlm_args(model_dir, out, *extra):
+    return ["--model_name_or_path", str(model_dir), "--train_data", str(DEMO_DIR / "corpus.jsonl"),
+            "--validation_split_percentage", "5", "--max_eval_samples", "16", "--max_train_samples", "512",
+            "--max_seq_length", "64", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "16",
+            "--logging_steps", "1", "--save_steps", "100", "--use_cpu", "True", "--seed", "0",
+            "--report_to", "none", "--disable_tqdm", "True", "--output_dir", str(out), *extra]
+
+
+def test_prior_bias_starts_e5_below_the_unigram_bound_and_warmup_keeps_the_encoder(e5_pruned_dir, tmp_path):
+    """On the converted e5 (no MLM head): the prior bias puts the untrained head's held-out loss within 1.5 nats
+    of the corpus's unigram cross-entropy (a random head starts above a uniform guess, ~11.6 nats); two head-only
+    steps leave every encoder weight bit-identical while the head moves; the third step trains the encoder."""
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    from finbert2.pretrain.mlm import main
+
+    snapshots = {}
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            snapshots[state.global_step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    from finbert2.config import parse_args
+    from finbert2.modeling import ModelArguments
+    from finbert2.precision import PrecisionTrainingArguments
+    from finbert2.pretrain.args import PretrainDataArguments
+    from finbert2.pretrain.mlm import run
+    from finbert2.run import RunArguments
+
+    out = tmp_path / "mlm"
+    model_args, data_args, headless_args, training_args, run_args = parse_args(
+        (ModelArguments, PretrainDataArguments, HeadlessStartArguments, PrecisionTrainingArguments, RunArguments),
+        _mlm_args(e5_pruned_dir, out, "--max_steps", "3", "--head_warmup_steps", "2", "--learning_rate", "1e-3",
+                  "--encoder_learning_rate", "1e-4", "--warmup_steps", "0"), prog="test")
+    metrics = run(model_args, data_args, training_args, run_args, callbacks=[Snapshot()], headless_args=headless_args)
+    assert main is not None
+    assert metrics["prior_bias"] is True and metrics["head_warmup_steps"] == 2
+    assert metrics["initial_eval_loss"] < metrics["unigram_cross_entropy"] + 1.5
+    start = load_file(str(e5_pruned_dir / "model.safetensors"))
+    for step in (1, 2):
+        encoder = {k: v for k, v in snapshots[step].items() if k.startswith("bert.") and "pooler" not in k}
+        for name, value in encoder.items():
+            assert torch.equal(value, start[name.removeprefix("bert.")]), f"{name} moved during the head warm-up"
+    assert not torch.equal(snapshots[1]["cls.predictions.transform.dense.weight"],
+                           snapshots[2]["cls.predictions.transform.dense.weight"])
+    moved = [k for k, v in snapshots[3].items() if k.startswith("bert.encoder.") and not torch.equal(v, snapshots[2][k])]
+    assert moved, "the encoder did not train after the warm-up"
+    rows = (out / "loss_log.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    encoder_lr = [float(r.split(",")[header.index("encoder_learning_rate")]) for r in rows[1:4]]
+    assert encoder_lr[:2] == [0.0, 0.0] and encoder_lr[2] > 0
+
+
+def test_auto_recipe_on_a_headless_checkpoint_and_none_from_scratch(tiny_e5_shaped_dir, tiny_tokenizer_dir, tmp_path):
+    """Unset, the recipe turns itself on for a checkpoint without an MLM head (prior bias, 10% head warm-up)
+    and stays off for a from-scratch BERT (nothing to protect), which keeps its zero bias."""
+    from finbert2.pretrain.mlm import main
+
+    assert main(_mlm_args(tiny_e5_shaped_dir, tmp_path / "headless", "--max_steps", "10")) == 0
+    metrics = json.loads((tmp_path / "headless" / "metrics.json").read_text())
+    assert metrics["prior_bias"] is True and metrics["head_warmup_steps"] == 1
+    assert metrics["eval_mlm_loss_below_unigram"] == pytest.approx(metrics["unigram_cross_entropy"]
+                                                                   - metrics["eval_loss"], abs=1e-5)
+    args = _mlm_args(tiny_e5_shaped_dir, tmp_path / "scratch", "--max_steps", "2")
+    args[args.index("--model_name_or_path"):args.index("--model_name_or_path") + 2] = [
+        "--tokenizer_name", str(tiny_tokenizer_dir), "--tiny_hidden_size", "32", "--tiny_num_hidden_layers", "1",
+        "--tiny_num_attention_heads", "2", "--tiny_intermediate_size", "64"]
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "scratch" / "metrics.json").read_text())
+    assert metrics["prior_bias"] is False and metrics["head_warmup_steps"] == 0
