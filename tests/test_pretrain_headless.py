@@ -79,13 +79,11 @@ def _mlm_args(model_dir, out, *extra):
 
 
 def test_prior_bias_starts_e5_below_the_unigram_bound_and_warmup_keeps_the_encoder(e5_pruned_dir, tmp_path):
-    """On the converted e5 (no MLM head): the prior bias puts the untrained head's held-out loss within 1.5 nats
-    of the corpus's unigram cross-entropy (a random head starts above a uniform guess, ~11.6 nats); two head-only
+    """On the converted e5 (no MLM head): the prior bias puts the untrained head's held-out loss below a uniform
+    guess (a random head starts above it, ~11.6 nats); two head-only
     steps leave every encoder weight bit-identical while the head moves; the third step trains the encoder."""
     from safetensors.torch import load_file
     from transformers import TrainerCallback
-
-    from finbert2.pretrain.mlm import main
 
     snapshots = {}
 
@@ -106,10 +104,11 @@ def test_prior_bias_starts_e5_below_the_unigram_bound_and_warmup_keeps_the_encod
         _mlm_args(e5_pruned_dir, out, "--max_steps", "3", "--head_warmup_steps", "2", "--learning_rate", "1e-3",
                   "--encoder_learning_rate", "1e-4", "--warmup_steps", "0"), prog="test")
     metrics = run(model_args, data_args, training_args, run_args, callbacks=[Snapshot()], headless_args=headless_args)
-    assert main is not None
     assert metrics["prior_bias"] is True and metrics["head_warmup_steps"] == 2
-    assert metrics["initial_eval_loss"] < metrics["unigram_cross_entropy"] + 1.5
     start = load_file(str(e5_pruned_dir / "model.safetensors"))
+    # better than a uniform guess over the vocabulary, where a random head starts above (the +1.5-nat bound
+    # against the unigram model is checked on real financial text in the slow test below)
+    assert metrics["initial_eval_loss"] < math.log(len(start["embeddings.word_embeddings.weight"]))
     for step in (1, 2):
         encoder = {k: v for k, v in snapshots[step].items() if k.startswith("bert.") and "pooler" not in k}
         for name, value in encoder.items():
@@ -121,7 +120,8 @@ def test_prior_bias_starts_e5_below_the_unigram_bound_and_warmup_keeps_the_encod
     rows = (out / "loss_log.csv").read_text().splitlines()
     header = rows[0].split(",")
     encoder_lr = [float(r.split(",")[header.index("encoder_learning_rate")]) for r in rows[1:4]]
-    assert encoder_lr[:2] == [0.0, 0.0] and encoder_lr[2] > 0
+    # the Trainer logs the rate the next step will use: 0 for step 2 (warm-up), then the full 1e-4 for step 3
+    assert encoder_lr[0] == 0.0 and encoder_lr[1] == pytest.approx(1e-4)
 
 
 def test_auto_recipe_on_a_headless_checkpoint_and_none_from_scratch(tiny_e5_shaped_dir, tiny_tokenizer_dir, tmp_path):
@@ -141,3 +141,64 @@ def test_auto_recipe_on_a_headless_checkpoint_and_none_from_scratch(tiny_e5_shap
     assert main(args) == 0
     metrics = json.loads((tmp_path / "scratch" / "metrics.json").read_text())
     assert metrics["prior_bias"] is False and metrics["head_warmup_steps"] == 0
+
+
+def _fin_eva_validation_sample(folder, out, queries: int = 40, distractors: int = 160):
+    """The first ``queries`` validation queries with their relevant contexts plus seeded distractors."""
+    import random
+
+    from finbert2.data import read_retrieval_eval
+    from finbert2.data.writers import write_jsonl
+
+    data = read_retrieval_eval(folder)
+    kept = [q for q in data.queries if q in data.qrels][:queries]
+    relevant = {d for q in kept for d in data.qrels[q]}
+    others = sorted(set(data.corpus) - relevant)
+    docs = sorted(relevant) + random.Random(0).sample(others, min(distractors, len(others)))
+    write_jsonl(out / "corpus.jsonl", [{"id": d, **data.corpus[d]} for d in docs])
+    write_jsonl(out / "test_queries.jsonl", [{"id": q, "text": data.queries[q]} for q in kept])
+    write_jsonl(out / "test_qrels.jsonl", [{"qid": q, "docid": d, "relevance": r}
+                                           for q in kept for d, r in data.qrels[q].items()])
+    return out
+
+
+@pytest.mark.slow
+def test_new_recipe_keeps_e5_retrieval_and_the_guard_fires_on_the_old_one(e5_pruned_dir, tmp_path):
+    """Continued MLM on real financial text (CFBenchmark) from the converted e5, zero-shot nDCG@10 probed on a
+    Fin-Eva validation sample at the start and the end. The new recipe (prior bias, head warm-up at 1e-3, encoder
+    at 2e-5) lowers the held-out MLM loss and stays within 0.02 of the start; the old one (everything at 1e-4 from
+    a random head) trips the damage guard. Measured (16 steps of 8 x 96 tokens, 40 validation queries over 200
+    contexts, 2 CPU cores, ~4 min with both runs): new recipe held-out loss 8.23 -> 7.12 (unigram 7.01), nDCG@10
+    0.9747 -> 0.9765; old recipe loss 12.75 -> 8.45, nDCG@10 0.9747 -> 0.9441 (guard fires)."""
+    from finbert2.converters import cfbenchmark_sentiment
+    from finbert2.converters.fin_eva import convert
+    from finbert2.pretrain.mlm import main
+    from tests.conftest import require_public
+
+    cfb = tmp_path / "cfb"
+    assert cfbenchmark_sentiment.main([str(require_public("cfbenchmark-basic", "data", "sentiment.jsonl")), str(cfb),
+                                       "--test_fraction", "0.2", "--seed", "42"]) == 0
+    convert(require_public("fin-eva"), tmp_path / "fe", validation_fraction=0.15)
+    probe = _fin_eva_validation_sample(tmp_path / "fe" / "validation", (tmp_path / "probe"))
+
+    def pretrain(name, *flags):
+        args = ["--model_name_or_path", str(e5_pruned_dir), "--train_data", str(cfb / "train.jsonl"),
+                "--validation_split_percentage", "5", "--max_eval_samples", "32", "--max_seq_length", "96",
+                "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "32", "--max_steps", "16",
+                "--warmup_steps", "0.1", "--attention_dropout", "0", "--eval_strategy", "no", "--save_steps", "100",
+                "--logging_steps", "4", "--eval_retrieval_data", str(probe), "--eval_retrieval_max_length", "128",
+                "--use_cpu", "True", "--seed", "0", "--report_to", "none", "--disable_tqdm", "True",
+                "--output_dir", str(tmp_path / name), *flags]
+        assert main(args) == 0
+        return json.loads((tmp_path / name / "metrics.json").read_text())
+
+    new = pretrain("new", "--head_warmup_steps", "8", "--learning_rate", "1e-3", "--encoder_learning_rate", "2e-5")
+    old = pretrain("old", "--prior_bias", "false", "--head_warmup_steps", "0", "--learning_rate", "1e-4")
+    assert new["initial_eval_ndcg_at_10"] == pytest.approx(old["initial_eval_ndcg_at_10"])  # the same start
+    assert new["eval_loss"] < new["initial_eval_loss"]
+    assert new["initial_eval_loss"] < new["unigram_cross_entropy"] + 1.5  # the prior bias, on real text
+    assert new["eval_ndcg_at_10"] >= new["initial_eval_ndcg_at_10"] - 0.02
+    assert new["embedding_damaged"] is False
+    assert old["embedding_damaged"] is True
+    assert "damaging the embedding space" in old["embedding_damage_reason"]
+    assert "damaging the embedding space" in (tmp_path / "old" / "run.log").read_text()
