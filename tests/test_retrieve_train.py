@@ -296,3 +296,32 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tiny_bert_dir, tmp_pat
     assert "resuming from" in (out / "run.log").read_text()
     steps = [int(row.split(",")[0]) for row in (out / "loss_log.csv").read_text().splitlines()[1:]]
     assert steps[:4] == [1, 2, 3, 4]  # steps 1-2 from the first run, 3-4 after the resume
+
+
+def test_query_length_is_recorded_with_the_model_and_read_back(trained_dir, tiny_bert_dir, tmp_path):
+    """The query limit training used (48 here) is saved beside the model; encoders loaded from the folder cut
+    queries there (evaluate, mine, index and serve all load through DenseEncoder.from_pretrained)."""
+    from transformers import AutoTokenizer
+
+    from finbert2.retrieve.encoder import DenseEncoder, saved_sentence_settings
+    from finbert2.retrieve.trainer import resolve_query_max_len
+
+    out, _ = trained_dir
+    assert json.loads((out / "retrieval_lengths.json").read_text()) == {"query_max_length": 48,
+                                                                         "passage_max_length": 80}
+    assert saved_sentence_settings(str(out))["query_max_length"] == 48
+    encoder = DenseEncoder.from_pretrained(str(out), max_length=80, device="cpu")
+    assert encoder.query_max_length == 48 and encoder.max_length == 80
+    long_query = "营业收入" * 60
+    cut = encoder.encode_queries([long_query])
+    assert np.allclose(cut, encoder.encode([long_query], prompt=encoder.query_instruction, max_length=48))
+    assert not np.allclose(cut, encoder.encode([long_query], prompt=encoder.query_instruction, max_length=80))
+    # unset, the limit covers the longest training query (up to the passage limit); set, the cut is counted
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    queries = ["短", "一个长一点的问题是什么", "营业收入" * 100]
+    lengths = [len(tokenizer(q)["input_ids"]) for q in queries]
+    assert resolve_query_max_len(tokenizer, queries, None, 512) == (
+        max(lengths), f"query_max_len {max(lengths)}: covers every training query (longest {max(lengths)} tokens)")
+    assert resolve_query_max_len(tokenizer, queries, None, 64)[0] == 64
+    assert resolve_query_max_len(tokenizer, queries, 8, 512)[1] == (
+        f"query_max_len 8 cuts {sum(n > 8 for n in lengths)} of 3 training queries (longest {max(lengths)} tokens)")

@@ -62,9 +62,10 @@ def convert(input_dir: Path, output_dir: Path, test_fraction: float = 0.3, negat
 
     Fin-Eva has templated questions (one text asked of up to 47 contexts, e.g. most 保险属性抽取 rows):
     by default each question text becomes one training row whose ``pos`` are all its training contexts, its
-    random negatives are never a context of that text, and a held-out query's relevant passages are every
-    context of its text in that split's corpus. ``keep_duplicate_questions`` keeps one row per (question,
-    context) pair and only the split's own contexts as relevant (the layout before grouping).
+    random negatives are never a context of that text (on any side), and a held-out query's relevant passages
+    are every context of its text on its side. ``keep_duplicate_questions`` keeps one training row per
+    (question, context) pair (the layout before grouping). ``test_queries_also_in_train`` counts the test
+    questions also asked of training contexts: those contexts stay unjudged distractors for them.
     """
     pairs = read_pairs(input_dir)
     contexts = sorted({c for _, _, c in pairs})
@@ -91,7 +92,6 @@ def convert(input_dir: Path, output_dir: Path, test_fraction: float = 0.3, negat
 
     train_rows: list[dict] = []
     held_out = {"test": ([], [], {}), "validation": ([], [], {})}  # queries, qrels, question -> id
-    corpus_of = {"test": set(contexts), "validation": set(contexts) - test_contexts}
     grouped_train: dict[str, dict] = {}
     for source, question, context in pairs:
         split = split_of(context)
@@ -108,8 +108,10 @@ def convert(input_dir: Path, output_dir: Path, test_fraction: float = 0.3, negat
         if question not in question_ids:
             question_ids[question] = f"{'q' if split == 'test' else 'v'}{len(question_ids):05d}"
             queries.append({"id": question_ids[question], "text": question, "source": source})
+        # every context of the text on this side; its contexts on other sides are true answers too, but judging
+        # them here would make a training positive (or a validation passage) a test answer
         relevant = [context] if keep_duplicate_questions else \
-            [c for c in contexts_of_question[question] if c in corpus_of[split]]
+            [c for c in contexts_of_question[question] if split_of(c) == split]
         qrels.extend({"qid": question_ids[question], "docid": context_id(c), "relevance": 1} for c in relevant)
     (queries, qrels, test_ids), (val_queries, val_qrels, _) = held_out["test"], held_out["validation"]
     qrels = list({(r["qid"], r["docid"]): r for r in qrels}.values())
