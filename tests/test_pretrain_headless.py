@@ -68,6 +68,25 @@ def test_headless_arguments_are_checked():
         HeadlessStartArguments(prior_bias="yes")
     with pytest.raises(ConfigError, match="head_warmup_steps"):
         HeadlessStartArguments(head_warmup_steps=-1)
+    with pytest.raises(ConfigError, match="whole number of steps or a share"):
+        HeadlessStartArguments(head_warmup_steps=2.5)
+
+
+def test_head_warmup_resolution():
+    from finbert2.pretrain.headless import resolve_head_warmup
+
+    class Headless:
+        new_module_names = ["cls.predictions", "cls.predictions.transform.dense"]
+
+    class Trained:
+        new_module_names = []
+
+    assert resolve_head_warmup(HeadlessStartArguments(), Headless(), 80) == 8  # auto: 10%
+    assert resolve_head_warmup(HeadlessStartArguments(), Trained(), 80) == 0
+    assert resolve_head_warmup(HeadlessStartArguments(head_warmup_steps=0.25), Trained(), 80) == 20
+    assert resolve_head_warmup(HeadlessStartArguments(head_warmup_steps=20), Headless(), 80) == 20
+    with pytest.raises(ConfigError, match="leaves no step for the encoder"):
+        resolve_head_warmup(HeadlessStartArguments(head_warmup_steps=80), Headless(), 80)
 
 
 def _mlm_args(model_dir, out, *extra):

@@ -100,7 +100,7 @@ def test_report_leads_with_headline_tables_and_lists_changed_arguments_only(tmp_
     # a collapsed run is flagged in red inside the results, before any per-run detail
     warning = md.index("WARNING**</span> retromae: collapsed")
     assert warning < runs and 'style="color:#c00"' in md
-    assert "| retromae | 9.0000 | 7.5000 | -1.5000 | 0.9995 | yes |" in md
+    assert "| retromae | 9.0000 | 7.5000 | -1.5000 | – | – | – | 0.9995 | yes |" in md
     # config: only the changed argument, with a link to the full record
     detail = md[md.index("### classify\n"):]
     assert "1 arguments differ from the defaults (all 2 in run_config.json)" in detail
@@ -133,3 +133,22 @@ def test_report_on_a_single_unfinished_run(tmp_path, run_cli):
     empty.mkdir()
     result = run_cli("report", empty, "--output", tmp_path / "rep2")
     assert result.returncode == 2 and "holds no run folder" in result.stderr
+
+
+def test_pretraining_table_reads_the_loss_against_the_unigram_bound_and_flags_damage(tmp_path):
+    root = tmp_path / "runs"
+    reason = ("pretraining is damaging the embedding space: zero-shot nDCG@10 0.3000 vs 0.6500 at the start "
+              "(-0.3500, tolerance 0.02)")
+    _run(root / "mlm_old", "mlm", {"initial_eval_loss": 12.7, "eval_loss": 7.4, "unigram_cross_entropy": 7.5,
+                                   "initial_eval_ndcg_at_10": 0.65, "eval_ndcg_at_10": 0.30,
+                                   "sentence_mean_cosine": 0.94, "collapsed": False, "embedding_damaged": True,
+                                   "embedding_damage_reason": reason})
+    _run(root / "mlm_new", "mlm", {"initial_eval_loss": 8.8, "eval_loss": 7.1, "unigram_cross_entropy": 7.5,
+                                   "initial_eval_ndcg_at_10": 0.65, "eval_ndcg_at_10": 0.66,
+                                   "sentence_mean_cosine": 0.87, "collapsed": False, "embedding_damaged": False})
+    build_report([root], tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "| mlm_old | 12.7000 | 7.4000 | -5.3000 | 7.5000 | 0.6500 | 0.3000 | 0.9400 | no |" in md
+    assert "| mlm_new | 8.8000 | 7.1000 | -1.7000 | 7.5000 | 0.6500 | 0.6600 | 0.8700 | no |" in md
+    warning = md.index(f"WARNING**</span> mlm_old: {reason}")
+    assert warning < md.index("## Runs") and "mlm_new: pretraining is damaging" not in md

@@ -41,10 +41,11 @@ AUTO_HEAD_WARMUP_SHARE = 0.1  # head_warmup_steps when left unset on a checkpoin
 class HeadlessStartArguments:
     """How a pretraining stage continues a checkpoint whose pretraining head is new."""
 
-    head_warmup_steps: int | None = field(
+    head_warmup_steps: float | None = field(
         default=None,
-        metadata={"help": "Train only the new head (encoder and word embeddings frozen) for this many steps first. "
-                  "Default: 10% of the steps when the checkpoint has no trained MLM head (e5, BGE, GTE), else 0."},
+        metadata={"help": "Train only the new head (encoder and word embeddings frozen) for this many steps first "
+                  "(below 1: that share of the steps). Default: 10% of the steps when the checkpoint has no trained "
+                  "MLM head (e5, BGE, GTE), else 0."},
     )
     encoder_learning_rate: float | None = field(
         default=None,
@@ -81,8 +82,9 @@ class HeadlessStartArguments:
     def __post_init__(self):
         if self.prior_bias not in {"auto", "true", "false"}:
             raise ConfigError("pretrain: prior_bias must be auto, true or false")
-        if self.head_warmup_steps is not None and self.head_warmup_steps < 0:
-            raise ConfigError("pretrain: head_warmup_steps must be >= 0")
+        if self.head_warmup_steps is not None and (self.head_warmup_steps < 0 or (
+                self.head_warmup_steps >= 1 and self.head_warmup_steps != int(self.head_warmup_steps))):
+            raise ConfigError("pretrain: head_warmup_steps must be a whole number of steps or a share in [0, 1)")
         if self.encoder_learning_rate is not None and self.encoder_learning_rate < 0:
             raise ConfigError("pretrain: encoder_learning_rate must be >= 0")
         if self.prior_smoothing <= 0:
@@ -148,12 +150,18 @@ def planned_steps(training_args, train_examples: int) -> int:
 
 
 def resolve_head_warmup(args: HeadlessStartArguments, model, total_steps: int) -> int:
-    if args.head_warmup_steps is not None:
-        if args.head_warmup_steps >= total_steps and total_steps > 0:
-            raise ConfigError(f"pretrain: head_warmup_steps ({args.head_warmup_steps}) leaves no step for the encoder "
+    """Head-only steps: as given (a share below 1 of ``total_steps``), else automatic for an untrained MLM head."""
+    if args.head_warmup_steps is None:
+        share = AUTO_HEAD_WARMUP_SHARE if has_untrained_mlm_head(model) else 0.0
+    elif args.head_warmup_steps < 1:
+        share = args.head_warmup_steps
+    else:
+        steps = int(args.head_warmup_steps)
+        if steps >= total_steps > 0:
+            raise ConfigError(f"pretrain: head_warmup_steps ({steps}) leaves no step for the encoder "
                               f"({total_steps} steps planned)")
-        return args.head_warmup_steps
-    return max(1, round(AUTO_HEAD_WARMUP_SHARE * total_steps)) if has_untrained_mlm_head(model) else 0
+        return steps
+    return max(1, round(share * total_steps)) if share > 0 else 0
 
 
 def uses_prior_bias(args: HeadlessStartArguments, model) -> bool:

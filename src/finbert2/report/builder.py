@@ -102,6 +102,8 @@ def run_blocks(run_dir: Path, name: str) -> list[Block]:
     else:
         if metrics.get("collapsed"):
             blocks.append(Block("warning", collapse_message(name, metrics)))
+        if metrics.get("embedding_damaged"):
+            blocks.append(Block("warning", damage_message(name, metrics)))
         blocks.append(Block("table", (["metric", "value"], [[k, _format_value(v)] for k, v in metrics.items()])))
     for image in sorted(run_dir.glob("*.png")):
         blocks.append(Block("image", image))
@@ -129,6 +131,10 @@ def run_blocks(run_dir: Path, name: str) -> list[Block]:
 
 def collapse_message(name: str, metrics: dict) -> str:
     return f"{name}: collapsed ({metrics.get('collapse_reason') or 'see run.log'})"
+
+
+def damage_message(name: str, metrics: dict) -> str:
+    return f"{name}: {metrics.get('embedding_damage_reason') or 'pretraining is damaging the embedding space'}"
 
 
 def comparison_blocks(run_dirs: list[Path]) -> list[Block]:
@@ -261,10 +267,16 @@ def pretraining_headline(runs: list[tuple[Path, str, dict, dict]]) -> list[Block
     if not pretraining:
         return []
     rows = [[d.name, _score(m.get("initial_eval_loss")), _score(m.get("eval_loss")),
-             _difference(m.get("eval_loss"), m.get("initial_eval_loss")), _score(m.get("sentence_mean_cosine")),
+             _difference(m.get("eval_loss"), m.get("initial_eval_loss")),
+             # the context-free bound: a held-out MLM loss is only read against the corpus's unigram model
+             _score(m.get("unigram_cross_entropy")), _score(m.get("initial_eval_ndcg_at_10")),
+             _score(m.get("eval_ndcg_at_10")), _score(m.get("sentence_mean_cosine")),
              "yes" if m.get("collapsed") else "no"] for d, _, m in pretraining]
-    header = ["pretraining", "held-out loss before", "after", "change", "sentence cosine", "collapsed"]
-    return [Block("heading", (3, "Pretraining")), Block("table", (header, rows)), *_collapse_warnings(pretraining)]
+    header = ["pretraining", "held-out loss before", "after", "change", "unigram bound", "zero-shot nDCG@10 before",
+              "after", "sentence cosine", "collapsed"]
+    damaged = [Block("warning", damage_message(d.name, m)) for d, _, m in pretraining if m.get("embedding_damaged")]
+    return [Block("heading", (3, "Pretraining")), Block("table", (header, rows)), *_collapse_warnings(pretraining),
+            *damaged]
 
 
 def headline_blocks(run_dirs: list[Path]) -> list[Block]:
