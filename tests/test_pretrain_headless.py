@@ -83,6 +83,11 @@ def test_head_warmup_resolution():
 
     assert resolve_head_warmup(HeadlessStartArguments(), Headless(), 80) == 8  # auto: 10%
     assert resolve_head_warmup(HeadlessStartArguments(), Trained(), 80) == 0
+
+    class RetroMAEOnTrainedHead:  # continuing an MLM-trained folder: only RetroMAE's decoder is new
+        new_module_names = ["retromae_decoder", "retromae_decoder.query"]
+
+    assert resolve_head_warmup(HeadlessStartArguments(), RetroMAEOnTrainedHead(), 80) == 8
     assert resolve_head_warmup(HeadlessStartArguments(head_warmup_steps=0.25), Trained(), 80) == 20
     assert resolve_head_warmup(HeadlessStartArguments(head_warmup_steps=20), Headless(), 80) == 20
     with pytest.raises(ConfigError, match="leaves no step for the encoder"):

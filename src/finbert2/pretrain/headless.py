@@ -44,8 +44,8 @@ class HeadlessStartArguments:
     head_warmup_steps: float | None = field(
         default=None,
         metadata={"help": "Train only the new head (encoder and word embeddings frozen) for this many steps first "
-                  "(below 1: that share of the steps). Default: 10% of the steps when the checkpoint has no trained "
-                  "MLM head (e5, BGE, GTE), else 0."},
+                  "(below 1: that share of the steps). Default: 10% of the steps when the checkpoint lacks a head "
+                  "the stage trains (an MLM head: e5, BGE, GTE; RetroMAE's decoder), else 0."},
     )
     encoder_learning_rate: float | None = field(
         default=None,
@@ -152,7 +152,8 @@ def planned_steps(training_args, train_examples: int) -> int:
 def resolve_head_warmup(args: HeadlessStartArguments, model, total_steps: int) -> int:
     """Head-only steps: as given (a share below 1 of ``total_steps``), else automatic for an untrained MLM head."""
     if args.head_warmup_steps is None:
-        share = AUTO_HEAD_WARMUP_SHARE if has_untrained_mlm_head(model) else 0.0
+        # any head the checkpoint lacks (an MLM head, RetroMAE's decoder) starts random: protect the encoder from it
+        share = AUTO_HEAD_WARMUP_SHARE if new_head_modules(model) else 0.0
     elif args.head_warmup_steps < 1:
         share = args.head_warmup_steps
     else:
