@@ -15,24 +15,27 @@ from tests.conftest import require_public
 
 @pytest.mark.slow
 def test_e5_retriever_fine_tuned_on_fin_eva_beats_its_zero_shot(e5_pruned_dir, tmp_path):
+    """Fine-tuned on Fin-Eva's grouped training rows (one per question text, every training context of it a
+    positive), scored on the validation split (settings are chosen there; the test split is never read)."""
     from finbert2.converters.fin_eva import convert
     from finbert2.retrieve.cli import main
 
-    convert(require_public("fin-eva"), tmp_path / "fe")
+    convert(require_public("fin-eva"), tmp_path / "fe", validation_fraction=0.15)
     out = tmp_path / "retriever"
     assert main(["train", "--model_name_or_path", str(e5_pruned_dir), "--train_data", str(tmp_path / "fe" / "train.jsonl"),
-                 "--output_dir", str(out), "--train_group_size", "2", "--query_max_len", "64",
-                 "--passage_max_len", "128", "--per_device_train_batch_size", "16", "--max_steps", "16",
+                 "--output_dir", str(out), "--train_group_size", "2", "--passage_max_len", "128",
+                 "--per_device_train_batch_size", "16", "--max_steps", "16", "--attention_dropout", "0",
                  "--learning_rate", "3e-5", "--temperature", "0.02", "--warmup_steps", "0.1", "--logging_steps", "2",
                  "--save_steps", "100", "--use_cpu", "True", "--seed", "42", "--report_to", "none",
                  "--disable_tqdm", "True", "--dataloader_num_workers", "0"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["collapsed"] is False
-    assert main(["evaluate", "--eval_data", str(tmp_path / "fe" / "eval"), "--models", str(e5_pruned_dir), str(out),
-                 "--labels", "zero_shot", "fine_tuned", "--max_length", "128", "--output_dir", str(tmp_path / "ev")]) == 0
+    assert metrics["query_max_len"] == 128  # the longest training query (477 tokens) capped at the passages' limit
+    assert main(["evaluate", "--eval_data", str(tmp_path / "fe" / "validation"), "--models", str(e5_pruned_dir),
+                 str(out), "--labels", "zero_shot", "fine_tuned", "--max_length", "128",
+                 "--output_dir", str(tmp_path / "ev")]) == 0
     scores = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    # measured: zero-shot 0.7026, fine-tuned 0.7117 nDCG@10 after 16 steps of 16 queries at 128 tokens (CI-time
-    # settings; at 20 steps and 192/256 tokens: 0.7158 -> 0.7258, BM25 0.7784)
+    # measured: E5_RETRIEVER_MEASURED
     assert scores["fine_tuned_ndcg_at_10"] > scores["zero_shot_ndcg_at_10"] + 0.005
 
 
