@@ -105,13 +105,21 @@ class Embedder:
                 for i, (start, stop), is_special in zip(ids, offsets, special)])
         return answers
 
+    def special_tokens_around(self) -> tuple[list[int], list[int]]:
+        """The special ids the tokenizer puts before and after one text's tokens (BERT: [CLS] / [SEP]), read
+        off a probe text: transformers 5 tokenizers no longer add them to a given id list."""
+        tokenizer = self.encoder.tokenizer
+        bare = tokenizer("金融", add_special_tokens=False)["input_ids"]
+        full = tokenizer("金融")["input_ids"]
+        start = next(i for i in range(len(full) - len(bare) + 1) if full[i:i + len(bare)] == bare)
+        return full[:start], full[start + len(bare):]
+
     def token_rows(self, id_lists: list[list[int]], truncate: bool) -> Tokenized:
         """Model inputs of token arrays that are already ids of this tokenizer (no special tokens)."""
-        tokenizer = self.encoder.tokenizer
-        budget = self.max_length - tokenizer.num_special_tokens_to_add(pair=False)
+        prefix, suffix = self.special_tokens_around()
+        budget = self.max_length - len(prefix) - len(suffix)
         too_long = [i for i, ids in enumerate(id_lists) if len(ids) > budget]
-        rows = [tokenizer.build_inputs_with_special_tokens(list(ids[:budget] if truncate else ids))
-                for ids in id_lists]
+        rows = [prefix + list(ids[:budget] if truncate else ids) + suffix for ids in id_lists]
         return Tokenized(rows, list(range(len(rows))), too_long, sum(map(len, rows)))
 
     def forward(self, rows: list[list[int]]) -> np.ndarray:
