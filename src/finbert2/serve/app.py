@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from finbert2 import __version__
@@ -40,8 +40,13 @@ logger = logging.getLogger("finbert2.serve")
 # Routes a request is counted under in /metrics (anything else is "other": no label per unknown path).
 ROUTES = ("/", "/embed", "/v1/embeddings", "/classify", "/search", "/index/documents", "/health", "/ready",
           "/info", "/metrics", "/openapi.json", *compat.ROUTES)
-# Reachable without the API key: probes of a load balancer, and the page (it asks for the key itself).
-OPEN_ROUTES = {"/health", "/ready", "/"}
+# The search page's CJK font (Noto Sans SC, SIL OFL 1.1, from the pylopdf-fonts-zh-cn wheel the toolkit
+# already depends on): served, so the page shows Chinese on a machine without a CJK font, offline.
+PAGE_FONT = "/fonts/NotoSansSC-Regular.otf"
+ROUTES = (*ROUTES, PAGE_FONT)
+# Reachable without the API key: probes of a load balancer, and the page and its font (the page asks for
+# the key itself; a browser fetches a font without it).
+OPEN_ROUTES = {"/health", "/ready", "/", PAGE_FONT}
 
 
 class ClientGone(Exception):
@@ -582,6 +587,13 @@ def create_app(args: ServeArguments) -> FastAPI:
     @app.get("/", response_class=HTMLResponse, tags=["search"], summary="Search page")
     async def page():
         return HTMLResponse(page_html())
+
+    @app.get(PAGE_FONT, response_class=FileResponse, tags=["search"], summary="The search page's CJK font")
+    async def page_font():
+        import pylopdf_fonts_zh_cn
+
+        return FileResponse(pylopdf_fonts_zh_cn.sans_path(), media_type="font/otf",
+                            headers={"Cache-Control": "public, max-age=86400"})
 
     for path, probe in (("/health", health), ("/ready", ready), ("/", page)):
         # load balancers probe with HEAD: the GET's status and headers (the server sends no body)
