@@ -118,7 +118,13 @@ def test_openai_embeddings_float_base64_dimensions_and_usage(client, direct):
     short = client.post("/v1/embeddings", json={"input": NEWS[0], "dimensions": 16}).json()["data"][0]["embedding"]
     np.testing.assert_allclose(short, expected[0][:16] / np.linalg.norm(expected[0][:16]), atol=1e-5)
     assert_openai_error(client.post("/v1/embeddings", json={"input": "x", "dimensions": 65}), 422)
-    assert_openai_error(client.post("/v1/embeddings", json={"input": "x", "model": "gpt-4"}), 404)
+    # one embedding model is served: any name is it (as TEI), a classifier's name is a mistake
+    hard_coded = client.post("/v1/embeddings", json={"input": NEWS[0], "model": "text-embedding-3-small"}).json()
+    np.testing.assert_allclose(hard_coded["data"][0]["embedding"], expected[0], atol=1e-5)
+    assert hard_coded["model"] == "retriever"
+    not_embedder = client.post("/v1/embeddings", json={"input": "x", "model": "sentiment"})
+    assert_openai_error(not_embedder, 404)
+    assert "classifier" in not_embedder.json()["error"]["message"] and "'retriever'" in not_embedder.json()["error"]["message"]
     assert_openai_error(client.post("/v1/embeddings", json={"input": []}), 400)
     assert_openai_error(client.post("/v1/embeddings", json={"inputs": "x"}), 422)
 
@@ -293,7 +299,7 @@ def test_filter_on_stored_fields(client, indexed):
 
 
 def test_search_limits(client, indexed):
-    assert_tei_error(client.post("/search", json={"query": ""}), 422, "validation")
+    assert_tei_error(client.post("/search", json={"query": ""}), 400, "empty")  # as blank text, everywhere
     assert_tei_error(client.post("/search", json={"query": "  "}), 400, "empty")
     assert_tei_error(client.post("/search", json={"query": "x", "top_k": 0}), 422, "validation")
     assert_tei_error(client.post("/search", json={"query": "x", "mode": "sparse"}), 422, "validation")

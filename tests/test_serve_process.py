@@ -14,6 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlparse
 
 import httpx
 import numpy as np
@@ -281,9 +282,33 @@ def test_search_page_in_a_headless_browser(server):
         driver.find_element(By.ID, "go").click()
         WebDriverWait(driver, 30).until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, ".hit")))
         hits = driver.find_elements(By.CSS_SELECTOR, ".hit")
-        assert hits and hits[0].find_element(By.TAG_NAME, "h3").text == "n1"
+        # the title as the heading, the id under it
+        assert hits and hits[0].find_element(By.TAG_NAME, "h3").text == "新闻1"
+        assert hits[0].find_element(By.CSS_SELECTOR, ".subtitle").text == "n1"
         marked = [m.text for m in hits[0].find_elements(By.TAG_NAME, "mark")]
         assert "茅台" in marked, marked
         assert "source" in hits[0].text and json.dumps("测试", ensure_ascii=False).strip('"') in hits[0].text
+        # the query is in the URL: opening that URL runs the same search
+        params = parse_qs(urlparse(driver.current_url).query)
+        assert params["q"] == ["茅台年报"] and params["mode"] == ["bm25"], driver.current_url
+        # Chinese is drawn with the font the server ships (this machine's own fonts are not asked)
+        fonts = driver.execute_async_script(
+            "const done = arguments[0]; document.fonts.ready.then(() => done({"
+            "status: [...document.fonts].map(f => f.family + ':' + f.status),"
+            "fetched: performance.getEntriesByType('resource').map(e => e.name)}))")
+        assert fonts["status"] == ["FinBERT2 Noto Sans SC:loaded"], fonts  # loaded: fetched, parsed, used
+        assert f"{server.url}/fonts/NotoSansSC-Regular.otf" in fonts["fetched"], fonts
+        # the filter box narrows the hits; a link with the query and filter reproduces them
+        driver.get(f"{server.url}/?" + urlencode({"q": "新闻", "mode": "hybrid", "filter": "title=新闻2|新闻4"}))
+        WebDriverWait(driver, 30).until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, ".hit")))
+        assert driver.find_element(By.ID, "query").get_attribute("value") == "新闻"
+        titles = {h.find_element(By.TAG_NAME, "h3").text for h in driver.find_elements(By.CSS_SELECTOR, ".hit")}
+        assert titles == {"新闻2", "新闻4"}, titles
+        box = driver.find_element(By.ID, "filter")
+        box.clear()
+        box.send_keys("source")  # no '=': the page says how to write it, and sends nothing
+        driver.find_element(By.ID, "go").click()
+        WebDriverWait(driver, 30).until(lambda d: "field=value" in d.find_element(By.ID, "status").text)
+        assert driver.find_elements(By.CSS_SELECTOR, ".hit") == []
     finally:
         driver.quit()

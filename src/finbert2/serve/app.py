@@ -20,28 +20,33 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from finbert2 import __version__
 from finbert2.classify.data import pool_by_owner
 from finbert2.retrieve.search import jieba_tokens
 from finbert2.segmentation import new_segmenter
-from finbert2.serve import schemas
+from finbert2.serve import compat, schemas
 from finbert2.serve.args import ServeArguments
 from finbert2.serve.batching import Batcher
 from finbert2.serve.errors import ApiError, error_response
 from finbert2.serve.metrics import ServerMetrics
-from finbert2.serve.models import Embedder, Labeler, Tokenized, load_models
+from finbert2.serve.models import Embedder, Labeler, Tokenized, load_models, truncated_header
 from finbert2.serve.store import DocumentIndex
 
 logger = logging.getLogger("finbert2.serve")
 
 # Routes a request is counted under in /metrics (anything else is "other": no label per unknown path).
 ROUTES = ("/", "/embed", "/v1/embeddings", "/classify", "/search", "/index/documents", "/health", "/ready",
-          "/info", "/metrics", "/openapi.json")
-# Reachable without the API key: probes of a load balancer, and the page (it asks for the key itself).
-OPEN_ROUTES = {"/health", "/ready", "/"}
+          "/info", "/metrics", "/openapi.json", *compat.ROUTES)
+# The search page's CJK font (Noto Sans SC, SIL OFL 1.1, from the pylopdf-fonts-zh-cn wheel the toolkit
+# already depends on): served, so the page shows Chinese on a machine without a CJK font, offline.
+PAGE_FONT = "/fonts/NotoSansSC-Regular.otf"
+ROUTES = (*ROUTES, PAGE_FONT)
+# Reachable without the API key: probes of a load balancer, and the page and its font (the page asks for
+# the key itself; a browser fetches a font without it).
+OPEN_ROUTES = {"/health", "/ready", "/", PAGE_FONT}
 
 
 class ClientGone(Exception):
@@ -74,6 +79,7 @@ class Server:
         self.ready = False
         self.load_error: str | None = None
         self.in_flight = 0
+        self.loaded_at = 0
         # One model thread: forward passes of all models take turns (torch uses every core for each);
         # tokenization and index writes run in the loop's default pool.
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finbert2-model")
@@ -84,7 +90,8 @@ class Server:
         args = self.args
         self.embedder, self.labelers = load_models(args.retriever, args.classifier or [], args.dtype,
                                                    args.max_length or self._index_max_length(),
-                                                   args.served_model_name)
+                                                   (args.served_model_name or [None])[0])
+        self.loaded_at = int(time.time())
         if args.index:
             self.segmenter = new_segmenter(args.user_dict)
             encoder = self.embedder.encoder
@@ -162,14 +169,15 @@ class Server:
             detail = f" (loading failed: {self.load_error})" if self.load_error else ""
             raise ApiError(503, f"model is not ready{detail}", "unhealthy")
 
-    def check_inputs(self, inputs: str | list[str], param: str) -> list[str]:
+    def check_inputs(self, inputs: str | list, param: str, limit: int | None = None) -> list:
+        """The inputs as a list (texts, or token arrays), refused when empty or over the route's limit."""
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
+        limit = limit or self.args.max_client_batch_size
         if not texts:
             raise ApiError(400, f"`{param}` cannot be empty", "empty", param)
-        if len(texts) > self.args.max_client_batch_size:
-            raise ApiError(413, f"batch size {len(texts)} > maximum allowed batch size "
-                                f"{self.args.max_client_batch_size}", "validation", param)
-        if any(not t.strip() for t in texts):
+        if len(texts) > limit:
+            raise ApiError(413, f"batch size {len(texts)} > maximum allowed batch size {limit}", "validation", param)
+        if any(not (t.strip() if isinstance(t, str) else t) for t in texts):
             raise ApiError(400, f"`{param}` cannot hold an empty text", "empty", param)
         return texts
 
@@ -201,10 +209,33 @@ class Server:
                     normalize: bool, param: str) -> tuple[np.ndarray, Tokenized]:
         self.require_embedder()
         tokenized = await self.tokenize(self.embedder, [prompt + t for t in texts], truncate, param)
+        return await self.embed_tokenized(request, tokenized, normalize), tokenized
+
+    def check_token_ids(self, id_lists: list[list[int]], param: str) -> None:
+        """Token arrays must be ids of this model's tokenizer; ids beyond its vocabulary (tiktoken's, which
+        OpenAI clients send by default) are refused rather than embedded as noise."""
+        vocabulary = len(self.embedder.encoder.tokenizer)
+        for i, ids in enumerate(id_lists):
+            beyond = [t for t in ids if t >= vocabulary]
+            if beyond:
+                raise ApiError(422, f"{param}[{i}] holds token id {beyond[0]}, outside this model's vocabulary of "
+                                    f"{vocabulary} ids: token arrays must be ids of this model's tokenizer (see "
+                                    "/tokenize), not tiktoken's; send the text instead (LangChain: "
+                                    "check_embedding_ctx_length=False)", "validation", param)
+
+    def token_arrays(self, id_lists: list[list[int]], truncate: bool, param: str) -> Tokenized:
+        self.check_token_ids(id_lists, param)
+        tokenized = self.embedder.token_rows(id_lists, truncate)
+        if tokenized.too_long and not truncate:
+            raise ApiError(422, f"input {tokenized.too_long[0]} is longer than the model's maximum of "
+                                f"{self.embedder.max_length} tokens; send truncate=true to cut it", "validation", param)
+        return tokenized
+
+    async def embed_tokenized(self, request: Request, tokenized: Tokenized, normalize: bool) -> np.ndarray:
         vectors = np.stack(await self.run_model(request, self.embedder.name, tokenized.rows))
         if normalize:
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        return vectors.astype(np.float32), tokenized
+        return vectors.astype(np.float32)
 
     def require_embedder(self) -> None:
         if self.embedder is None:
@@ -224,6 +255,37 @@ class Server:
             raise ApiError(422, f"unknown prompt_name '{prompt_name}' (one of {', '.join(prompts)})",
                            "validation", "prompt_name")
         return prompts[prompt_name]
+
+    async def classify(self, request: Request, body: schemas.ClassifyRequest) -> tuple[list[list[dict]], Tokenized]:
+        """Each text's labels, best first, with score and whether it is predicted (/classify, /predict)."""
+        self.require_ready()
+        labeler = self.labeler(body.model)
+        texts = self.check_inputs(body.inputs, "inputs")
+        tokenized = await self.tokenize(labeler, texts, body.truncate, "inputs")
+        window_logits = np.stack(await self.run_model(request, labeler.name, tokenized.rows))
+        logits = pool_by_owner(window_logits, np.asarray(tokenized.owners), len(texts))
+        predictions = labeler.classifier.predictions(logits)
+        scores = logits if body.raw_scores else predictions.probabilities
+        chosen = predictions.predicted()
+        answers = []
+        for i in range(len(texts)):
+            picked = chosen[i] if predictions.multi_label else np.eye(len(predictions.label_names))[chosen[i]]
+            row = [{"label": name, "score": float(scores[i][j]), "predicted": bool(picked[j])}
+                   for j, name in enumerate(predictions.label_names)]
+            answers.append(sorted(row, key=lambda item: -item["score"]))
+        return answers, tokenized
+
+    def embedding_names(self) -> list[str]:
+        """The retriever's name and its aliases (``--served_model_name NAME [ALIAS ...]``)."""
+        return list(dict.fromkeys([self.embedder.name, *(self.args.served_model_name or [])[1:]]))
+
+    def check_embedding_model(self, name: str | None) -> None:
+        """One embedding model is served, so any name picks it (as TEI does: clients hard-code names like
+        text-embedding-3-small); only a classifier's name is a mistake worth a 404."""
+        if name is not None and name in self.labelers:
+            raise ApiError(404, f"model '{name}' is a classifier; embeddings come from "
+                                f"{', '.join(repr(n) for n in self.embedding_names())} (see /v1/models)",
+                           "not_found", "model")
 
     def labeler(self, name: str | None) -> Labeler:
         if not self.labelers:
@@ -266,11 +328,6 @@ async def wait_for_disconnect(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
-
-
-def truncated_header(tokenized: Tokenized) -> dict[str, str]:
-    """How many inputs were cut to fit (TEI has no field for it; a header keeps its body shape)."""
-    return {"X-Truncated-Inputs": str(len(tokenized.too_long))}
 
 
 class Limits:
@@ -324,10 +381,13 @@ class Limits:
 
 
 def authorized(scope, api_key: str) -> bool:
-    headers = dict(scope.get("headers") or [])
-    given = headers.get(b"authorization", b"")
-    token = given[7:] if given[:7].lower() == b"bearer " else given
-    return hmac.compare_digest(token.strip(), api_key.encode("utf-8"))  # constant time: no key guessing by timing
+    """Exactly one ``Authorization: Bearer <key>`` header (a bare key, or two headers, is refused)."""
+    given = [value for name, value in scope.get("headers") or [] if name.lower() == b"authorization"]
+    if len(given) != 1:
+        return False
+    scheme, _, token = given[0].partition(b" ")
+    # constant time: no key guessing by timing
+    return scheme.lower() == b"bearer" and hmac.compare_digest(token, api_key.encode("utf-8"))
 
 
 async def read_body(scope, receive, limit: int) -> bytes | ApiError | None:
@@ -421,15 +481,18 @@ def create_app(args: ServeArguments) -> FastAPI:
     async def openai_embeddings(body: schemas.OpenAIEmbeddingRequest, request: Request):
         server.require_ready()
         server.require_embedder()
-        if body.model is not None and body.model != server.embedder.name:
-            raise ApiError(404, f"model '{body.model}' not found (this server embeds with "
-                                f"'{server.embedder.name}')", "not_found", "model")
+        server.check_embedding_model(body.model)
         if body.dimensions is not None and body.dimensions > server.embedder.dimension:
             raise ApiError(422, f"dimensions {body.dimensions} > the model's {server.embedder.dimension}",
                            "validation", "dimensions")
-        texts = server.check_inputs(body.input, "input")
+        inputs = [body.input] if body.input and isinstance(body.input[0], int) else body.input  # one token array
+        texts = server.check_inputs(inputs, "input", args.max_openai_inputs)
         normalize = server.embedder.encoder.normalize
-        vectors, tokenized = await server.embed(request, texts, "", body.truncate, normalize, "input")
+        if isinstance(texts[0], str):
+            vectors, tokenized = await server.embed(request, texts, "", body.truncate, normalize, "input")
+        else:
+            tokenized = server.token_arrays(texts, body.truncate, "input")
+            vectors = await server.embed_tokenized(request, tokenized, normalize)
         if body.dimensions is not None:  # Matryoshka-style: the leading dimensions, re-normalised
             vectors = vectors[:, :body.dimensions]
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
@@ -445,21 +508,7 @@ def create_app(args: ServeArguments) -> FastAPI:
     @app.post("/classify", response_model=list[schemas.LabelScore] | list[list[schemas.LabelScore]],
               responses=tei, tags=["classification"], summary="Classify texts (TEI /predict shape)")
     async def classify(body: schemas.ClassifyRequest, request: Request):
-        server.require_ready()
-        labeler = server.labeler(body.model)
-        texts = server.check_inputs(body.inputs, "inputs")
-        tokenized = await server.tokenize(labeler, texts, body.truncate, "inputs")
-        window_logits = np.stack(await server.run_model(request, labeler.name, tokenized.rows))
-        logits = pool_by_owner(window_logits, np.asarray(tokenized.owners), len(texts))
-        predictions = labeler.classifier.predictions(logits)
-        scores = logits if body.raw_scores else predictions.probabilities
-        chosen = predictions.predicted()
-        answers = []
-        for i in range(len(texts)):
-            picked = chosen[i] if predictions.multi_label else np.eye(len(predictions.label_names))[chosen[i]]
-            row = [{"label": name, "score": float(scores[i][j]), "predicted": bool(picked[j])}
-                   for j, name in enumerate(predictions.label_names)]
-            answers.append(sorted(row, key=lambda item: -item["score"]))
+        answers, tokenized = await server.classify(request, body)
         return JSONResponse(answers[0] if isinstance(body.inputs, str) else answers,
                             headers=truncated_header(tokenized))
 
@@ -486,8 +535,7 @@ def create_app(args: ServeArguments) -> FastAPI:
         if len(body.documents) > args.max_client_batch_size:
             raise ApiError(413, f"{len(body.documents)} documents > maximum allowed batch size "
                                 f"{args.max_client_batch_size}", "validation", "documents")
-        records = [d.model_dump(exclude_none=True) for d in body.documents]
-        records = list({r["id"]: r for r in records}.values())  # the last of repeated ids wins
+        records = [d.model_dump(exclude_none=True) for d in body.documents]  # ids are unique (schema)
         if any(not r["text"].strip() for r in records):
             raise ApiError(400, "a document's `text` cannot be empty", "empty", "documents")
         windows = [index.window_texts(r) for r in records]
@@ -507,7 +555,7 @@ def create_app(args: ServeArguments) -> FastAPI:
                 summary="Delete documents by id")
     async def delete_documents(body: schemas.DeleteDocumentsRequest):
         index = server.require_index()
-        ids = list(dict.fromkeys(body.ids))
+        ids = body.ids  # unique (schema)
         missing = await asyncio.get_running_loop().run_in_executor(None, index.delete, ids)
         server.count_index()
         return {"deleted": len(ids) - len(missing), "missing": missing, "documents": index.documents,
@@ -539,6 +587,21 @@ def create_app(args: ServeArguments) -> FastAPI:
     @app.get("/", response_class=HTMLResponse, tags=["search"], summary="Search page")
     async def page():
         return HTMLResponse(page_html())
+
+    @app.get(PAGE_FONT, response_class=FileResponse, tags=["search"], summary="The search page's CJK font")
+    async def page_font():
+        import pylopdf_fonts_zh_cn
+
+        return FileResponse(pylopdf_fonts_zh_cn.sans_path(), media_type="font/otf",
+                            headers={"Cache-Control": "public, max-age=86400"})
+
+    for path, probe in (("/health", health), ("/ready", ready), ("/", page)):
+        # load balancers probe with HEAD: the GET's status and headers (the server sends no body)
+        app.add_api_route(path, probe, methods=["HEAD"], operation_id=f"{probe.__name__}_head", tags=["operations"],
+                          responses=tei_errors(503) if probe is not page else None,
+                          summary=f"HEAD {path}: the status of GET {path}, no body")
+
+    app.include_router(compat.router)
 
     @app.exception_handler(Exception)
     async def backend_error(request: Request, err: Exception):  # a bug or a model failure, never bad input

@@ -31,7 +31,10 @@ class ServeArguments:
         "help": "Longest model input in tokens (default: the index's, else 512, capped by the model)."})
     max_batch_tokens: int = field(default=16384, metadata={
         "help": "Padded tokens per forward pass (TEI: max-batch-tokens)."})
-    max_client_batch_size: int = field(default=32, metadata={"help": "Inputs per request (TEI's default 32); more: 413."})
+    max_client_batch_size: int = field(default=32, metadata={
+        "help": "Inputs per request on the TEI routes (TEI's default 32); more: 413."})
+    max_openai_inputs: int = field(default=2048, metadata={
+        "help": "Inputs per /v1/embeddings request (OpenAI's limit 2048; run in batches inside); more: 413."})
     max_concurrent_requests: int = field(default=512, metadata={
         "help": "Requests admitted at once (TEI's default 512); more: 429."})
     max_body_bytes: int = field(default=2_000_000, metadata={"help": "Largest request body (TEI: 2 MB); more: 413."})
@@ -40,8 +43,9 @@ class ServeArguments:
     window_stride: int = field(default=380, metadata={"help": "Characters between window starts (upstream: 380)."})
     rrf_k: int = field(default=60, metadata={"help": "Reciprocal-rank fusion constant of mode=hybrid."})
     user_dict: str | None = field(default=None, metadata={"help": "jieba user dictionary for BM25."})
-    served_model_name: str | None = field(default=None, metadata={
-        "help": "The retriever's name in /v1/embeddings and /info (default: its folder name)."})
+    served_model_name: list[str] | None = field(default=None, metadata={
+        "help": "The retriever's name in /v1/embeddings, /v1/models and /info (default: its folder name); "
+                "further names are aliases listed by /v1/models."})
     graceful_timeout: float = field(default=30.0, metadata={"help": "Seconds SIGTERM waits for in-flight requests."})
 
     def __post_init__(self):
@@ -55,6 +59,9 @@ class ServeArguments:
             self.api_key = os.environ.get(API_KEY_ENV) or None
         if not 0 < self.window_stride <= self.window_chars:
             raise ConfigError("finbert2 serve: need 0 < window_stride <= window_chars")
-        for name in ("max_batch_tokens", "max_client_batch_size", "max_concurrent_requests", "max_body_bytes", "rrf_k"):
+        if self.served_model_name and len(set(self.served_model_name)) < len(self.served_model_name):
+            raise ConfigError("finbert2 serve: --served_model_name repeats a name")
+        for name in ("max_batch_tokens", "max_client_batch_size", "max_openai_inputs", "max_concurrent_requests",
+                     "max_body_bytes", "rrf_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"finbert2 serve: {name} must be at least 1")

@@ -24,6 +24,9 @@ class ApiError(Exception):
 
 
 def error_body(path: str, message: str, error_type: str, param: str | None = None) -> dict:
+    # An error may quote the request; a quoted lone surrogate must not make the answer itself unencodable.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    param = param.encode("utf-8", "backslashreplace").decode("utf-8") if param else param
     if path.startswith(OPENAI_PREFIX):
         return {"error": {"message": message, "type": OPENAI_TYPES.get(error_type, "invalid_request_error"),
                           "param": param, "code": error_type}}

@@ -52,6 +52,11 @@ class Tokenized:
     tokens: int  # tokens of every row
 
 
+def truncated_header(tokenized: Tokenized) -> dict[str, str]:
+    """How many inputs were cut to fit (TEI has no field for it; a header keeps its body shape)."""
+    return {"X-Truncated-Inputs": str(len(tokenized.too_long))}
+
+
 class Embedder:
     """The retriever: prompts, tokenization with a max length, pooled vectors of a batch."""
 
@@ -85,8 +90,49 @@ class Embedder:
                 rows[i] = ids
         return Tokenized(rows, list(range(len(rows))), too_long, sum(map(len, rows)))
 
+    def token_spans(self, texts: list[str], add_special_tokens: bool) -> list[list[dict]]:
+        """TEI's /tokenize: each token's id, the characters it covers, and whether it is special."""
+        tokenizer = self.encoder.tokenizer
+        encoded = tokenizer(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=True,
+                            return_special_tokens_mask=True, return_attention_mask=False,
+                            return_token_type_ids=False, verbose=False)
+        answers = []
+        for text, ids, offsets, special in zip(texts, encoded["input_ids"], encoded["offset_mapping"],
+                                               encoded["special_tokens_mask"]):
+            answers.append([
+                {"id": i, "text": tokenizer.convert_ids_to_tokens(i), "special": True, "start": None, "stop": None}
+                if is_special else {"id": i, "text": text[start:stop], "special": False, "start": start, "stop": stop}
+                for i, (start, stop), is_special in zip(ids, offsets, special)])
+        return answers
+
+    def special_tokens_around(self) -> tuple[list[int], list[int]]:
+        """The special ids the tokenizer puts before and after one text's tokens (BERT: [CLS] / [SEP]), read
+        off a probe text: transformers 5 tokenizers no longer add them to a given id list."""
+        tokenizer = self.encoder.tokenizer
+        bare = tokenizer("金融", add_special_tokens=False)["input_ids"]
+        full = tokenizer("金融")["input_ids"]
+        start = next(i for i in range(len(full) - len(bare) + 1) if full[i:i + len(bare)] == bare)
+        return full[:start], full[start + len(bare):]
+
+    def token_rows(self, id_lists: list[list[int]], truncate: bool) -> Tokenized:
+        """Model inputs of token arrays that are already ids of this tokenizer (no special tokens)."""
+        prefix, suffix = self.special_tokens_around()
+        budget = self.max_length - len(prefix) - len(suffix)
+        too_long = [i for i, ids in enumerate(id_lists) if len(ids) > budget]
+        rows = [prefix + list(ids[:budget] if truncate else ids) + suffix for ids in id_lists]
+        return Tokenized(rows, list(range(len(rows))), too_long, sum(map(len, rows)))
+
     def forward(self, rows: list[list[int]]) -> np.ndarray:
         return self.encoder.pooled(rows).numpy()
+
+    def token_states(self, rows: list[list[int]]) -> list[np.ndarray]:
+        """Every token's last hidden state (special tokens included), one array per row: TEI's /embed_all."""
+        encoder = self.encoder
+        input_ids, attention_mask = encoder._pad(rows)
+        with torch.inference_mode(), encoder._autocast():
+            states = encoder.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        states = states.float().cpu().numpy()
+        return [states[i, :len(row)] for i, row in enumerate(rows)]
 
     def warm_up(self) -> None:
         self.forward(self.tokenize(["预热"], truncate=True).rows)
