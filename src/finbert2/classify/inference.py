@@ -122,11 +122,17 @@ class SequenceClassifier:
     def from_pretrained(cls, name_or_path: str, tokenizer_name: str | None = None, *, max_length: int | None = None,
                         truncation: str | None = None, threshold: float | None = None, device: str | None = None,
                         bf16: bool = False, trust_remote_code: bool = False) -> "SequenceClassifier":
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                name_or_path, trust_remote_code=trust_remote_code, use_safetensors=True)
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"{name_or_path}: cannot load a classifier ({str(err).splitlines()[0]})") from None
+        from finbert2.export.runtime import ExportedModel, exported_backend
+
+        if exported_backend(name_or_path) != "torch":
+            # An exported graph runs on the CPU at the precision it was exported and checked at.
+            model, device, bf16 = ExportedModel(name_or_path), "cpu", False
+        else:
+            try:
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    name_or_path, trust_remote_code=trust_remote_code, use_safetensors=True)
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"{name_or_path}: cannot load a classifier ({str(err).splitlines()[0]})") from None
         # This model is ours alone (one handed to __init__ may be in training): its head reads [CLS] only.
         if type(model).__name__ in CLS_HEAD_CLASSIFIERS:
             last_layer_at_cls_only(model.base_model)
