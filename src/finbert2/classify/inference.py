@@ -122,11 +122,11 @@ class SequenceClassifier:
     def from_pretrained(cls, name_or_path: str, tokenizer_name: str | None = None, *, max_length: int | None = None,
                         truncation: str | None = None, threshold: float | None = None, device: str | None = None,
                         bf16: bool = False, trust_remote_code: bool = False) -> "SequenceClassifier":
-        from finbert2.export.runtime import ExportedModel, exported_backend
+        from finbert2.export.runtime import exported_backend, load_exported
 
         if exported_backend(name_or_path) != "torch":
             # An exported graph runs on the CPU at the precision it was exported and checked at.
-            model, device, bf16 = ExportedModel(name_or_path), "cpu", False
+            model, device, bf16 = load_exported(name_or_path), "cpu", False
         else:
             try:
                 model = AutoModelForSequenceClassification.from_pretrained(

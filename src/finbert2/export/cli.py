@@ -1,11 +1,15 @@
-"""``finbert2 export MODEL_DIR OUT [--quantize none|int8-dynamic] [--check EVAL] [--max_drop X]``.
+"""``finbert2 export MODEL_DIR OUT [--format onnx|openvino] [--quantize none|int8-dynamic|int8-static]
+[--calibration_data FILE] [--check EVAL] [--max_drop X]``.
 
     finbert2 export runs/retriever runs/retriever-onnx --quantize int8-dynamic \\
         --check data/demo/retrieval/eval --max_drop 0.005
     finbert2 export runs/classify runs/classify-onnx --quantize int8-dynamic --check data/demo/sentiment/test.jsonl
+    finbert2 export runs/retriever runs/retriever-ov --format openvino --quantize int8-static \
+        --calibration_data data/demo/corpus.jsonl --check data/demo/retrieval/eval
 
-Writes OUT in sentence-transformers' ONNX backend layout (``onnx/model.onnx``, or ``onnx/model_qint8.onnx``
-when quantized, beside ``config.json``, the tokenizer and the sentence-transformers modules) and
+Writes OUT in sentence-transformers' backend layout (``onnx/model.onnx``, ``onnx/model_qint8.onnx`` when
+quantized; ``openvino/openvino_model.xml``, ``openvino/openvino_model_qint8_quantized.xml``; beside
+``config.json``, the tokenizer and the sentence-transformers modules) and
 ``export_report.json`` (what was exported, and with ``--check`` the source and exported scores). Every
 command that loads a model takes OUT as it is. The folder is built aside and moved into place only when
 the check passes: a failed check exits non-zero and leaves OUT holding only its report (or, when OUT held
@@ -26,8 +30,9 @@ from finbert2.errors import ConfigError, FinBERT2Error, OutputDirError
 
 logger = logging.getLogger("finbert2.export")
 
-FORMATS = ("onnx",)
-QUANTIZATIONS = ("none", "int8-dynamic")
+FORMATS = ("onnx", "openvino")
+# ONNX Runtime: dynamic int8 (scales per batch, no data needed); OpenVINO: NNCF's static int8 (calibrated).
+QUANTIZATIONS = {"onnx": ("none", "int8-dynamic"), "openvino": ("none", "int8-static")}
 # The files a model folder holds besides its weights that an exported folder keeps.
 ST_MODULE_FILES = ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json")
 
@@ -37,9 +42,13 @@ class ExportArguments:
     model_name_or_path: str = field(metadata={"help": "Retriever (sentence-transformers or encoder folder) or "
                                                       "classifier folder to export (or the first positional argument)."})
     output_dir: str = field(metadata={"help": "Folder to write (or the second positional argument)."})
-    format: str = field(default="onnx", metadata={"help": "onnx (ONNX Runtime; sentence-transformers backend='onnx')."})
+    format: str = field(default="onnx", metadata={
+        "help": "onnx (ONNX Runtime) or openvino (OpenVINO IR): sentence-transformers' backend names."})
     quantize: str = field(default="none", metadata={
-        "help": "none (fp32) or int8-dynamic (int8 weights per channel, activations quantized per batch)."})
+        "help": "none (fp32); onnx: int8-dynamic (int8 weights per channel, activations quantized per batch); "
+                "openvino: int8-static (NNCF, activation scales calibrated on --calibration_data)."})
+    calibration_data: str | None = field(default=None, metadata={
+        "help": "Texts (JSONL with --text_field, CSV, or .txt one per line) calibrating int8-static; up to 300 used."})
     check: str | None = field(default=None, metadata={
         "help": "Retrieval evaluation folder (retrievers: nDCG@10, vector cosines) or labelled classification "
                 "file (classifiers: macro-F1, label agreement) scoring the export against the source model."})
@@ -56,9 +65,11 @@ class ExportArguments:
     def __post_init__(self):
         if self.format not in FORMATS:
             raise ConfigError(f"finbert2 export: --format must be one of {', '.join(FORMATS)}, not '{self.format}'")
-        if self.quantize not in QUANTIZATIONS:
-            raise ConfigError(f"finbert2 export: --quantize must be one of {', '.join(QUANTIZATIONS)}, "
-                              f"not '{self.quantize}'")
+        if self.quantize not in QUANTIZATIONS[self.format]:
+            raise ConfigError(f"finbert2 export: --quantize for --format {self.format} must be one of "
+                              f"{', '.join(QUANTIZATIONS[self.format])}, not '{self.quantize}'")
+        if (self.quantize == "int8-static") != bool(self.calibration_data):
+            raise ConfigError("finbert2 export: --calibration_data goes with --quantize int8-static, and only with it")
         if self.max_drop < 0 or not 0 <= self.min_cosine <= 1 or not 0 <= self.min_agreement <= 1:
             raise ConfigError("finbert2 export: need --max_drop >= 0 and --min_cosine, --min_agreement in [0, 1]")
         if Path(self.output_dir).resolve() == Path(self.model_name_or_path).resolve():
@@ -105,10 +116,48 @@ def write_non_weight_files(source: Path, runner, target: Path) -> None:
             shutil.copytree(entry, target / entry.name)
 
 
+def read_texts(path: str, text_field: str) -> list[str]:
+    from finbert2.data import iter_records
+    from finbert2.data.readers import get_text
+    from finbert2.errors import DataError
+
+    texts = [get_text(obj, text_field, Path(path), lineno) for lineno, obj in iter_records(Path(path))]
+    if not texts:
+        raise DataError(path, None, "no calibration texts")
+    return texts
+
+
+def export_model_file(args: ExportArguments, kind: str, runner, staging: Path, calibration: list[str] | None) -> Path:
+    """Write the graph (and its quantized form) into ``staging``; returns the one model file kept there."""
+    from finbert2.export import openvino as ov_export
+    from finbert2.export.onnx import ClassifierGraph, EncoderGraph, export_onnx, quantize_dynamic_int8
+
+    graph = ClassifierGraph(runner.model) if kind == "classifier" else EncoderGraph(runner.model)
+    onnx_file = export_onnx(graph, staging / "onnx" / "model.onnx", runner.model.config.vocab_size)
+    if args.format == "onnx" and args.quantize == "none":
+        return onnx_file
+    if args.format == "onnx":  # int8-dynamic
+        model_file = quantize_dynamic_int8(onnx_file, staging / "onnx" / "model_qint8.onnx")
+        onnx_file.unlink()  # one model file per folder: the one the check scores
+        return model_file
+    # OpenVINO reads the ONNX graph: one trace serves both formats.
+    model = ov_export.convert(onnx_file, staging / "openvino" / ov_export.FP32_FILE)
+    shutil.rmtree(staging / "onnx")
+    if args.quantize == "none":
+        return staging / "openvino" / ov_export.FP32_FILE
+    prompt = "" if kind == "classifier" else runner.passage_instruction
+    max_length = runner.settings.max_length if kind == "classifier" else runner.max_length
+    rows = runner.tokenizer([prompt + t for t in calibration], truncation=True, max_length=max_length,
+                            return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    model_file = ov_export.quantize_static_int8(model, rows, staging / "openvino" / ov_export.STATIC_INT8_FILE)
+    for fp32_part in (staging / "openvino").glob("openvino_model.*"):
+        fp32_part.unlink()
+    return model_file
+
+
 def run_export(args: ExportArguments) -> dict:
     from finbert2.data import write_json
     from finbert2.export.check import Gate, check_classifier, check_retriever, gate_failures, load_check_data
-    from finbert2.export.onnx import ClassifierGraph, EncoderGraph, export_onnx, quantize_dynamic_int8
     from finbert2.export.runtime import REPORT_FILE, exported_backend
 
     started = time.perf_counter()
@@ -120,6 +169,7 @@ def run_export(args: ExportArguments) -> dict:
     kind = model_kind(args.model_name_or_path)
     check_data = load_check_data(kind, args.check, args.check_split, args.text_field, args.label_field) \
         if args.check else None  # a bad check set fails before any work
+    calibration = read_texts(args.calibration_data, args.text_field) if args.calibration_data else None
     runner = load_runner(kind, source)
 
     staging = out.parent / f".{out.name}.partial"
@@ -127,15 +177,10 @@ def run_export(args: ExportArguments) -> dict:
     staging.mkdir(parents=True)
     try:
         write_non_weight_files(source, runner, staging)
-        graph = ClassifierGraph(runner.model) if kind == "classifier" else EncoderGraph(runner.model)
-        model_file = export_onnx(graph, staging / "onnx" / "model.onnx", runner.model.config.vocab_size)
-        if args.quantize == "int8-dynamic":
-            fp32_file = model_file
-            model_file = quantize_dynamic_int8(fp32_file, staging / "onnx" / "model_qint8.onnx")
-            fp32_file.unlink()  # one model file per folder: the one the check scored
+        model_file = export_model_file(args, kind, runner, staging, calibration)
         report = {"source": str(source), "kind": kind, "format": args.format, "quantize": args.quantize,
                   "model_file": model_file.relative_to(staging).as_posix(),
-                  "model_bytes": model_file.stat().st_size, "gate": asdict(Gate(args.max_drop, args.min_cosine,
+                  "model_bytes": sum(f.stat().st_size for f in model_file.parent.glob(model_file.stem + ".*")), "gate": asdict(Gate(args.max_drop, args.min_cosine,
                                                                                 args.min_agreement))}
         failures: list[str] = []
         if check_data is not None:

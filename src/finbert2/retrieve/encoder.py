@@ -84,10 +84,10 @@ def resolve_prompts(name_or_path: str | None, query: str | None = None,
 def load_encoder_model(name_or_path: str, trust_remote_code: bool = False, cache_dir: str | None = None):
     """``AutoModel`` without the pooler head (CLS pooling reads the raw [CLS] state; an unused head breaks DDP),
     or the ONNX session of a folder ``finbert2 export`` wrote."""
-    from finbert2.export.runtime import ExportedModel, exported_backend
+    from finbert2.export.runtime import exported_backend, load_exported
 
     if exported_backend(name_or_path) != "torch":
-        return ExportedModel(name_or_path)
+        return load_exported(name_or_path)
     try:
         return AutoModel.from_pretrained(name_or_path, add_pooling_layer=False, use_safetensors=True,
                                          trust_remote_code=trust_remote_code, cache_dir=cache_dir)
