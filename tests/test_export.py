@@ -40,9 +40,13 @@ def exported(tmp_path_factory, tiny_tokenizer_dir):
     dirs = {"retriever": make_retriever(tiny_tokenizer_dir, root / "retriever", prompts=E5_PROMPTS),
             "classifier": make_classifier(tiny_tokenizer_dir, root / "classifier", LABELS),
             "check_retrieval": retrieval, "check_labels": labelled}
-    for name, source, extra in (("retriever_onnx", "retriever", ["--check", retrieval, "--min_cosine", "0.99999"]),
-                                ("retriever_int8", "retriever", ["--quantize", "int8-dynamic", "--check", retrieval]),
-                                ("classifier_onnx", "classifier", ["--check", labelled, "--min_agreement", "1"])):
+    for name, source, extra in (
+            ("retriever_onnx", "retriever", ["--check", retrieval, "--min_cosine", "0.99999"]),
+            ("retriever_int8", "retriever", ["--quantize", "int8-dynamic", "--check", retrieval]),
+            ("classifier_onnx", "classifier", ["--check", labelled, "--min_agreement", "1"]),
+            ("retriever_openvino", "retriever", ["--format", "openvino", "--check", retrieval, "--min_cosine", "0.99999"]),
+            ("classifier_openvino_int8", "classifier", ["--format", "openvino", "--quantize", "int8-static",
+                                                        "--calibration_data", labelled, "--check", labelled])):
         assert finbert2_main(["export", str(dirs[source]), str(root / name), *map(str, extra)]) == 0
         dirs[name] = root / name
     return dirs
@@ -106,6 +110,26 @@ def test_classifier_export_equals_torch_logits_labels_and_cls(exported):
     assert check["max_abs_logit_difference"] < 1e-4
 
 
+def test_openvino_exports_equal_torch_fp32_and_pass_the_gate_in_int8(exported):
+    from finbert2.classify.inference import SequenceClassifier
+    from finbert2.export.runtime import exported_backend
+    from finbert2.retrieve.encoder import DenseEncoder
+
+    out = exported["retriever_openvino"]
+    assert exported_backend(out) == "openvino" and not (out / "onnx").exists()
+    assert sorted(p.name for p in (out / "openvino").iterdir()) == ["openvino_model.bin", "openvino_model.xml"]
+    torch_vectors = DenseEncoder.from_pretrained(str(exported["retriever"]), device="cpu").encode_queries(NEWS)
+    assert cosines(torch_vectors, DenseEncoder.from_pretrained(str(out)).encode_queries(NEWS)).min() >= 0.99999
+    int8 = exported["classifier_openvino_int8"]
+    report = report_of(int8)
+    assert report["passed"] and report["model_file"] == "openvino/openvino_model_qint8_quantized.xml"
+    assert report["check"]["drop"] <= 0.01 and report["check"]["max_abs_logit_difference"] > 0  # int8 is not exact
+    assert report["model_bytes"] < report_of(exported["classifier_onnx"])["model_bytes"]
+    torch_logits = SequenceClassifier.from_pretrained(str(exported["classifier"]), device="cpu").predict(NEWS).logits
+    int8_logits = SequenceClassifier.from_pretrained(str(int8)).predict(NEWS).logits
+    np.testing.assert_allclose(int8_logits, torch_logits, atol=0.05)
+
+
 def test_a_check_that_fails_exits_non_zero_and_leaves_no_model(exported, tmp_path, capsys):
     out = tmp_path / "rejected"
     # int8 moves vectors (min cosine < 1 on this model, see the test above): a gate it cannot meet.
@@ -142,8 +166,10 @@ def test_gate_failures_name_each_bound_broken():
 
 def test_bad_arguments_and_check_sets_are_one_line_errors(exported, tmp_path, capsys):
     cases = [
-        (["--quantize", "int4"], "--quantize must be one of none, int8-dynamic"),
-        (["--format", "tflite"], "--format must be one of onnx"),
+        (["--quantize", "int4"], "--quantize for --format onnx must be one of none, int8-dynamic"),
+        (["--format", "openvino", "--quantize", "int8-dynamic"], "openvino must be one of none, int8-static"),
+        (["--format", "openvino", "--quantize", "int8-static"], "--calibration_data goes with --quantize int8-static"),
+        (["--format", "tflite"], "--format must be one of onnx, openvino"),
         (["--max_drop", "-0.1"], "need --max_drop >= 0"),
     ]
     for extra, message in cases:
