@@ -244,3 +244,50 @@ def test_serve_backend_onnx_answers_like_torch(exported, tmp_path):
         from finbert2.serve.models import Embedder
 
         Embedder(str(exported["retriever_onnx"]), dtype="int8")
+
+
+def test_keep_layers_copies_the_chosen_layers_and_leaves_the_source(exported):
+    import torch
+
+    from finbert2.errors import ConfigError
+    from finbert2.export.prune import keep_layers
+    from finbert2.retrieve.encoder import load_encoder_model
+
+    source = load_encoder_model(str(exported["retriever"]))
+    student = keep_layers(source, [1])
+    assert len(source.encoder.layer) == 2 and len(student.encoder.layer) == 1
+    assert student.config.num_hidden_layers == 1 and source.config.num_hidden_layers == 2
+    for (name, got), expected in zip(student.encoder.layer[0].state_dict().items(),
+                                     source.encoder.layer[1].state_dict().values()):
+        assert torch.equal(got, expected), name
+    with pytest.raises(ConfigError, match="has 2 layers"):
+        keep_layers(source, [0, 2])
+
+
+def test_prune_distils_to_the_source_vectors_behind_the_check(exported, tmp_path, capsys):
+    from finbert2.retrieve.encoder import DenseEncoder
+
+    corpus = tmp_path / "corpus.jsonl"
+    write_jsonl(corpus, [{"text": t[:k]} for t in NEWS for k in (10, 20, 40)])
+    common = ["--keep_layers", "1", "--train_data", str(corpus), "--max_steps", "30", "--learning_rate", "1e-3",
+              "--per_device_train_batch_size", "6", "--max_length", "48", "--check", str(exported["check_retrieval"])]
+    out = tmp_path / "pruned"
+    assert finbert2_main(["prune", str(exported["retriever"]), str(out), *common, "--max_drop", "1"]) == 0
+    report = report_of(out)
+    assert report["passed"] and report["pruned_layers"] == [1] and report["source_layers"] == 2
+    assert report["last_loss"] < report["first_loss"]  # the student moved toward the teacher's vectors
+    student = DenseEncoder.from_pretrained(str(out))
+    assert student.model.config.num_hidden_layers == 1 and len(student.model.encoder.layer) == 1
+    assert (student.pooling, student.passage_instruction) == ("mean", "passage: ")  # the source's settings
+    vectors = student.encode_passages(NEWS)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    rejected = tmp_path / "rejected"
+    assert finbert2_main(["prune", str(exported["retriever"]), str(rejected), *common, "--min_cosine", "0.9999999"]) == 2
+    assert "min cosine" in capsys.readouterr().err
+    assert [p.name for p in rejected.iterdir()] == ["export_report.json"]
+    for bad, message in (("1,0", "distinct increasing"), ("a", "comma-separated layer indices")):
+        assert finbert2_main(["prune", str(exported["retriever"]), str(tmp_path / "x"), *common[2:],
+                              "--keep_layers", bad]) == 2
+        assert message in capsys.readouterr().err
+    assert finbert2_main(["prune", str(exported["classifier"]), str(tmp_path / "x"), *common]) == 2
+    assert "takes a torch retriever folder" in capsys.readouterr().err

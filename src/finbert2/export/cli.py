@@ -156,9 +156,8 @@ def export_model_file(args: ExportArguments, kind: str, runner, staging: Path, c
 
 
 def run_export(args: ExportArguments) -> dict:
-    from finbert2.data import write_json
     from finbert2.export.check import Gate, check_classifier, check_retriever, gate_failures, load_check_data
-    from finbert2.export.runtime import REPORT_FILE, exported_backend
+    from finbert2.export.runtime import exported_backend
 
     started = time.perf_counter()
     source, out = Path(args.model_name_or_path), Path(args.output_dir)
@@ -180,8 +179,8 @@ def run_export(args: ExportArguments) -> dict:
         model_file = export_model_file(args, kind, runner, staging, calibration)
         report = {"source": str(source), "kind": kind, "format": args.format, "quantize": args.quantize,
                   "model_file": model_file.relative_to(staging).as_posix(),
-                  "model_bytes": sum(f.stat().st_size for f in model_file.parent.glob(model_file.stem + ".*")), "gate": asdict(Gate(args.max_drop, args.min_cosine,
-                                                                                args.min_agreement))}
+                  "model_bytes": sum(f.stat().st_size for f in model_file.parent.glob(model_file.stem + ".*")),
+                  "gate": asdict(Gate(args.max_drop, args.min_cosine, args.min_agreement))}
         failures: list[str] = []
         if check_data is not None:
             exported = load_runner(kind, staging)
@@ -189,20 +188,29 @@ def run_export(args: ExportArguments) -> dict:
             report["check"] = {"data": args.check, **result}
             failures = gate_failures(result, Gate(args.max_drop, args.min_cosine, args.min_agreement))
         report.update(passed=not failures, failures=failures, seconds=time.perf_counter() - started)
-        logger.info("export report: %s", json.dumps(report, ensure_ascii=False))
-        if failures:
-            rejected = out.parent / f"{out.name}.rejected.json" if holds_export(out) else out / REPORT_FILE
-            rejected.parent.mkdir(parents=True, exist_ok=True)
-            write_json(rejected, report)
-            raise FinBERT2Error(f"{out}: export rejected by the check ({'; '.join(failures)}); "
-                                f"no model written, report in {rejected}")
-        write_json(staging / REPORT_FILE, report)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-        return report
+        return publish(staging, out, report, failures, "export")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish(staging: Path, out: Path, report: dict, failures: list[str], what: str) -> dict:
+    """Move a checked ``staging`` folder (report written into it) to ``out``; or, when the check failed, write
+    the report alone (into ``out``, or beside it when ``out`` holds an earlier model) and raise."""
+    from finbert2.data import write_json
+    from finbert2.export.runtime import REPORT_FILE
+
+    logger.info("%s report: %s", what, json.dumps(report, ensure_ascii=False))
+    if failures:
+        rejected = out.parent / f"{out.name}.rejected.json" if holds_export(out) else out / REPORT_FILE
+        rejected.parent.mkdir(parents=True, exist_ok=True)
+        write_json(rejected, report)
+        raise FinBERT2Error(f"{out}: {what} rejected by the check ({'; '.join(failures)}); "
+                            f"no model written, report in {rejected}")
+    write_json(staging / REPORT_FILE, report)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return report
 
 
 def positional_to_flags(argv: list[str]) -> list[str]:
