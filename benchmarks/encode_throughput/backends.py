@@ -3,9 +3,10 @@
     PYTHONPATH=src python benchmarks/encode_throughput/backends.py --passages 256 --rounds 3 \\
         --output benchmarks/encode_throughput/e5-small-backends.json
 
-e5-small (vocab pruned as in ``bench.py``) is exported by ``finbert2 export`` to ONNX fp32 and int8-dynamic;
-each round times, in this order, ``SentenceTransformer.encode`` (torch fp32, the reference), our
-``DenseEncoder`` on the torch folder, on the fp32 export and on the int8 export, over the same passages
+e5-small (vocab pruned as in ``bench.py``) is exported by ``finbert2 export`` to ONNX fp32 and int8-dynamic
+and OpenVINO fp32 and int8-static (calibrated on 100 demo corpus texts); each round times, in this order,
+``SentenceTransformer.encode`` (torch fp32, the reference), then our ``DenseEncoder`` on the torch folder
+and on each export, over the same passages
 (passage prompt, batch 32, max length 512). Reported: the median passages/s over the rounds, its ratio to
 sentence-transformers in the same round, and the min / mean cosine of each row's vectors to our torch fp32
 vectors. The ONNX peers that need optimum (sentence-transformers' own ONNX/OpenVINO backends) run in
@@ -15,6 +16,7 @@ their own environment: see ``CPU_INFERENCE_PEERS.md`` in the shared folder for t
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import demo_passages, e5_small_folder, print_header, work_dir, write_record  # noqa: E402
+from common import demo_documents, demo_passages, e5_small_folder, print_header, work_dir, write_record  # noqa: E402
 
 
 def main() -> None:
@@ -42,16 +44,20 @@ def main() -> None:
 
     source = e5_small_folder()
     work = work_dir("finbert2-backends-")
+    calibration = work / "calibration.jsonl"
+    calibration.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in demo_documents(100)),
+                           encoding="utf-8")
     exports = {}
-    for quantize in ("none", "int8-dynamic"):
+    for name, fmt, quantize in (("onnx fp32", "onnx", "none"), ("onnx int8-dynamic", "onnx", "int8-dynamic"),
+                                ("openvino fp32", "openvino", "none"), ("openvino int8-static", "openvino", "int8-static")):
         started = time.perf_counter()
-        run_export(ExportArguments(str(source), str(work / quantize), quantize=quantize))
-        exports[quantize] = (work / quantize, time.perf_counter() - started)
+        run_export(ExportArguments(str(source), str(work / name.replace(" ", "_")), format=fmt, quantize=quantize,
+                                   calibration_data=str(calibration) if quantize == "int8-static" else None))
+        exports[name] = (work / name.replace(" ", "_"), time.perf_counter() - started)
     passages = demo_passages(args.passages)
     peer = SentenceTransformer(str(source), device="cpu")
-    ours = {"ours torch fp32": DenseEncoder.from_pretrained(str(source), device="cpu", bf16=False),
-            "ours onnx fp32": DenseEncoder.from_pretrained(str(exports["none"][0])),
-            "ours onnx int8-dynamic": DenseEncoder.from_pretrained(str(exports["int8-dynamic"][0]))}
+    ours = {"ours torch fp32": DenseEncoder.from_pretrained(str(source), device="cpu", bf16=False)}
+    ours |= {f"ours {name}": DenseEncoder.from_pretrained(str(folder)) for name, (folder, _) in exports.items()}
     prompt = ours["ours torch fp32"].passage_instruction
     rows = {"sentence-transformers torch fp32": []} | {name: [] for name in ours}
     vectors = {}
@@ -79,8 +85,9 @@ def main() -> None:
               f"{cos.min():.5f} | {cos.mean():.5f} |", flush=True)
     write_record(args.output, {"header": info, "passages": len(passages), "rounds": args.rounds,
                                "batch_size": args.batch_size, "export_seconds": {k: v[1] for k, v in exports.items()},
-                               "model_bytes": {k: sum(f.stat().st_size for f in (v[0] / "onnx").iterdir())
-                                               for k, v in exports.items()}, "results": results})
+                               "model_bytes": {k: sum(f.stat().st_size for d in ("onnx", "openvino") if (v[0] / d).is_dir()
+                                                      for f in (v[0] / d).iterdir()) for k, v in exports.items()},
+                               "results": results})
 
 
 if __name__ == "__main__":
