@@ -83,7 +83,7 @@ def resolve_prompts(name_or_path: str | None, query: str | None = None,
 
 def load_encoder_model(name_or_path: str, trust_remote_code: bool = False, cache_dir: str | None = None):
     """``AutoModel`` without the pooler head (CLS pooling reads the raw [CLS] state; an unused head breaks DDP),
-    or the ONNX session of a folder ``finbert2 export`` wrote."""
+    or the ONNX Runtime / OpenVINO model of a folder ``finbert2 export`` wrote."""
     from finbert2.export.runtime import exported_backend, load_exported
 
     if exported_backend(name_or_path) != "torch":

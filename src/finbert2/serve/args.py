@@ -26,9 +26,9 @@ class ServeArguments:
         "help": "auto (bf16 where the hardware runs it natively: a bf16 GPU or a CPU with AVX512-BF16/AMX; fp32 "
                 "elsewhere), fp32, bf16 (autocast) or int8 (dynamic quantisation of the linear layers)."})
     backend: str = field(default="auto", metadata={
-        "help": "auto (from the folders: onnx or openvino for a `finbert2 export` folder, else torch), torch, onnx or "
-                "openvino; a folder "
-                "of another backend is refused. An exported model runs at the precision it was exported at."})
+        "help": "auto (from the folders: onnx or openvino for a `finbert2 export` folder, else torch), torch, onnx "
+                "or openvino (a folder of another backend is refused). An exported model runs at the precision it "
+                "was exported and checked at."})
     api_key: str | None = field(default=None, metadata={
         "help": f"Require 'Authorization: Bearer <key>' on every route but /health, /ready and / "
                 f"(default: ${API_KEY_ENV} when set)."})
