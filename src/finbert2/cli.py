@@ -22,6 +22,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "classify": ("finbert2.classify.cli", "Fin-Labeler: train | baseline | predict"),
     "retrieve": ("finbert2.retrieve.cli", "Fin-Retriever: train | mine | evaluate | index | search"),
     "topics": ("finbert2.topics.cli", "Fin-TopicModel: BERTopic over encoder embeddings"),
+    "export": ("finbert2.export.cli", "ONNX export of a retriever or classifier, int8 quantization behind an accuracy check"),
+    "prune": ("finbert2.export.prune", "drop a retriever's layers and distil it to the source model's vectors, behind the same check"),
     "serve": ("finbert2.serve.cli", "HTTP service: embeddings (TEI/OpenAI), hybrid search, classification"),
     "numllm": ("finbert2.numllm.cli", "NumLLM: domain + numeric LoRA on a causal LM: train | build-numeric | merge | evaluate"),
     "report": ("finbert2.report.cli", "build report.md/report.html from run folders"),

@@ -97,6 +97,19 @@ def keep_head_fp32(model: torch.nn.Module) -> int:
     return wrapped
 
 
+def load_classifier_model(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedModel:
+    """A fine-tuned classifier folder as the model class that reads its saved pooling (mean: ours; cls: the
+    architecture's own ``*ForSequenceClassification``)."""
+    from finbert2.classify.pooling import classifier_class
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        model_class = classifier_class(stored_settings(config).get("pooling", "cls"), AutoModelForSequenceClassification)
+        return model_class.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, use_safetensors=True)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{name_or_path}: cannot load a classifier ({str(err).splitlines()[0]})") from None
+
+
 class SequenceClassifier:
     """A sequence classifier with the long-text strategy and threshold it was trained with."""
 
@@ -123,16 +136,13 @@ class SequenceClassifier:
     def from_pretrained(cls, name_or_path: str, tokenizer_name: str | None = None, *, max_length: int | None = None,
                         truncation: str | None = None, threshold: float | None = None, device: str | None = None,
                         bf16: bool = False, trust_remote_code: bool = False) -> "SequenceClassifier":
-        from finbert2.classify.pooling import classifier_class
+        from finbert2.export.runtime import exported_backend, load_exported
 
-        try:
-            config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-            model_class = classifier_class(stored_settings(config).get("pooling", "cls"),
-                                           AutoModelForSequenceClassification)
-            model = model_class.from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
-                                                use_safetensors=True)
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"{name_or_path}: cannot load a classifier ({str(err).splitlines()[0]})") from None
+        if exported_backend(name_or_path) != "torch":
+            # An exported graph runs on the CPU at the precision it was exported and checked at.
+            model, device, bf16 = load_exported(name_or_path), "cpu", False
+        else:
+            model = load_classifier_model(name_or_path, trust_remote_code)
         # This model is ours alone (one handed to __init__ may be in training): its head reads [CLS] only.
         if type(model).__name__ in CLS_HEAD_CLASSIFIERS:
             last_layer_at_cls_only(model.base_model)

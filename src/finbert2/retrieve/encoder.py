@@ -87,7 +87,12 @@ def resolve_prompts(name_or_path: str | None, query: str | None = None,
 
 
 def load_encoder_model(name_or_path: str, trust_remote_code: bool = False, cache_dir: str | None = None):
-    """``AutoModel`` without the pooler head (CLS pooling reads the raw [CLS] state; an unused head breaks DDP)."""
+    """``AutoModel`` without the pooler head (CLS pooling reads the raw [CLS] state; an unused head breaks DDP),
+    or the ONNX Runtime / OpenVINO model of a folder ``finbert2 export`` wrote."""
+    from finbert2.export.runtime import exported_backend, load_exported
+
+    if exported_backend(name_or_path) != "torch":
+        return load_exported(name_or_path)
     try:
         return AutoModel.from_pretrained(name_or_path, add_pooling_layer=False, use_safetensors=True,
                                          trust_remote_code=trust_remote_code, cache_dir=cache_dir)
@@ -258,6 +263,8 @@ class DenseEncoder:
         # its last layer needs only [CLS].
         if pooling == "cls":
             last_layer_at_cls_only(model)
+        if not isinstance(model, torch.nn.Module):  # an exported graph: on the CPU, at its exported precision
+            kwargs.update(device="cpu", bf16=False)
         return cls(model, tokenizer, pooling=pooling, normalize=normalize, query_instruction=query_instruction,
                    passage_instruction=passage_instruction, **kwargs)
 

@@ -302,6 +302,7 @@ class Server:
             models.append({"name": self.embedder.name, "kind": "retriever", "path": self.embedder.path,
                            "dimension": self.embedder.dimension, "max_length": self.embedder.max_length,
                            "pooling": self.embedder.encoder.pooling, "dtype": self.embedder.dtype,
+                           "backend": self.embedder.backend,
                            "prompts": {k: v for k, v in self.embedder.prompts.items() if k != "document"}})
         for labeler in self.labelers.values():
             clf = labeler.classifier
@@ -309,7 +310,7 @@ class Server:
                            "labels": clf.label_names, "multi_label": clf.multi_label,
                            "threshold": clf.threshold if clf.multi_label else None,
                            "max_length": labeler.max_length, "truncation": clf.settings.truncation,
-                           "dtype": labeler.dtype})
+                           "dtype": labeler.dtype, "backend": labeler.backend})
         index = None
         if self.index is not None:
             index = {"path": str(self.index.folder), "documents": self.index.documents,

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from finbert2.errors import ConfigError
+from finbert2.export.runtime import BACKENDS, check_backend
 
 API_KEY_ENV = "FINBERT2_API_KEY"
 DTYPES = ("auto", "fp32", "bf16", "int8")
@@ -24,6 +25,10 @@ class ServeArguments:
     dtype: str = field(default="auto", metadata={
         "help": "auto (bf16 where the hardware runs it natively: a bf16 GPU or a CPU with AVX512-BF16/AMX; fp32 "
                 "elsewhere), fp32, bf16 (autocast) or int8 (dynamic quantisation of the linear layers)."})
+    backend: str = field(default="auto", metadata={
+        "help": "auto (from the folders: onnx or openvino for a `finbert2 export` folder, else torch), torch, onnx "
+                "or openvino (a folder of another backend is refused). An exported model runs at the precision it "
+                "was exported and checked at."})
     api_key: str | None = field(default=None, metadata={
         "help": f"Require 'Authorization: Bearer <key>' on every route but /health, /ready and / "
                 f"(default: ${API_KEY_ENV} when set)."})
@@ -53,6 +58,11 @@ class ServeArguments:
             raise ConfigError("finbert2 serve: give --retriever and/or --classifier")
         if self.index and not self.retriever:
             raise ConfigError("finbert2 serve: --index needs --retriever (documents are encoded with it)")
+        if self.backend not in ("auto", *BACKENDS):
+            raise ConfigError(f"finbert2 serve: backend must be one of auto, {', '.join(BACKENDS)}")
+        for path in [self.retriever, *(self.classifier or [])]:
+            if path:  # before any loading: a folder of another backend is a usage error
+                check_backend(path, self.backend)
         if self.dtype not in DTYPES:
             raise ConfigError(f"finbert2 serve: dtype must be one of {', '.join(DTYPES)}")
         if self.api_key is None:

@@ -15,6 +15,7 @@ import torch
 from finbert2.classify.inference import SequenceClassifier
 from finbert2.classify.longtext import encode_texts
 from finbert2.errors import ConfigError
+from finbert2.export.runtime import ExportedModel
 from finbert2.precision import native_bf16, resolve_bf16
 from finbert2.retrieve.encoder import DenseEncoder
 
@@ -32,12 +33,25 @@ def quantize_linear_layers(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def apply_dtype(model: torch.nn.Module, dtype: str) -> tuple[torch.nn.Module, bool]:
-    """``(model, bf16 autocast?)`` for ``fp32``, ``bf16`` or ``int8``."""
+    """``(model, bf16 autocast?)`` for ``fp32``, ``bf16`` or ``int8``; an exported graph keeps the precision
+    it was exported and checked at."""
+    if isinstance(model, ExportedModel):
+        if dtype == "int8":
+            raise ConfigError(f"{model.folder}: an exported model is not quantized at load time; export it with "
+                              "`finbert2 export ... --quantize int8-dynamic` (behind its --check)")
+        return model, False
     if dtype == "bf16" and not native_bf16()[0]:
         logger.warning("--dtype bf16 on a CPU without AVX512-BF16/AMX: emulated, likely slower than fp32")
     if dtype == "int8":
         return quantize_linear_layers(model), False
     return model, dtype == "bf16"
+
+
+def served_precision(model, dtype: str) -> tuple[str, str]:
+    """``(backend, dtype)`` a model runs at, as ``/info`` reports them."""
+    if isinstance(model, ExportedModel):
+        return model.backend, model.precision
+    return "torch", dtype
 
 
 def model_name(path: str) -> str:
@@ -67,6 +81,7 @@ class Embedder:
         self.max_length = min(max_length or 512, positions)
         self.encoder.max_length = self.max_length
         self.encoder.model, self.encoder.bf16 = apply_dtype(self.encoder.model, dtype)
+        self.backend, self.dtype = served_precision(self.encoder.model, dtype)
 
     @property
     def dimension(self) -> int:
@@ -145,6 +160,7 @@ class Labeler:
         self.path, self.name, self.dtype = path, name or model_name(path), dtype
         self.classifier = SequenceClassifier.from_pretrained(path, device="cpu")
         self.classifier.model, self.classifier.bf16 = apply_dtype(self.classifier.model, dtype)
+        self.backend, self.dtype = served_precision(self.classifier.model, dtype)
 
     @property
     def max_length(self) -> int:

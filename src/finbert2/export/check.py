@@ -1,0 +1,91 @@
+"""The accuracy gate of an export: the exported model scored against the source model on a check set.
+
+A retriever is checked on a retrieval evaluation folder (nDCG@10 of both, and the cosine between the two
+models' vectors of every query and passage), a classifier on a labelled file (macro-F1 of both, the share
+of identical predicted labels, the largest logit difference). The export passes when the metric drops by
+at most ``max_drop`` (absolute) and the agreement bounds hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from finbert2.classify.data import label_targets
+from finbert2.classify.inference import SequenceClassifier
+from finbert2.classify.metrics import summary_metrics
+from finbert2.data import read_classification, read_retrieval_eval
+from finbert2.retrieve.encoder import DenseEncoder
+from finbert2.retrieve.metrics import mean_metrics, per_query_metrics
+from finbert2.retrieve.search import dense_run, format_document
+
+
+@dataclass
+class Gate:
+    max_drop: float = 0.01  # largest allowed drop of nDCG@10 / macro-F1, absolute
+    min_cosine: float = 0.0  # smallest allowed cosine between source and exported vectors (retrievers)
+    min_agreement: float = 0.0  # smallest allowed share of identical labels (classifiers)
+
+
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(axis=1) / np.maximum(norms, 1e-12)
+
+
+def load_check_data(kind: str, path: str, split: str, text_field: str, label_field: str):
+    """The check set, read (and validated) before any export work."""
+    if kind == "retriever":
+        return read_retrieval_eval(path, split)
+    return read_classification(path, text_field, label_field)
+
+
+def check_retriever(source: DenseEncoder, exported: DenseEncoder, data) -> dict:
+    doc_ids = list(data.corpus)
+    query_ids = [q for q in data.queries if q in data.qrels]
+    passages = [format_document(data.corpus[d]) for d in doc_ids]
+    queries = [data.queries[q] for q in query_ids]
+    scores, vectors = {}, {}
+    for name, encoder in (("source", source), ("exported", exported)):
+        doc_vectors, query_vectors = encoder.encode_passages(passages), encoder.encode_queries(queries)
+        run = dense_run(query_vectors, query_ids, doc_vectors, doc_ids, 100)
+        scores[name] = mean_metrics(per_query_metrics(data.qrels, run))["ndcg_at_10"]
+        vectors[name] = np.concatenate([doc_vectors, query_vectors])
+    cosines = row_cosines(vectors["source"], vectors["exported"])
+    return {"metric": "ndcg_at_10", "source": scores["source"], "exported": scores["exported"],
+            "drop": scores["source"] - scores["exported"], "min_cosine": float(cosines.min()),
+            "mean_cosine": float(cosines.mean()), "queries": len(query_ids), "passages": len(doc_ids)}
+
+
+def check_classifier(source: SequenceClassifier, exported: SequenceClassifier, data) -> dict:
+    unknown = sorted(set(data.label_names()) - set(source.label_names))
+    if unknown:
+        from finbert2.errors import DataError
+
+        raise DataError(data.path, None, f"labels {unknown} are not the model's ({source.label_names})")
+    targets = label_targets(data, source.label_names)
+    scores, predicted, logits = {}, {}, {}
+    for name, classifier in (("source", source), ("exported", exported)):
+        predictions = classifier.predict(data.texts)
+        predicted[name], logits[name] = predictions.predicted(), predictions.logits
+        scores[name] = summary_metrics(targets, predicted[name], len(source.label_names))["macro_f1"]
+    same = predicted["source"] == predicted["exported"]
+    agreement = same.all(axis=1) if same.ndim == 2 else same
+    return {"metric": "macro_f1", "source": scores["source"], "exported": scores["exported"],
+            "drop": scores["source"] - scores["exported"], "label_agreement": float(agreement.mean()),
+            "max_abs_logit_difference": float(np.abs(logits["source"] - logits["exported"]).max()),
+            "texts": len(data.texts)}
+
+
+def gate_failures(result: dict, gate: Gate) -> list[str]:
+    """What the check result breaks of the gate (empty: it passes)."""
+    failures = []
+    if result["drop"] > gate.max_drop:
+        failures.append(f"{result['metric']} dropped {result['drop']:.4f} ({result['source']:.4f} -> "
+                        f"{result['exported']:.4f}), more than --max_drop {gate.max_drop}")
+    if "min_cosine" in result and result["min_cosine"] < gate.min_cosine:
+        failures.append(f"min cosine to the source vectors {result['min_cosine']:.6f} < --min_cosine {gate.min_cosine}")
+    if "label_agreement" in result and result["label_agreement"] < gate.min_agreement:
+        failures.append(f"label agreement {result['label_agreement']:.4f} < --min_agreement {gate.min_agreement}")
+    return failures

@@ -1,0 +1,172 @@
+"""``finbert2 prune MODEL_DIR OUT --keep_layers 0,2,4,6,8,10 --train_data CORPUS [--check EVAL]``.
+
+    finbert2 prune runs/retriever runs/retriever-6l --keep_layers 0,2,4,6,8,10 \\
+        --train_data data/demo/corpus.jsonl --max_steps 400 --check data/demo/retrieval/eval --max_drop 0.02
+
+Layer pruning of a retriever followed by distillation: the student is the source model with only the
+layers kept (their weights copied), trained so its pooled vectors match the source model's on the user's
+corpus (MSE, sentence-transformers' model-compression recipe), then scored against the source model with
+the same ``--check`` gate as ``finbert2 export``. OUT is a torch retriever folder (safetensors, tokenizer,
+the source's prompts, pooling and normalisation) that every command, and ``finbert2 export``, takes; a
+failed check leaves no model (as for export). Vocabulary pruning stays where it is
+(``finbert2 convert multilingual-e5-small --prune_vocab``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from finbert2.errors import ConfigError, OutputDirError
+
+logger = logging.getLogger("finbert2.prune")
+
+
+@dataclass
+class PruneArguments:
+    model_name_or_path: str = field(metadata={"help": "Retriever folder to prune (or the first positional argument)."})
+    output_dir: str = field(metadata={"help": "Folder to write (or the second positional argument)."})
+    keep_layers: str = field(metadata={"help": "Comma-separated indices of the encoder layers kept, e.g. 0,2,4,6,8,10."})
+    train_data: str = field(metadata={"help": "Distillation corpus: JSONL with --text_field, CSV, or .txt one text per line."})
+    text_field: str = field(default="text", metadata={"help": "Text field of --train_data."})
+    max_steps: int = field(default=300, metadata={"help": "Distillation steps."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Texts per step."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (linear decay to 0)."})
+    max_length: int = field(default=256, metadata={"help": "Tokens per training text (longer ones are cut)."})
+    seed: int = field(default=42, metadata={"help": "Seed of the text order and dropout."})
+    check: str | None = field(default=None, metadata={"help": "Retrieval evaluation folder scoring the student "
+                                                               "against the source model (as finbert2 export)."})
+    check_split: str = field(default="test", metadata={"help": "Split of the --check folder."})
+    max_drop: float = field(default=0.02, metadata={"help": "Largest allowed nDCG@10 drop (absolute)."})
+    min_cosine: float = field(default=0.0, metadata={"help": "Smallest allowed cosine to the source vectors."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an earlier model in output_dir."})
+
+    def __post_init__(self):
+        try:
+            self.layers = [int(x) for x in self.keep_layers.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"finbert2 prune: --keep_layers takes comma-separated layer indices, not "
+                              f"'{self.keep_layers}'") from None
+        if not self.layers or self.layers != sorted(set(self.layers)) or self.layers[0] < 0:
+            raise ConfigError(f"finbert2 prune: --keep_layers must be distinct increasing indices >= 0, not "
+                              f"'{self.keep_layers}'")
+        for name in ("max_steps", "per_device_train_batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"finbert2 prune: {name} must be at least 1")
+        if self.max_drop < 0 or not 0 <= self.min_cosine <= 1:
+            raise ConfigError("finbert2 prune: need --max_drop >= 0 and --min_cosine in [0, 1]")
+
+
+def keep_layers(model: torch.nn.Module, layers: list[int]) -> torch.nn.Module:
+    """A copy of ``model`` (a BERT-like base model) holding only the encoder layers ``layers``."""
+    encoder_layers = getattr(getattr(model, "encoder", None), "layer", None)
+    if encoder_layers is None:
+        raise ConfigError(f"finbert2 prune: {type(model).__name__} has no encoder.layer list to prune")
+    if layers[-1] >= len(encoder_layers):
+        raise ConfigError(f"finbert2 prune: the model has {len(encoder_layers)} layers (0-{len(encoder_layers) - 1}); "
+                          f"cannot keep layer {layers[-1]}")
+    student = copy.deepcopy(model)
+    student.encoder.layer = torch.nn.ModuleList([student.encoder.layer[i] for i in layers])
+    student.config.num_hidden_layers = len(layers)
+    return student
+
+
+def distill(teacher, student: torch.nn.Module, texts: list[str], args: PruneArguments) -> list[float]:
+    """MSE between the student's and the teacher's pooled vectors of the passages; the loss of every step."""
+    from finbert2.retrieve.encoder import pad_batch, pool
+
+    rng = random.Random(args.seed)
+    torch.manual_seed(args.seed)
+    rows = teacher.tokenizer([teacher.passage_instruction + t for t in texts], truncation=True,
+                             max_length=args.max_length, return_attention_mask=False,
+                             return_token_type_ids=False)["input_ids"]
+    pad_id = teacher.tokenizer.pad_token_id or 0
+    optimizer = torch.optim.AdamW(student.parameters(), lr=args.learning_rate)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / args.max_steps)
+    order: list[int] = []
+    losses = []
+    student.train()
+    for _ in range(args.max_steps):
+        if len(order) < args.per_device_train_batch_size:
+            order += rng.sample(range(len(rows)), len(rows))
+        batch, order = order[:args.per_device_train_batch_size], order[args.per_device_train_batch_size:]
+        input_ids, attention_mask = pad_batch([rows[i] for i in batch], pad_id)
+        with torch.no_grad():
+            target = teacher.pooled([rows[i] for i in batch]).clone()  # out of inference mode, for autograd
+        states = student(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        loss = torch.nn.functional.mse_loss(pool(states, attention_mask, teacher.pooling), target)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        losses.append(float(loss))
+    student.eval()
+    return losses
+
+
+def run_prune(args: PruneArguments) -> dict:
+    from finbert2.export.check import Gate, check_retriever, gate_failures, load_check_data
+    from finbert2.export.cli import holds_export, model_kind, publish, read_texts, write_non_weight_files
+    from finbert2.export.runtime import exported_backend
+    from finbert2.retrieve.encoder import DenseEncoder, load_encoder_model
+
+    started = time.perf_counter()
+    source, out = Path(args.model_name_or_path), Path(args.output_dir)
+    if exported_backend(source) != "torch" or model_kind(str(source)) != "retriever":
+        raise ConfigError(f"{source}: finbert2 prune takes a torch retriever folder")
+    if holds_export(out) and not args.overwrite_output_dir:
+        raise OutputDirError(f"{out}: holds an earlier model; pass --overwrite_output_dir True or choose another folder")
+    check_data = load_check_data("retriever", args.check, args.check_split, "text", "label") if args.check else None
+    texts = read_texts(args.train_data, args.text_field)
+    teacher = DenseEncoder.from_pretrained(str(source), device="cpu", bf16=False)
+    # The student starts from the plain model (the teacher's may run its last layer at [CLS] only).
+    student = keep_layers(load_encoder_model(str(source)), args.layers)
+    logger.info("pruning %s to layers %s, distilling on %d texts for %d steps", source, args.layers, len(texts),
+                args.max_steps)
+    losses = distill(teacher, student, texts, args)
+
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        write_non_weight_files(source, teacher, staging)
+        student.save_pretrained(staging)
+        gate = Gate(args.max_drop, args.min_cosine)
+        report = {"source": str(source), "kind": "retriever", "pruned_layers": args.layers,
+                  "source_layers": teacher.model.config.num_hidden_layers, "distillation_steps": args.max_steps,
+                  "first_loss": losses[0], "last_loss": sum(losses[-10:]) / len(losses[-10:]), "gate": asdict(gate)}
+        failures: list[str] = []
+        if check_data is not None:
+            result = check_retriever(teacher, DenseEncoder.from_pretrained(str(staging), device="cpu", bf16=False),
+                                     check_data)
+            report["check"] = {"data": args.check, **result}
+            failures = gate_failures(result, gate)
+        report.update(passed=not failures, failures=failures, seconds=time.perf_counter() - started)
+        return publish(staging, out, report, failures, "prune")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from finbert2.config import parse_args
+    from finbert2.export.cli import positional_to_flags
+    from finbert2.run import setup_logging
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    (args,) = parse_args((PruneArguments,), positional_to_flags(argv), prog="finbert2 prune")
+    setup_logging()
+    report = run_prune(args)
+    summary = (f"pruned {report['source_layers']} -> {len(report['pruned_layers'])} layers -> {args.output_dir}; "
+               f"distillation loss {report['first_loss']:.4g} -> {report['last_loss']:.4g}")
+    if "check" in report:
+        summary += f"; ndcg_at_10 {report['check']['source']:.4f} -> {report['check']['exported']:.4f}"
+    print(summary, file=sys.stderr)
+    return 0

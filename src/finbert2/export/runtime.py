@@ -1,0 +1,158 @@
+"""Run an exported model folder (``finbert2 export``) where a torch model ran.
+
+An exported folder keeps sentence-transformers' backend layout: ``onnx/model*.onnx`` or
+``openvino/openvino_model*.xml`` beside ``config.json``, the tokenizer and the sentence-transformers
+modules, and no torch weights.
+``ExportedModel`` answers the calls ``DenseEncoder`` and ``SequenceClassifier`` make on a transformers
+model (``model(input_ids=..., attention_mask=...)`` -> ``.last_hidden_state`` / ``.logits``), so every
+command that loads a model through them (retrieve evaluate | index | mine | search, classify predict,
+serve) takes the exported folder as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from finbert2.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnx", "openvino")
+REPORT_FILE = "export_report.json"  # written by `finbert2 export`; names the model file that passed the check
+MODEL_GLOBS = {"onnx": "onnx/*.onnx", "openvino": "openvino/*.xml"}  # sentence-transformers' backend layout
+
+
+def exported_backend(name_or_path: str | Path) -> str:
+    """``onnx`` / ``openvino`` for a folder holding that backend's model files and no torch weights, else ``torch``."""
+    folder = Path(name_or_path)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin")):
+        return "torch"
+    return next((backend for backend, pattern in MODEL_GLOBS.items() if any(folder.glob(pattern))), "torch")
+
+
+def exported_model_file(folder: str | Path, backend: str) -> Path:
+    """The model file of an exported folder: the one its export report names, else its only one."""
+    folder = Path(folder)
+    report = folder / REPORT_FILE
+    if report.is_file():
+        try:
+            name = json.loads(report.read_text(encoding="utf-8")).get("model_file")
+        except ValueError as err:
+            raise ConfigError(f"{report}: unreadable export report ({err})") from None
+        if name and (folder / name).is_file():
+            return folder / name
+    files = sorted(folder.glob(MODEL_GLOBS[backend]))
+    if len(files) != 1:
+        raise ConfigError(f"{folder}: expected one {MODEL_GLOBS[backend]} model file, found "
+                          f"{', '.join(f.name for f in files) or 'none'}")
+    return files[0]
+
+
+class ExportedModel:
+    """An exported graph behind the transformers call signature our inference code uses.
+
+    Outputs come back as float32 CPU tensors under the names the graph was exported with
+    (``last_hidden_state`` for an encoder, ``logits`` and ``cls_state`` for a classifier).
+    """
+
+    backend = ""
+
+    def __init__(self, folder: str | Path):
+        from transformers import AutoConfig
+
+        self.folder = Path(folder)
+        self.file = exported_model_file(self.folder, self.backend)
+        try:
+            self.config = AutoConfig.from_pretrained(self.folder)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{self.folder}: no readable config.json beside the exported model ({err})") from None
+        self.precision = "int8" if "qint8" in self.file.name else "fp32"
+        try:
+            self.input_names, self.output_names = self.load()
+        except Exception as err:  # each runtime raises its own exception classes for a bad file
+            raise ConfigError(f"{self.file}: cannot load the {self.backend} model ({str(err).splitlines()[0]})") from None
+
+    def load(self) -> tuple[list[str], list[str]]:
+        """Load ``self.file``; its input and output names."""
+        raise NotImplementedError
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The graph's outputs, in ``output_names`` order."""
+        raise NotImplementedError
+
+    # The module-like calls DenseEncoder and SequenceClassifier make: an exported graph stays on the CPU.
+    def to(self, *args, **kwargs) -> "ExportedModel":
+        return self
+
+    def eval(self) -> "ExportedModel":
+        return self
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_hidden_states: bool = False,
+                 **_) -> SimpleNamespace:
+        feeds = {"input_ids": input_ids.cpu().numpy(), "attention_mask": attention_mask.cpu().numpy()}
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        outputs = dict(zip(self.output_names, self.run(feeds)))
+        result = SimpleNamespace(**{name: torch.from_numpy(np.asarray(value, dtype=np.float32))
+                                    for name, value in outputs.items()})
+        if output_hidden_states:
+            if "cls_state" not in outputs:
+                raise ConfigError(f"{self.file}: the exported graph has no [CLS] output")
+            # SequenceClassifier reads hidden_states[-1][:, 0]: the graph exports that [CLS] state alone.
+            result.hidden_states = (result.cls_state[:, None, :],)
+        return result
+
+
+class OnnxModel(ExportedModel):
+    backend = "onnx"
+
+    def load(self):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = onnxruntime.InferenceSession(str(self.file), options, providers=["CPUExecutionProvider"])
+        return [i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds):
+        return self.session.run(None, feeds)
+
+
+class OpenVinoModel(ExportedModel):
+    backend = "openvino"
+
+    def load(self):
+        import openvino
+
+        # Without the hint OpenVINO runs an fp32 graph in bf16 on CPUs that have it: the checked
+        # precision is the one served.
+        self.compiled = openvino.Core().compile_model(str(self.file), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        self.request = self.compiled.create_infer_request()
+        return ([i.get_any_name() for i in self.compiled.inputs],
+                [o.get_any_name() for o in self.compiled.outputs])
+
+    def run(self, feeds):
+        results = self.request.infer(feeds)
+        return [results[output] for output in self.compiled.outputs]
+
+
+def load_exported(folder: str | Path) -> ExportedModel:
+    """The runtime model of an exported folder (``onnx`` or ``openvino``, detected)."""
+    backend = exported_backend(folder)
+    if backend == "torch":
+        raise ConfigError(f"{folder}: holds no exported model")
+    return {"onnx": OnnxModel, "openvino": OpenVinoModel}[backend](folder)
+
+
+def check_backend(name_or_path: str, backend: str | None) -> str:
+    """The folder's backend, or a ConfigError when ``backend`` (a command's ``--backend``) names another."""
+    found = exported_backend(name_or_path)
+    if backend not in (None, "auto", found):
+        raise ConfigError(f"{name_or_path}: holds a {found} model, not {backend} (--backend auto detects it)")
+    return found

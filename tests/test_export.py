@@ -1,0 +1,295 @@
+"""``finbert2 export``: ONNX round trips of a retriever and a classifier against torch, int8 behind the
+check gate, a rejected export leaving no model, and the exported folders run by retrieve, classify and serve."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from serve_support import NEWS, make_classifier, make_retriever
+
+from finbert2.cli import main as finbert2_main
+from finbert2.data import write_jsonl
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+LABELS = ["消极", "中性", "积极"]
+E5_PROMPTS = {"query": "query: ", "document": "passage: "}
+
+
+def write_check_sets(root: Path) -> tuple[Path, Path]:
+    """A retrieval folder (6 passages, 6 queries) and a labelled file (6 texts) for --check."""
+    retrieval = root / "check_retrieval"
+    retrieval.mkdir()
+    write_jsonl(retrieval / "corpus.jsonl", [{"id": f"d{i}", "title": "", "text": t} for i, t in enumerate(NEWS)])
+    write_jsonl(retrieval / "test_queries.jsonl", [{"id": f"q{i}", "text": t[:12]} for i, t in enumerate(NEWS)])
+    write_jsonl(retrieval / "test_qrels.jsonl", [{"qid": f"q{i}", "docid": f"d{i}", "relevance": 1}
+                                                 for i in range(len(NEWS))])
+    labelled = root / "check_labels.jsonl"
+    write_jsonl(labelled, [{"text": t, "label": LABELS[i % 3]} for i, t in enumerate(NEWS)])
+    return retrieval, labelled
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_tokenizer_dir):
+    """Source folders, check sets and their exports (fp32 and int8 retriever, fp32 classifier)."""
+    root = tmp_path_factory.mktemp("export")
+    retrieval, labelled = write_check_sets(root)
+    dirs = {"retriever": make_retriever(tiny_tokenizer_dir, root / "retriever", prompts=E5_PROMPTS),
+            "classifier": make_classifier(tiny_tokenizer_dir, root / "classifier", LABELS),
+            "check_retrieval": retrieval, "check_labels": labelled}
+    for name, source, extra in (
+            ("retriever_onnx", "retriever", ["--check", retrieval, "--min_cosine", "0.99999"]),
+            ("retriever_int8", "retriever", ["--quantize", "int8-dynamic", "--check", retrieval]),
+            ("classifier_onnx", "classifier", ["--check", labelled, "--min_agreement", "1"]),
+            ("retriever_openvino", "retriever", ["--format", "openvino", "--check", retrieval, "--min_cosine", "0.99999"]),
+            ("classifier_openvino_int8", "classifier", ["--format", "openvino", "--quantize", "int8-static",
+                                                        "--calibration_data", labelled, "--check", labelled])):
+        assert finbert2_main(["export", str(dirs[source]), str(root / name), *map(str, extra)]) == 0
+        dirs[name] = root / name
+    return dirs
+
+
+def report_of(folder: Path) -> dict:
+    return json.loads((folder / "export_report.json").read_text(encoding="utf-8"))
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_fp32_retriever_export_keeps_the_layout_and_equals_torch(exported):
+    from finbert2.export.runtime import exported_backend
+    from finbert2.retrieve.encoder import DenseEncoder
+
+    out = exported["retriever_onnx"]
+    assert sorted(p.name for p in (out / "onnx").iterdir()) == ["model.onnx"]
+    assert not list(out.glob("*.safetensors")) and (out / "modules.json").is_file() and (out / "1_Pooling").is_dir()
+    assert exported_backend(out) == "onnx" and exported_backend(exported["retriever"]) == "torch"
+    torch_encoder = DenseEncoder.from_pretrained(str(exported["retriever"]), device="cpu")
+    onnx_encoder = DenseEncoder.from_pretrained(str(out))
+    assert (onnx_encoder.pooling, onnx_encoder.query_instruction) == ("mean", "query: ")
+    texts = NEWS + ["短"]  # lengths 3..40 tokens in one padded batch
+    for method in ("encode_queries", "encode_passages"):
+        assert cosines(getattr(torch_encoder, method)(texts), getattr(onnx_encoder, method)(texts)).min() >= 0.99999
+    report = report_of(out)
+    check = report["check"]
+    assert report["passed"] and report["model_file"] == "onnx/model.onnx" and report["quantize"] == "none"
+    assert check["queries"] == check["passages"] == len(NEWS) and check["min_cosine"] >= 0.99999
+    assert check["drop"] == pytest.approx(check["source"] - check["exported"]) and abs(check["drop"]) < 1e-9
+
+
+def test_int8_retriever_export_passes_its_gate(exported):
+    from finbert2.retrieve.encoder import DenseEncoder
+
+    out = exported["retriever_int8"]
+    assert sorted(p.name for p in (out / "onnx").iterdir()) == ["model_qint8.onnx"]  # the fp32 graph is gone
+    report = report_of(out)
+    assert report["passed"] and report["model_file"] == "onnx/model_qint8.onnx"
+    assert report["model_bytes"] < report_of(exported["retriever_onnx"])["model_bytes"]
+    assert report["check"]["drop"] <= 0.01 and 0.99 <= report["check"]["min_cosine"] < 1.0  # int8 is not exact
+    torch_vectors = DenseEncoder.from_pretrained(str(exported["retriever"]), device="cpu").encode_passages(NEWS)
+    int8_vectors = DenseEncoder.from_pretrained(str(out)).encode_passages(NEWS)
+    assert cosines(torch_vectors, int8_vectors).min() >= 0.99
+
+
+def test_classifier_export_equals_torch_logits_labels_and_cls(exported):
+    from finbert2.classify.inference import SequenceClassifier
+
+    torch_clf = SequenceClassifier.from_pretrained(str(exported["classifier"]), device="cpu")
+    onnx_clf = SequenceClassifier.from_pretrained(str(exported["classifier_onnx"]))
+    expected = torch_clf.predict(NEWS, return_cls=True)
+    got = onnx_clf.predict(NEWS, return_cls=True)
+    np.testing.assert_allclose(got.logits, expected.logits, atol=1e-4)
+    np.testing.assert_allclose(got.cls, expected.cls, atol=1e-4)
+    assert got.labels() == expected.labels() and onnx_clf.label_names == LABELS
+    check = report_of(exported["classifier_onnx"])["check"]
+    assert check["metric"] == "macro_f1" and check["label_agreement"] == 1.0 and check["texts"] == len(NEWS)
+    assert check["max_abs_logit_difference"] < 1e-4
+
+
+def test_openvino_exports_equal_torch_fp32_and_pass_the_gate_in_int8(exported):
+    from finbert2.classify.inference import SequenceClassifier
+    from finbert2.export.runtime import exported_backend
+    from finbert2.retrieve.encoder import DenseEncoder
+
+    out = exported["retriever_openvino"]
+    assert exported_backend(out) == "openvino" and not (out / "onnx").exists()
+    assert sorted(p.name for p in (out / "openvino").iterdir()) == ["openvino_model.bin", "openvino_model.xml"]
+    torch_vectors = DenseEncoder.from_pretrained(str(exported["retriever"]), device="cpu").encode_queries(NEWS)
+    assert cosines(torch_vectors, DenseEncoder.from_pretrained(str(out)).encode_queries(NEWS)).min() >= 0.99999
+    int8 = exported["classifier_openvino_int8"]
+    report = report_of(int8)
+    assert report["passed"] and report["model_file"] == "openvino/openvino_model_qint8_quantized.xml"
+    assert report["check"]["drop"] <= 0.01 and report["check"]["max_abs_logit_difference"] > 0  # int8 is not exact
+    assert report["model_bytes"] < report_of(exported["classifier_onnx"])["model_bytes"]
+    torch_logits = SequenceClassifier.from_pretrained(str(exported["classifier"]), device="cpu").predict(NEWS).logits
+    int8_logits = SequenceClassifier.from_pretrained(str(int8)).predict(NEWS).logits
+    np.testing.assert_allclose(int8_logits, torch_logits, atol=0.05)
+
+
+def test_a_check_that_fails_exits_non_zero_and_leaves_no_model(exported, tmp_path, capsys):
+    out = tmp_path / "rejected"
+    # int8 moves vectors (min cosine < 1 on this model, see the test above): a gate it cannot meet.
+    code = finbert2_main(["export", str(exported["retriever"]), str(out), "--quantize", "int8-dynamic",
+                          "--check", str(exported["check_retrieval"]), "--min_cosine", "0.9999999"])
+    assert code == 2 and "min cosine" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["export_report.json"]  # no onnx/, config or tokenizer
+    report = report_of(out)
+    assert not report["passed"] and "min cosine" in report["failures"][0]
+    assert not list(tmp_path.glob(".*partial"))
+    # An earlier export in the folder stays as it was; the rejected report goes beside it.
+    previous = tmp_path / "previous"
+    previous.mkdir()
+    (previous / "onnx").mkdir()
+    (previous / "onnx" / "model.onnx").write_bytes(b"earlier")
+    code = finbert2_main(["export", str(exported["retriever"]), str(previous), "--quantize", "int8-dynamic",
+                          "--check", str(exported["check_retrieval"]), "--min_cosine", "0.9999999",
+                          "--overwrite_output_dir", "True"])
+    assert code == 2 and (previous / "onnx" / "model.onnx").read_bytes() == b"earlier"
+    assert not json.loads((tmp_path / "previous.rejected.json").read_text(encoding="utf-8"))["passed"]
+
+
+def test_gate_failures_name_each_bound_broken():
+    from finbert2.export.check import Gate, gate_failures
+
+    retrieval = {"metric": "ndcg_at_10", "source": 0.80, "exported": 0.78, "drop": 0.02, "min_cosine": 0.97}
+    assert gate_failures(retrieval, Gate(max_drop=0.03, min_cosine=0.95)) == []
+    failures = gate_failures(retrieval, Gate(max_drop=0.01, min_cosine=0.98))
+    assert failures == ["ndcg_at_10 dropped 0.0200 (0.8000 -> 0.7800), more than --max_drop 0.01",
+                        "min cosine to the source vectors 0.970000 < --min_cosine 0.98"]
+    labels = {"metric": "macro_f1", "source": 0.5, "exported": 0.5, "drop": 0.0, "label_agreement": 0.985}
+    assert gate_failures(labels, Gate(min_agreement=0.99)) == ["label agreement 0.9850 < --min_agreement 0.99"]
+
+
+def test_bad_arguments_and_check_sets_are_one_line_errors(exported, tmp_path, capsys):
+    cases = [
+        (["--quantize", "int4"], "--quantize for --format onnx must be one of none, int8-dynamic"),
+        (["--format", "openvino", "--quantize", "int8-dynamic"], "openvino must be one of none, int8-static"),
+        (["--format", "openvino", "--quantize", "int8-static"], "--calibration_data goes with --quantize int8-static"),
+        (["--format", "tflite"], "--format must be one of onnx, openvino"),
+        (["--max_drop", "-0.1"], "need --max_drop >= 0"),
+    ]
+    for extra, message in cases:
+        assert finbert2_main(["export", str(exported["retriever"]), str(tmp_path / "x"), *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert finbert2_main(["export", str(exported["retriever_onnx"]), str(tmp_path / "x")]) == 2
+    assert "already an exported model" in capsys.readouterr().err
+    foreign = tmp_path / "foreign.jsonl"
+    write_jsonl(foreign, [{"text": NEWS[0], "label": "利好"}])
+    assert finbert2_main(["export", str(exported["classifier"]), str(tmp_path / "x"), "--check", str(foreign)]) == 2
+    assert "利好" in capsys.readouterr().err
+    assert finbert2_main(["export", str(exported["retriever"]), str(exported["retriever_onnx"])]) == 2
+    assert "holds an earlier export" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_retrieve_evaluate_and_classify_predict_take_the_exported_folder(exported, tmp_path):
+    assert finbert2_main(["retrieve", "evaluate", "--eval_data", str(exported["check_retrieval"]),
+                          "--models", str(exported["retriever"]), str(exported["retriever_onnx"]),
+                          "--output_dir", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["retriever_onnx_ndcg_at_10"] == pytest.approx(metrics["retriever_ndcg_at_10"], abs=1e-9)
+    rows = {}
+    for name in ("classifier", "classifier_onnx"):
+        out = tmp_path / f"{name}.jsonl"
+        assert finbert2_main(["classify", "predict", "--model_name_or_path", str(exported[name]),
+                              "--input_file", str(exported["check_labels"]), "--output_file", str(out)]) == 0
+        rows[name] = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["prediction"] for r in rows["classifier_onnx"]] == [r["prediction"] for r in rows["classifier"]]
+    for got, expected in zip(rows["classifier_onnx"], rows["classifier"]):
+        assert got["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-5)
+
+
+def test_serve_backend_onnx_answers_like_torch(exported, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from finbert2.errors import ConfigError
+    from finbert2.serve.app import create_app
+    from finbert2.serve.args import ServeArguments
+
+    docs = [{"id": f"d{i}", "title": "", "text": t} for i, t in enumerate(NEWS)]
+    answers = {}
+    for backend, retriever, classifier in (("torch", "retriever", "classifier"),
+                                           ("onnx", "retriever_onnx", "classifier_onnx")):
+        args = ServeArguments(retriever=str(exported[retriever]), classifier=[str(exported[classifier])],
+                              index=str(tmp_path / f"index_{backend}"), backend=backend)
+        with TestClient(create_app(args)) as client:
+            for _ in range(600):
+                if client.get("/ready").status_code == 200:
+                    break
+                assert not client.get("/info").json()["load_error"]
+                __import__("time").sleep(0.05)
+            assert client.post("/index/documents", json={"documents": docs}).status_code == 200
+            info = client.get("/info").json()["models"]
+            answers[backend] = {
+                "backends": [m["backend"] for m in info],
+                "embed": np.array(client.post("/embed", json={"inputs": NEWS, "prompt_name": "query"}).json()),
+                "search": client.post("/search", json={"query": "美联储加息", "mode": "dense", "top_k": 6}).json(),
+                "classify": client.post("/classify", json={"inputs": NEWS, "raw_scores": True}).json()}
+    torch_answers, onnx_answers = answers["torch"], answers["onnx"]
+    assert torch_answers["backends"] == ["torch", "torch"] and onnx_answers["backends"] == ["onnx", "onnx"]
+    assert cosines(torch_answers["embed"], onnx_answers["embed"]).min() >= 0.99999
+    torch_hits, onnx_hits = torch_answers["search"]["hits"], onnx_answers["search"]["hits"]
+    assert [h["id"] for h in onnx_hits] == [h["id"] for h in torch_hits]
+    assert [h["score"] for h in onnx_hits] == pytest.approx([h["score"] for h in torch_hits], abs=1e-5)
+    for got, expected in zip(onnx_answers["classify"], torch_answers["classify"]):
+        assert {i["label"]: i["score"] for i in got} == pytest.approx({i["label"]: i["score"] for i in expected},
+                                                                      abs=1e-4)
+    with pytest.raises(ConfigError, match="holds a onnx model, not torch"):
+        ServeArguments(retriever=str(exported["retriever_onnx"]), backend="torch")
+    with pytest.raises(ConfigError, match="not quantized at load time"):
+        from finbert2.serve.models import Embedder
+
+        Embedder(str(exported["retriever_onnx"]), dtype="int8")
+
+
+def test_keep_layers_copies_the_chosen_layers_and_leaves_the_source(exported):
+    import torch
+
+    from finbert2.errors import ConfigError
+    from finbert2.export.prune import keep_layers
+    from finbert2.retrieve.encoder import load_encoder_model
+
+    source = load_encoder_model(str(exported["retriever"]))
+    student = keep_layers(source, [1])
+    assert len(source.encoder.layer) == 2 and len(student.encoder.layer) == 1
+    assert student.config.num_hidden_layers == 1 and source.config.num_hidden_layers == 2
+    for (name, got), expected in zip(student.encoder.layer[0].state_dict().items(),
+                                     source.encoder.layer[1].state_dict().values()):
+        assert torch.equal(got, expected), name
+    with pytest.raises(ConfigError, match="has 2 layers"):
+        keep_layers(source, [0, 2])
+
+
+def test_prune_distils_to_the_source_vectors_behind_the_check(exported, tmp_path, capsys):
+    from finbert2.retrieve.encoder import DenseEncoder
+
+    corpus = tmp_path / "corpus.jsonl"
+    write_jsonl(corpus, [{"text": t[:k]} for t in NEWS for k in (10, 20, 40)])
+    common = ["--keep_layers", "1", "--train_data", str(corpus), "--max_steps", "20", "--learning_rate", "1e-3",
+              "--per_device_train_batch_size", "6", "--max_length", "48", "--check", str(exported["check_retrieval"])]
+    out = tmp_path / "pruned"
+    assert finbert2_main(["prune", str(exported["retriever"]), str(out), *common, "--max_drop", "1"]) == 0
+    report = report_of(out)
+    assert report["passed"] and report["pruned_layers"] == [1] and report["source_layers"] == 2
+    assert report["last_loss"] < report["first_loss"]  # the student moved toward the teacher's vectors
+    student = DenseEncoder.from_pretrained(str(out))
+    assert student.model.config.num_hidden_layers == 1 and len(student.model.encoder.layer) == 1
+    assert (student.pooling, student.passage_instruction) == ("mean", "passage: ")  # the source's settings
+    vectors = student.encode_passages(NEWS)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    rejected = tmp_path / "rejected"
+    # No student of fewer layers keeps every vector within 1e-7 of the source's: a gate it cannot meet.
+    assert finbert2_main(["prune", str(exported["retriever"]), str(rejected), *common, "--max_steps", "1",
+                          "--min_cosine", "0.9999999"]) == 2
+    assert "min cosine" in capsys.readouterr().err
+    assert [p.name for p in rejected.iterdir()] == ["export_report.json"]
+    for bad, message in (("1,0", "distinct increasing"), ("a", "comma-separated layer indices")):
+        assert finbert2_main(["prune", str(exported["retriever"]), str(tmp_path / "x"), *common[2:],
+                              "--keep_layers", bad]) == 2
+        assert message in capsys.readouterr().err
+    assert finbert2_main(["prune", str(exported["classifier"]), str(tmp_path / "x"), *common]) == 2
+    assert "takes a torch retriever folder" in capsys.readouterr().err
