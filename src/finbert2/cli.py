@@ -23,6 +23,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "retrieve": ("finbert2.retrieve.cli", "Fin-Retriever: train | mine | evaluate | index | search"),
     "topics": ("finbert2.topics.cli", "Fin-TopicModel: BERTopic over encoder embeddings"),
     "serve": ("finbert2.serve.cli", "HTTP service: embeddings (TEI/OpenAI), hybrid search, classification"),
+    "merge": ("finbert2.merge.cli", "interpolate two checkpoints (alpha * A + (1 - alpha) * B), alpha fixed or chosen on validation"),
     "numllm": ("finbert2.numllm.cli", "NumLLM: domain + numeric LoRA on a causal LM: train | build-numeric | merge | evaluate"),
     "report": ("finbert2.report.cli", "build report.md/report.html from run folders"),
     "convert": ("finbert2.converters.cli", "convert public data sets (CFBenchmark, SC_2, Fin-Eva, ...) to our formats"),
