@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import DEMO_DIR
-from finbert2.errors import ConfigError
+from conftest import DEMO_DIR, small_retrieval_eval
+from finbert2.errors import ConfigError, OutputDirError
 from finbert2.merge import merge_checkpoints, merge_with_start, parse_alpha
 from finbert2.merge.select import best_point, scored_alphas
 from finbert2.merge.weights import merge_tensors, plan_merge, read_checkpoints
@@ -54,9 +54,12 @@ def tiny_pair(tiny_bert_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def half_merge(tiny_pair, tmp_path_factory):
+    from finbert2.cli import main
+
     a_dir, b_dir, _, _ = tiny_pair
     out = tmp_path_factory.mktemp("merge") / "half"
-    return out, merge_checkpoints(str(a_dir), str(b_dir), out, 0.5)
+    assert main(["merge", str(a_dir), str(b_dir), str(out), "--alpha", "0.5"]) == 0
+    return out, json.loads((out / "metrics.json").read_text(encoding="utf-8"))
 
 
 def test_alpha_ends_are_the_inputs_and_half_is_the_mean(tiny_pair, half_merge):
@@ -94,7 +97,12 @@ def test_grown_rows_and_head_are_carried_reported_and_the_folder_loads(tiny_pair
     head = {k for k in a if k.startswith("cls.")}  # B has no head: all of it (its bias too) comes from A
     assert head and metrics["carried_tensors"] == {k: "A" for k in head}
     assert metrics["merged_tensors"] == len(b)
-    assert json.loads((out / "metrics.json").read_text())["carried_tensors"] == metrics["carried_tensors"]
+    record = json.loads((out / "run_config.json").read_text())
+    assert record["stage"] == "merge" and record["arguments"]["model_a"] == str(a_dir)
+    assert "merged at alpha 0.5" in (out / "run.log").read_text(encoding="utf-8")
+    assert not list(out.parent.glob(".half.*"))  # the staging folder became the output
+    with pytest.raises(OutputDirError, match="holds a finished run"):
+        merge_checkpoints(str(a_dir), str(b_dir), out, 1.0)
 
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert len(tokenizer) == rows + 2 and tokenizer.convert_tokens_to_ids(ADDED_TOKENS[1]) == rows + 1
@@ -154,6 +162,8 @@ def test_shape_and_vocabulary_mismatches_name_the_first_difference(tiny_pair, tm
     with pytest.raises(ConfigError, match="is an input of the merge"):
         merge_checkpoints(str(b_dir), str(b_dir), b_dir, 0.5)
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+    with pytest.raises(ConfigError, match="alpha auto needs --eval_retrieval_data"):
+        merge_checkpoints(str(b_dir), str(b_dir), tmp_path / "o3", "auto")
 
 
 def test_alpha_values_and_selection_rules():
@@ -172,7 +182,7 @@ def test_alpha_values_and_selection_rules():
 
 def test_auto_with_a_probe_scores_the_mean_and_keeps_the_best(tiny_pair, tmp_path):
     a_dir, b_dir, _, _ = tiny_pair
-    eval_dir = _small_eval(DEMO_DIR / "retrieval" / "eval", tmp_path / "eval")
+    eval_dir = small_retrieval_eval(tmp_path / "eval")
     probe = tmp_path / "probe.jsonl"
     probe.write_text("".join((DEMO_DIR / "sentiment" / "validation.jsonl").read_text(encoding="utf-8")
                              .splitlines(keepends=True)[:40]), encoding="utf-8")
@@ -193,55 +203,3 @@ def test_auto_with_a_probe_scores_the_mean_and_keeps_the_best(tiny_pair, tmp_pat
         merge_with_start(a_dir, b_dir, tmp_path / "o", "auto", eval_retrieval_data=str(eval_dir),
                          eval_classification_data=str(bad_probe))
     assert not (tmp_path / "o").exists()
-
-
-def _small_eval(source, target, queries: int = 24, documents: int = 120):
-    """The first ``queries`` judged demo queries over their relevant passages plus others, ``documents`` in all."""
-    def rows(name):
-        return [json.loads(line) for line in (source / name).read_text(encoding="utf-8").splitlines()]
-
-    qrels = rows("test_qrels.jsonl")
-    kept = {r["qid"] for r in qrels[:queries]}
-    relevant = {r["docid"] for r in qrels if r["qid"] in kept}
-    corpus = [d for d in rows("corpus.jsonl") if d["id"] in relevant]
-    corpus += [d for d in rows("corpus.jsonl") if d["id"] not in relevant][:documents - len(corpus)]
-    target.mkdir()
-    for name, items in (("corpus.jsonl", corpus), ("test_qrels.jsonl", [r for r in qrels if r["qid"] in kept]),
-                        ("test_queries.jsonl", [q for q in rows("test_queries.jsonl") if q["id"] in kept])):
-        (target / name).write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in items), encoding="utf-8")
-    return target
-
-
-@pytest.mark.slow
-def test_auto_merge_of_e5_after_continued_pretraining_is_at_least_its_better_input(e5_pruned_dir, tmp_path):
-    from finbert2.data import read_retrieval_eval
-    from finbert2.pretrain import mlm
-    from finbert2.retrieve.encoder import DenseEncoder
-    from finbert2.retrieve.evaluate import dense_evaluation
-
-    run_dir = tmp_path / "mlm"
-    assert mlm.main(["--model_name_or_path", str(e5_pruned_dir), "--output_dir", str(run_dir),
-                     "--train_data", str(DEMO_DIR / "corpus.jsonl"), "--max_seq_length", "64",
-                     "--max_train_samples", "32", "--max_eval_samples", "8", "--per_device_train_batch_size", "8",
-                     "--max_steps", "4", "--learning_rate", "1e-4", "--eval_strategy", "no", "--report_to", "none",
-                     "--use_cpu", "True", "--seed", "3", "--disable_tqdm", "True", "--save_steps", "100"]) == 0
-    eval_dir = _small_eval(DEMO_DIR / "retrieval" / "eval", tmp_path / "eval")
-    out = tmp_path / "merged"
-    metrics = merge_with_start(run_dir, e5_pruned_dir, out, "auto", eval_retrieval_data=str(eval_dir),
-                               alpha_grid=[0.5], max_length=128)
-
-    curve = metrics["alpha_curve"]
-    assert [p["alpha"] for p in curve] == [0.0, 0.5, 1.0]
-    assert metrics["model_a_ndcg_at_10"] == curve[2]["ndcg_at_10"] and metrics["model_b_ndcg_at_10"] == curve[0]["ndcg_at_10"]
-    assert metrics["ndcg_at_10"] == max(p["ndcg_at_10"] for p in curve)
-    assert metrics["ndcg_at_10"] >= max(metrics["model_a_ndcg_at_10"], metrics["model_b_ndcg_at_10"])
-    assert json.loads((out / "metrics.json").read_text())["alpha_curve"] == curve
-    assert (out / "alpha_curve.png").stat().st_size > 0
-    # the folder written is the model scored, and the start scores as itself (alpha 0 is exactly e5)
-    data = read_retrieval_eval(eval_dir)
-    merged = DenseEncoder.from_pretrained(str(out), max_length=128)
-    assert dense_evaluation(merged, data)[0]["ndcg_at_10"] == pytest.approx(metrics["ndcg_at_10"], abs=1e-6)
-    start = DenseEncoder.from_pretrained(str(e5_pruned_dir), max_length=128)
-    assert dense_evaluation(start, data)[0]["ndcg_at_10"] == pytest.approx(metrics["model_b_ndcg_at_10"], abs=1e-6)
-    assert metrics["carried_tensors"] == {k: "A" for k in metrics["carried_tensors"]} and \
-        "cls.predictions.transform.dense.weight" in metrics["carried_tensors"]
