@@ -162,6 +162,8 @@ def test_shape_and_vocabulary_mismatches_name_the_first_difference(tiny_pair, tm
     with pytest.raises(ConfigError, match="is an input of the merge"):
         merge_checkpoints(str(b_dir), str(b_dir), b_dir, 0.5)
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'missing'}: not a model folder")):
+        merge_checkpoints(str(b_dir), str(tmp_path / "missing"), tmp_path / "o3", 0.5)
     with pytest.raises(ConfigError, match="alpha auto needs --eval_retrieval_data"):
         merge_checkpoints(str(b_dir), str(b_dir), tmp_path / "o3", "auto")
 
