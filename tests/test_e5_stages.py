@@ -109,7 +109,7 @@ def test_mlm_then_retromae_continue_from_e5(e5_domain_tokenizer, e5_pruned_dir, 
     assert merged["grown_rows"] == {"bert.embeddings.word_embeddings.weight": {"from": "A", "rows": rows}}
     assert "cls.predictions.transform.dense.weight" in merged["carried_tensors"]
     # the folder written is the model scored (its saved pooling and prompts read back)
-    rescored = dense_evaluation(DenseEncoder.from_pretrained(str(merged_dir), max_length=128),
+    rescored = dense_evaluation(DenseEncoder.from_pretrained(str(merged_dir), max_length=128, batch_size=32),
                                 read_retrieval_eval(tmp_path / "eval"))[0]["ndcg_at_10"]
     assert rescored == pytest.approx(merged["ndcg_at_10"], abs=1e-6)
 
