@@ -33,6 +33,28 @@ def require_public(*relative: str) -> Path:
     return path
 
 
+def small_retrieval_eval(target: Path, queries: int = 16, documents: int = 80) -> Path:
+    """A retrieval folder cut from the demo one: its first ``queries`` judged queries over their relevant
+    passages plus others, ``documents`` in all (a few seconds to score with e5-small)."""
+    import json
+
+    source = DEMO_DIR / "retrieval" / "eval"
+
+    def rows(name):
+        return [json.loads(line) for line in (source / name).read_text(encoding="utf-8").splitlines()]
+
+    qrels = rows("test_qrels.jsonl")
+    kept = {r["qid"] for r in qrels[:queries]}
+    relevant = {r["docid"] for r in qrels if r["qid"] in kept}
+    corpus = [d for d in rows("corpus.jsonl") if d["id"] in relevant]
+    corpus += [d for d in rows("corpus.jsonl") if d["id"] not in relevant][:documents - len(corpus)]
+    target.mkdir()
+    for name, items in (("corpus.jsonl", corpus), ("test_qrels.jsonl", [r for r in qrels if r["qid"] in kept]),
+                        ("test_queries.jsonl", [q for q in rows("test_queries.jsonl") if q["id"] in kept])):
+        (target / name).write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in items), encoding="utf-8")
+    return target
+
+
 @pytest.fixture
 def run_cli(tmp_path):
     """Run ``python -m finbert2 ...`` in the repo root; returns the CompletedProcess."""

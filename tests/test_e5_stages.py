@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForMaskedLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
-from conftest import DEMO_DIR
+from conftest import DEMO_DIR, small_retrieval_eval
 from finbert2.pretrain.whole_word_masking import JiebaWordSegmenter, WholeWordMaskCollator, token_word_ids
 
 CORPUS = DEMO_DIR / "corpus.jsonl"
@@ -71,9 +71,13 @@ def test_whole_word_masking_on_unigram_tokens(e5_pruned_dir):
 @pytest.mark.slow
 def test_mlm_then_retromae_continue_from_e5(e5_domain_tokenizer, e5_pruned_dir, tmp_path):
     """Continued pretraining the FinBERT2 way from e5: the extended vocab's rows grown (mean of pieces),
-    the held-out MLM loss falls, and both outputs keep e5's prompts and pooling for later stages."""
+    the held-out MLM loss falls, and both outputs keep e5's prompts and pooling for later stages; the MLM
+    run merged with e5 on validation retrieval is at least as good there as either."""
+    from finbert2.data import read_retrieval_eval
+    from finbert2.merge import merge_with_start
     from finbert2.pretrain import mlm, retromae
-    from finbert2.retrieve.encoder import saved_sentence_settings
+    from finbert2.retrieve.encoder import DenseEncoder, saved_sentence_settings
+    from finbert2.retrieve.evaluate import dense_evaluation
 
     tok_dir, _ = e5_domain_tokenizer
     common = ["--train_data", str(CORPUS), "--max_seq_length", "64", "--max_train_samples", "64",
@@ -90,6 +94,24 @@ def test_mlm_then_retromae_continue_from_e5(e5_domain_tokenizer, e5_pruned_dir, 
     assert model.get_input_embeddings().weight.shape[0] == len(AutoTokenizer.from_pretrained(tok_dir))
     settings = saved_sentence_settings(str(mlm_dir))
     assert settings["pooling"] == "mean" and settings["prompts"]["document"] == "passage: "
+
+    # the run merged with its start, alpha chosen on validation retrieval (issue 31): never below the better end
+    merged_dir = tmp_path / "merged"
+    merged = merge_with_start(mlm_dir, e5_pruned_dir, merged_dir, "auto", alpha_grid=[0.5], max_length=128,
+                              eval_retrieval_data=str(small_retrieval_eval(tmp_path / "eval")))
+    assert [p["alpha"] for p in merged["alpha_curve"]] == [0.0, 0.5, 1.0]
+    assert merged["ndcg_at_10"] == max(p["ndcg_at_10"] for p in merged["alpha_curve"])
+    assert merged["ndcg_at_10"] >= max(merged["model_a_ndcg_at_10"], merged["model_b_ndcg_at_10"])
+    assert json.loads((merged_dir / "metrics.json").read_text())["alpha_curve"] == merged["alpha_curve"]
+    assert (merged_dir / "alpha_curve.png").stat().st_size > 0
+    rows = [AutoConfig.from_pretrained(folder).vocab_size for folder in (e5_pruned_dir, mlm_dir)]
+    assert rows[1] > rows[0]  # the domain words' rows, from the run
+    assert merged["grown_rows"] == {"bert.embeddings.word_embeddings.weight": {"from": "A", "rows": rows}}
+    assert "cls.predictions.transform.dense.weight" in merged["carried_tensors"]
+    # the folder written is the model scored (its saved pooling and prompts read back)
+    rescored = dense_evaluation(DenseEncoder.from_pretrained(str(merged_dir), max_length=128, batch_size=32),
+                                read_retrieval_eval(tmp_path / "eval"))[0]["ndcg_at_10"]
+    assert rescored == pytest.approx(merged["ndcg_at_10"], abs=1e-6)
 
     rm_dir = tmp_path / "retromae"
     assert retromae.main(["--model_name_or_path", str(mlm_dir), "--output_dir", str(rm_dir), "--max_steps", "4",

@@ -25,6 +25,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "export": ("finbert2.export.cli", "ONNX export of a retriever or classifier, int8 quantization behind an accuracy check"),
     "prune": ("finbert2.export.prune", "drop a retriever's layers and distil it to the source model's vectors, behind the same check"),
     "serve": ("finbert2.serve.cli", "HTTP service: embeddings (TEI/OpenAI), hybrid search, classification"),
+    "merge": ("finbert2.merge.cli", "interpolate two checkpoints (alpha * A + (1 - alpha) * B), alpha fixed or chosen on validation"),
     "numllm": ("finbert2.numllm.cli", "NumLLM: domain + numeric LoRA on a causal LM: train | build-numeric | merge | evaluate"),
     "report": ("finbert2.report.cli", "build report.md/report.html from run folders"),
     "convert": ("finbert2.converters.cli", "convert public data sets (CFBenchmark, SC_2, Fin-Eva, ...) to our formats"),

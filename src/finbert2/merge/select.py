@@ -1,0 +1,142 @@
+"""``--alpha auto``: score merges on validation data and keep the best alpha.
+
+Each alpha's merged encoder is scored on validation retrieval (nDCG@10, through the retrieval stage's
+own ``dense_evaluation``) and, when a classification file is given, a linear probe: a logistic
+regression on the frozen sentence vectors, macro-F1 by stratified cross-validation. The selection
+score is nDCG@10, or the mean of nDCG@10 and the probe's macro-F1 when both are given. The grid always
+holds 0 and 1 (the two inputs), so the choice is never worse on it than the better input; a tie goes to
+the larger alpha (more of model A, the adapted one).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from finbert2.errors import ConfigError
+from finbert2.merge.weights import Checkpoint, MergePlan, merge_tensors, merged_tokenizer
+
+logger = logging.getLogger("finbert2.merge")
+
+DEFAULT_GRID = tuple(round(i / 10, 1) for i in range(11))
+PROBE_FOLDS = 5
+CURVE_PLOT = "alpha_curve.png"
+
+
+def scored_alphas(values: list[float] | None) -> list[float]:
+    """The alphas scored: ``values`` (default 0.0, 0.1, ..., 1.0) with both ends added, sorted."""
+    grid = set(DEFAULT_GRID if not values else values) | {0.0, 1.0}
+    bad = sorted(v for v in grid if not 0.0 <= v <= 1.0)
+    if bad:
+        raise ConfigError(f"merge: alpha_grid values must be in [0, 1], got {bad}")
+    return sorted(grid)
+
+
+def probe_prompt(prompts: dict[str, str]) -> str:
+    """The prefix for classification texts: the folder's ``classification`` prompt, else its
+    ``clustering`` one (e5: ``query: ``, its advice for non-retrieval tasks), else none."""
+    return prompts.get("classification", prompts.get("clustering", ""))
+
+
+def read_probe_data(path: str):
+    from finbert2.data import read_classification
+
+    data = read_classification(path)
+    if data.multi_label:
+        raise ConfigError(f"{path}: the merge probe takes single-label classification rows")
+    labels, counts = np.unique(np.asarray(data.labels), return_counts=True)
+    if len(labels) < 2 or counts.min() < 2:
+        raise ConfigError(f"{path}: the merge probe needs at least 2 labels with at least 2 rows each "
+                          f"(got {dict(zip(labels.tolist(), counts.tolist()))})")
+    return data
+
+
+def probe_macro_f1(vectors: np.ndarray, labels: list[str], seed: int = 0) -> float:
+    """Cross-validated macro-F1 of a logistic regression on frozen vectors (folds: at most 5, at most
+    the smallest class's size)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    targets = np.asarray(labels)
+    folds = min(PROBE_FOLDS, int(np.unique(targets, return_counts=True)[1].min()))
+    predicted = cross_val_predict(LogisticRegression(max_iter=2000), vectors, targets,
+                                  cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    return float(f1_score(targets, predicted, average="macro"))
+
+
+class AlphaScorer:
+    """One encoder whose weights are swapped for each alpha's merge, scored on the validation data."""
+
+    def __init__(self, a: Checkpoint, b: Checkpoint, plan: MergePlan, source: Checkpoint, retrieval_data,
+                 probe_data=None, max_length: int = 512, batch_size: int = 32):
+        from finbert2.retrieve.encoder import (DenseEncoder, last_layer_at_cls_only, load_encoder_model,
+                                               resolve_prompts, saved_sentence_settings)
+
+        self.a, self.b, self.plan = a, b, plan
+        self.retrieval_data, self.probe_data = retrieval_data, probe_data
+        # The encoder of the input with the larger vocabulary holds every row the merge writes.
+        larger = a if a.vocab_size >= b.vocab_size else b
+        model = load_encoder_model(str(larger.folder))
+        settings = saved_sentence_settings(str(source.folder))
+        pooling = settings.get("pooling", "cls")
+        if pooling == "cls":
+            last_layer_at_cls_only(model)  # its submodules keep their names: state dicts still load
+        self.keys = [k for k in [*plan.shared, *plan.carried] if k.startswith(f"{a.prefix}.")]
+        query_prompt, passage_prompt = resolve_prompts(str(source.folder))
+        self.probe_prompt = probe_prompt(settings.get("prompts", {}))
+        self.encoder = DenseEncoder(model, merged_tokenizer(a, b), pooling=pooling,
+                                    normalize=settings.get("normalize", True), query_instruction=query_prompt,
+                                    passage_instruction=passage_prompt, max_length=max_length,
+                                    batch_size=batch_size)
+
+    def load(self, alpha: float) -> None:
+        state = self.a.base_state_dict(merge_tensors(self.a, self.b, self.plan, alpha, self.keys))
+        missing, _ = self.encoder.model.load_state_dict(state, strict=False)
+        if missing:
+            raise ConfigError(f"merge: the merged checkpoint lacks encoder weights {', '.join(missing[:3])}")
+
+    def score(self, alpha: float) -> dict[str, float]:
+        from finbert2.retrieve.evaluate import dense_evaluation
+
+        self.load(alpha)
+        mean = dense_evaluation(self.encoder, self.retrieval_data)[0]
+        point = {"alpha": alpha, "ndcg_at_10": mean["ndcg_at_10"], "recall_at_10": mean["recall_at_10"]}
+        if self.probe_data is not None:
+            vectors = self.encoder.encode(self.probe_data.texts, prompt=self.probe_prompt)
+            point["probe_macro_f1"] = probe_macro_f1(vectors, self.probe_data.labels)
+            point["score"] = (point["ndcg_at_10"] + point["probe_macro_f1"]) / 2
+        else:
+            point["score"] = point["ndcg_at_10"]
+        logger.info("alpha %.2f: %s", alpha, {k: round(v, 4) for k, v in point.items() if k != "alpha"})
+        return point
+
+
+def best_point(curve: list[dict]) -> dict:
+    """The highest score; ties go to the larger alpha."""
+    return max(curve, key=lambda p: (p["score"], p["alpha"]))
+
+
+def plot_curve(curve: list[dict], chosen: float, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    alphas = [p["alpha"] for p in curve]
+    for name in ("ndcg_at_10", "probe_macro_f1"):
+        if name in curve[0]:
+            ax.plot(alphas, [p[name] for p in curve], marker="o", markersize=3, label=name)
+    ax.axvline(chosen, color="grey", linestyle="--", label=f"chosen alpha {chosen:g}")
+    ax.set_xlabel("alpha (weight of model A; 0 = model B)")
+    ax.set_ylabel("validation score")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,207 @@
+"""``finbert2 merge``: weight-space interpolation of two checkpoints, alpha fixed or chosen on validation.
+
+The tiny pair, over the demo tokenizer: B a bare 2 x 64 ``BertModel`` saved as a sentence-transformers
+model with e5's prompts and mean pooling (as e5 is converted), A the same weights perturbed, saved as
+``BertForMaskedLM`` (an MLM head B lacks) with two tokens added to the vocabulary (rows B lacks), as a
+continued-pretraining run leaves it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import DEMO_DIR, small_retrieval_eval
+from finbert2.errors import ConfigError, OutputDirError
+from finbert2.merge import merge_checkpoints, merge_with_start, parse_alpha
+from finbert2.merge.select import best_point, scored_alphas
+from finbert2.merge.weights import merge_tensors, plan_merge, read_checkpoints
+
+ADDED_TOKENS = ["新词甲", "新词乙"]
+WORDS = "bert.embeddings.word_embeddings.weight"
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tiny_bert_dir, tmp_path_factory):
+    from transformers import AutoTokenizer, BertForMaskedLM, BertModel
+
+    from finbert2.pretrained.e5 import E5_SMALL_PROMPTS
+    from finbert2.retrieve.encoder import save_sentence_transformer
+
+    root = tmp_path_factory.mktemp("merge")
+    a_dir, b_dir = root / "adapted", root / "start"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    BertModel.from_pretrained(tiny_bert_dir, add_pooling_layer=False).save_pretrained(b_dir)
+    tokenizer.save_pretrained(b_dir)
+    save_sentence_transformer(b_dir, prompts=E5_SMALL_PROMPTS, pooling="mean")
+    adapted = BertForMaskedLM.from_pretrained(tiny_bert_dir)
+    tokenizer.add_tokens(ADDED_TOKENS)
+    adapted.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in adapted.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    adapted.save_pretrained(a_dir)
+    tokenizer.save_pretrained(a_dir)
+    a = load_file(a_dir / "model.safetensors")
+    b = {f"bert.{k}": v for k, v in load_file(b_dir / "model.safetensors").items()}  # B is a bare encoder
+    return a_dir, b_dir, a, b
+
+
+@pytest.fixture(scope="module")
+def half_merge(tiny_pair, tmp_path_factory):
+    from finbert2.cli import main
+
+    a_dir, b_dir, _, _ = tiny_pair
+    out = tmp_path_factory.mktemp("merge") / "half"
+    assert main(["merge", str(a_dir), str(b_dir), str(out), "--alpha", "0.5"]) == 0
+    return out, json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+
+
+def test_alpha_ends_are_the_inputs_and_half_is_the_mean(tiny_pair, half_merge):
+    a_dir, b_dir, a, b = tiny_pair
+    rows = b[WORDS].shape[0]
+    assert a[WORDS].shape[0] == rows + len(ADDED_TOKENS)
+    checkpoint_a, checkpoint_b = read_checkpoints(a_dir, b_dir)
+    plan = plan_merge(checkpoint_a, checkpoint_b)
+    ends = {alpha: merge_tensors(checkpoint_a, checkpoint_b, plan, alpha) for alpha in (0.0, 1.0)}
+    assert set(ends[1.0]) == set(a) and all(torch.equal(ends[1.0][k], a[k]) for k in a)
+    assert set(ends[0.0]) == set(a)  # B's tensors, plus A's head and grown rows
+    for key, tensor in b.items():
+        assert torch.equal(ends[0.0][key][:rows], tensor), key
+    assert torch.equal(ends[0.0][WORDS][rows:], a[WORDS][rows:])
+    assert torch.equal(ends[0.0]["cls.predictions.transform.dense.weight"], a["cls.predictions.transform.dense.weight"])
+
+    half = load_file(half_merge[0] / "model.safetensors")  # as written to the folder
+    assert set(half) == set(a)
+    for key, tensor in b.items():  # 0.5 a + 0.5 b is (a + b) / 2 exactly in binary floating point
+        assert torch.equal(half[key][:rows], (a[key][:rows] + tensor) / 2), key
+        assert not torch.equal(half[key][:rows], tensor), key  # the perturbation moved every tensor
+    assert torch.equal(half[WORDS][rows:], a[WORDS][rows:])
+
+
+def test_grown_rows_and_head_are_carried_reported_and_the_folder_loads(tiny_pair, half_merge):
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
+
+    from finbert2.retrieve.encoder import saved_sentence_settings
+
+    a_dir, b_dir, a, b = tiny_pair
+    out, metrics = half_merge
+    rows = b[WORDS].shape[0]
+    assert metrics["alpha"] == 0.5 and metrics["alpha_mode"] == "fixed"
+    assert metrics["grown_rows"] == {WORDS: {"from": "A", "rows": [rows, rows + 2]}}
+    head = {k for k in a if k.startswith("cls.")}  # B has no head: all of it (its bias too) comes from A
+    assert head and metrics["carried_tensors"] == {k: "A" for k in head}
+    assert metrics["merged_tensors"] == len(b)
+    record = json.loads((out / "run_config.json").read_text())
+    assert record["stage"] == "merge" and record["arguments"]["model_a"] == str(a_dir)
+    assert "merged at alpha 0.5" in (out / "run.log").read_text(encoding="utf-8")
+    assert not list(out.parent.glob(".half.*"))  # the staging folder became the output
+    with pytest.raises(OutputDirError, match="holds a finished run"):
+        merge_checkpoints(str(a_dir), str(b_dir), out, 1.0)
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert len(tokenizer) == rows + 2 and tokenizer.convert_tokens_to_ids(ADDED_TOKENS[1]) == rows + 1
+    with_head = AutoModelForMaskedLM.from_pretrained(out)
+    assert torch.equal(with_head.cls.predictions.transform.dense.weight, a["cls.predictions.transform.dense.weight"])
+    encoder = AutoModel.from_pretrained(out, add_pooling_layer=False)
+    assert torch.equal(encoder.embeddings.word_embeddings.weight, with_head.bert.embeddings.word_embeddings.weight)
+    # A has no sentence-transformers files: B's pooling, normalisation and e5 prompts are kept
+    assert saved_sentence_settings(str(out)) == saved_sentence_settings(str(b_dir))
+    assert saved_sentence_settings(str(out))["prompts"]["document"] == "passage: "
+
+
+def test_mismatched_architecture_stops_with_one_line_naming_it(tiny_pair, capsys, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from finbert2.cli import main
+
+    _, b_dir, _, _ = tiny_pair
+    shallow = tmp_path / "one_layer"
+    config = BertConfig.from_pretrained(b_dir)
+    config.num_hidden_layers = 1
+    BertModel(config, add_pooling_layer=False).save_pretrained(shallow)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["merge", str(b_dir), str(shallow), str(out), "--alpha", "0.5"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: cannot merge different architectures: num_hidden_layers is 2 in {b_dir} but 1 in {shallow}\n")
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_shape_and_vocabulary_mismatches_name_the_first_difference(tiny_pair, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    _, b_dir, _, b = tiny_pair
+    # the same config with a wider feed-forward in the weights only: a shape mismatch
+    wide = tmp_path / "wide"
+    shutil.copytree(b_dir, wide)
+    state = {k.removeprefix("bert."): v for k, v in b.items()}
+    state["encoder.layer.0.intermediate.dense.weight"] = torch.zeros(256, 64)
+    save_file(state, str(wide / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match=re.escape("bert.encoder.layer.0.intermediate.dense.weight has shape "
+                                                    f"(128, 64) in {b_dir} but (256, 64) in {wide}")):
+        merge_checkpoints(str(b_dir), str(wide), tmp_path / "o1", 0.5)
+
+    # the same weights over a vocabulary with two ids swapped: rows are merged by id, ids must mean the same tokens
+    swapped = tmp_path / "swapped"
+    shutil.copytree(b_dir, swapped)
+    vocab = AutoTokenizer.from_pretrained(b_dir).get_vocab()
+    by_id = {i: t for t, i in vocab.items()}
+    vocab[by_id[7]], vocab[by_id[9]] = 9, 7
+    (swapped / "tokenizer.json").unlink()
+    BertTokenizerFast(vocab=vocab).save_pretrained(swapped)
+    with pytest.raises(ConfigError, match=re.escape(f"token id 7 is '{by_id[7]}' in {b_dir} but '{by_id[9]}' in {swapped}")):
+        merge_checkpoints(str(b_dir), str(swapped), tmp_path / "o2", 0.5)
+    with pytest.raises(ConfigError, match="is an input of the merge"):
+        merge_checkpoints(str(b_dir), str(b_dir), b_dir, 0.5)
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'missing'}: not a model folder")):
+        merge_checkpoints(str(b_dir), str(tmp_path / "missing"), tmp_path / "o3", 0.5)
+    with pytest.raises(ConfigError, match="alpha auto needs --eval_retrieval_data"):
+        merge_checkpoints(str(b_dir), str(b_dir), tmp_path / "o3", "auto")
+
+
+def test_alpha_values_and_selection_rules():
+    assert parse_alpha("0.7") == 0.7 and parse_alpha(1) == 1.0 and parse_alpha("AUTO") == "auto"
+    assert parse_alpha("none") is None and parse_alpha(None) is None
+    for bad in ("1.5", "-0.1", "half"):
+        with pytest.raises(ConfigError, match="alpha must be"):
+            parse_alpha(bad)
+    assert merge_with_start("unused", "unused", "unused", "none") == {}  # the run keeps its own model
+    assert scored_alphas([0.3]) == [0.0, 0.3, 1.0] and len(scored_alphas(None)) == 11
+    # the highest score wins; a tie goes to the larger alpha (more of the adapted model)
+    curve = [{"alpha": 0.0, "score": 0.5}, {"alpha": 0.4, "score": 0.6}, {"alpha": 0.8, "score": 0.6},
+             {"alpha": 1.0, "score": 0.55}]
+    assert best_point(curve)["alpha"] == 0.8
+
+
+def test_auto_with_a_probe_scores_the_mean_and_keeps_the_best(tiny_pair, tmp_path):
+    a_dir, b_dir, _, _ = tiny_pair
+    eval_dir = small_retrieval_eval(tmp_path / "eval")
+    probe = tmp_path / "probe.jsonl"
+    probe.write_text("".join((DEMO_DIR / "sentiment" / "validation.jsonl").read_text(encoding="utf-8")
+                             .splitlines(keepends=True)[:40]), encoding="utf-8")
+    out = tmp_path / "merged"
+    metrics = merge_with_start(a_dir, b_dir, out, "auto", eval_retrieval_data=str(eval_dir),
+                               eval_classification_data=str(probe), alpha_grid=[0.5], max_length=128)
+    curve = metrics["alpha_curve"]
+    assert [p["alpha"] for p in curve] == [0.0, 0.5, 1.0]
+    for point in curve:
+        assert 0 < point["probe_macro_f1"] <= 1
+        assert point["score"] == pytest.approx((point["ndcg_at_10"] + point["probe_macro_f1"]) / 2)
+    chosen = best_point(curve)
+    assert metrics["alpha"] == chosen["alpha"] and metrics["score"] == chosen["score"]
+    assert metrics["selected_by"] == "mean of ndcg_at_10 and probe_macro_f1"
+    bad_probe = tmp_path / "one_label.jsonl"
+    bad_probe.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "x"}\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="one_label.jsonl: the merge probe needs at least 2 labels"):
+        merge_with_start(a_dir, b_dir, tmp_path / "o", "auto", eval_retrieval_data=str(eval_dir),
+                         eval_classification_data=str(bad_probe))
+    assert not (tmp_path / "o").exists()
