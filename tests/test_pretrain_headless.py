@@ -70,6 +70,8 @@ def test_headless_arguments_are_checked():
         HeadlessStartArguments(head_warmup_steps=-1)
     with pytest.raises(ConfigError, match="whole number of steps or a share"):
         HeadlessStartArguments(head_warmup_steps=2.5)
+    with pytest.raises(ConfigError, match="merge_with_start auto chooses alpha on eval_retrieval_data"):
+        HeadlessStartArguments(merge_with_start="auto")
 
 
 def test_head_warmup_resolution():
@@ -153,9 +155,20 @@ def test_auto_recipe_on_a_headless_checkpoint_and_none_from_scratch(tiny_e5_shap
     and stays off for a from-scratch BERT (nothing to protect), which keeps its zero bias."""
     from finbert2.pretrain.mlm import main
 
-    assert main(_mlm_args(tiny_e5_shaped_dir, tmp_path / "headless", "--max_steps", "10")) == 0
+    assert main(_mlm_args(tiny_e5_shaped_dir, tmp_path / "headless", "--max_steps", "10",
+                          "--merge_with_start", "0.5")) == 0
     metrics = json.loads((tmp_path / "headless" / "metrics.json").read_text())
     assert metrics["prior_bias"] is True and metrics["head_warmup_steps"] == 1
+    # --merge_with_start 0.5: the mean of the trained encoder and its start, beside the run
+    from safetensors.torch import load_file
+
+    merged = load_file(str(tmp_path / "headless" / "merged_with_start" / "model.safetensors"))
+    trained = load_file(str(tmp_path / "headless" / "model.safetensors"))
+    start = load_file(str(tiny_e5_shaped_dir / "model.safetensors"))
+    key = "encoder.layer.0.attention.self.query.weight"
+    merged_key = next(k for k in merged if k.endswith(key))
+    assert torch.allclose(merged[merged_key], (trained["bert." + key] + start[key]) / 2, atol=1e-6)
+    assert metrics["merge_alpha"] == 0.5
     assert metrics["eval_mlm_loss_below_unigram"] == pytest.approx(metrics["unigram_cross_entropy"]
                                                                    - metrics["eval_loss"], abs=1e-5)
     args = _mlm_args(tiny_e5_shaped_dir, tmp_path / "scratch", "--max_steps", "2")

@@ -78,6 +78,17 @@ class HeadlessStartArguments:
         default=RETRIEVAL_DAMAGE_TOLERANCE,
         metadata={"help": "Warn when zero-shot nDCG@10 falls more than this below the starting encoder's."},
     )
+    merge_with_start: str = field(
+        default="none",
+        metadata={"help": "After training, interpolate the encoder with the model it started from (LM-Cocktail "
+                  "style) into <output_dir>/merged_with_start: auto (alpha chosen on eval_retrieval_data, and "
+                  "merge_eval_classification_data when given), a number in [0, 1] (1 = the trained model), or none."},
+    )
+    merge_eval_classification_data: str | None = field(
+        default=None,
+        metadata={"help": "With merge_with_start auto: labelled texts ({text, label}) for a frozen-vector probe "
+                  "that joins nDCG@10 in choosing alpha."},
+    )
 
     def __post_init__(self):
         if self.prior_bias not in {"auto", "true", "false"}:
@@ -89,6 +100,10 @@ class HeadlessStartArguments:
             raise ConfigError("pretrain: encoder_learning_rate must be >= 0")
         if self.prior_smoothing <= 0:
             raise ConfigError("pretrain: prior_smoothing must be > 0")
+        from finbert2.merge.runner import parse_alpha
+
+        if parse_alpha(self.merge_with_start) == "auto" and not self.eval_retrieval_data:
+            raise ConfigError("pretrain: merge_with_start auto chooses alpha on eval_retrieval_data; give it")
 
 
 def is_head_parameter(name: str) -> bool:

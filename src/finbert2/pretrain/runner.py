@@ -354,8 +354,30 @@ def run_pretraining(
         inherit_sentence_settings(model_args.model_name_or_path, output_dir, pooling=sentence_pooling,
                                   max_seq_length=min(tokenizer.model_max_length, model.config.max_position_embeddings))
         plot_loss_curves(output_dir, title=f"{stage}: {output_dir.name}")
+        metrics.update(merged_with_start(headless_args, model_args.model_name_or_path, output_dir))
     training_args.distributed_state.wait_for_everyone()
     return metrics
+
+
+MERGED_FOLDER = "merged_with_start"
+
+
+def merged_with_start(args: HeadlessStartArguments, start: str | None, output_dir: Path) -> dict:
+    """``--merge_with_start``: the saved encoder interpolated with its start into ``output_dir/merged_with_start``;
+    the merge's scalar metrics, prefixed ``merge_`` (the curve stays in that folder's metrics.json)."""
+    from finbert2.merge.runner import merge_with_start, parse_alpha
+
+    if parse_alpha(args.merge_with_start) is None:
+        return {}
+    if not start:
+        raise ConfigError("pretrain: merge_with_start needs a starting model_name_or_path (a from-scratch run has none)")
+    result = merge_with_start(output_dir, start, output_dir / MERGED_FOLDER, args.merge_with_start,
+                              eval_retrieval_data=args.eval_retrieval_data,
+                              eval_classification_data=args.merge_eval_classification_data,
+                              eval_split=args.eval_retrieval_split, max_length=args.eval_retrieval_max_length,
+                              overwrite=True)
+    logger.info("merged with the start: alpha %s -> %s", result.get("alpha"), output_dir / MERGED_FOLDER)
+    return {f"merge_{k}": v for k, v in result.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
 def structural_token_ids(tokenizer) -> list[int]:
