@@ -126,7 +126,7 @@ def test_mine_command_with_bm25_and_hybrid(tmp_path, tiny_tokenizer_dir):
     pool.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in NEWS), encoding="utf-8")
     stats = run_mining(MineArguments(model_name_or_path="bm25", input_file=str(queries), candidate_pool=str(pool),
                                      output_file=str(tmp_path / "bm25.jsonl"), range_for_sampling="0-6",
-                                     negative_number=2))
+                                     negative_number=2, fill_random=True))  # BM25 ranks only passages sharing a word
     assert stats["first_stage"] == "bm25"
     retriever = make_retriever(tiny_tokenizer_dir, tmp_path / "retriever")
     stats = run_mining(MineArguments(model_name_or_path=str(retriever), hybrid=True, input_file=str(queries),
@@ -158,3 +158,28 @@ def test_predict_orders_passages_and_rejects_bad_rows(run_cli, reranker_dir, tmp
                      "--output_file", tmp_path / "never.jsonl")
     assert result.returncode == 2 and f"{bad}:2:" in result.stderr and "texts" in result.stderr
     assert not (tmp_path / "never.jsonl").exists()
+
+
+def test_evaluate_adds_a_reranked_row_per_first_stage(tmp_path, reranker_dir, tiny_tokenizer_dir):
+    from finbert2.retrieve.args import EvaluateArguments
+    from finbert2.retrieve.evaluate import run_evaluation
+    from finbert2.run import RunArguments
+
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    lines = {"corpus.jsonl": [{"id": f"d{i}", "title": "", "text": t} for i, t in enumerate(NEWS)],
+             "test_queries.jsonl": [{"id": "q1", "text": "央行降准"}, {"id": "q2", "text": "茅台净利润"}],
+             "test_qrels.jsonl": [{"qid": "q1", "docid": "d0", "relevance": 1},
+                                  {"qid": "q2", "docid": "d1", "relevance": 1}]}
+    for name, rows in lines.items():
+        (folder / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    retriever = make_retriever(tiny_tokenizer_dir, tmp_path / "retriever")
+    metrics = run_evaluation(EvaluateArguments(output_dir=str(tmp_path / "out"), eval_data=str(folder),
+                                               models=["bm25", str(retriever)], hybrid=True,
+                                               rerank=[str(reranker_dir)], rerank_top_k=3), RunArguments())
+    for first in ("bm25", "retriever", "retriever+bm25"):
+        # the reranked top 3 go first, the rest keep their order: recall@100 is the first stage's
+        assert metrics[f"{first}+rerank_recall_at_100"] == metrics[f"{first}_recall_at_100"]
+        assert metrics[f"{first}+rerank_p95_ms_per_query"] >= metrics[f"{first}+rerank_ms_per_query"] > 0
+    results = (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
+    assert "| bm25+rerank |" in results and "Reranking latency (top 3" in results

@@ -86,7 +86,7 @@ class CrossEncoderScorer:
             torch.manual_seed(0)  # an encoder folder (the zero-shot row) gets a new head: the same one each time
             model = from_pretrained_quietly(AutoModelForSequenceClassification, name_or_path, use_safetensors=True,
                                             num_labels=1)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: a head of other shape (a classifier)
             raise ConfigError(f"{name_or_path}: cannot load a reranker ({str(err).splitlines()[0]})") from None
         model, bf16 = apply_dtype(model, dtype)
         return cls(model, tokenizer, bf16=bf16 or kwargs.pop("bf16", False), **kwargs)
