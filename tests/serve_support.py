@@ -71,6 +71,18 @@ def make_classifier(tokenizer_dir: Path, out: Path, labels: list[str], multi_lab
     return out
 
 
+def make_reranker(tokenizer_dir: Path, out: Path, seed: int = 3) -> Path:
+    """A one-logit cross-encoder folder (what ``finbert2 rerank train`` writes)."""
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    BertForSequenceClassification(tiny_config(tokenizer, num_labels=1)).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -14,6 +14,7 @@ def _dataclasses(stage: str) -> tuple:
 
     from finbert2.classify.args import DataArguments
     from finbert2.modeling import ModelArguments
+    from finbert2.rerank.args import RerankerDataArguments, RerankerTrainingArguments
     from finbert2.retrieve.args import RetrieverDataArguments, RetrieverTrainingArguments
     from finbert2.run import RunArguments
     from finbert2.tokenizer.args import TokenizerArguments
@@ -24,6 +25,7 @@ def _dataclasses(stage: str) -> tuple:
         "classify": (ModelArguments, DataArguments, PrecisionTrainingArguments, RunArguments),
         "retriever": (ModelArguments, RetrieverDataArguments, RetrieverTrainingArguments, RunArguments),
         "topics": (TopicArguments, RunArguments),
+        "reranker": (ModelArguments, RerankerDataArguments, RerankerTrainingArguments, RunArguments),
     }[stage]
 
 
@@ -34,9 +36,10 @@ OVERRIDES = {
     "classify": ["--train_data", "data/demo/sentiment/train.jsonl", "--use_cpu", "True"],
     "retriever": ["--train_data", "data/demo/retrieval/train.jsonl", "--use_cpu", "True"],
     "topics": ["--train_data", "data/demo/topics/titles.jsonl"],
+    "reranker": ["--train_data", "data/demo/retrieval/train.jsonl", "--use_cpu", "True"],
 }
 CONFIGS = sorted(p.relative_to(REPO_ROOT / "configs").as_posix()
-                 for stage in ("tokenizer", "classify", "retriever", "topics")
+                 for stage in ("tokenizer", "classify", "retriever", "topics", "reranker")
                  for p in (REPO_ROOT / "configs" / stage).glob("*.yaml"))
 
 

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serve_support import NEWS, REPO_ROOT, make_classifier, make_retriever
+from serve_support import NEWS, REPO_ROOT, make_classifier, make_reranker, make_retriever
 
 from finbert2.retrieve.index import current_index_dir
 from finbert2.serve.app import create_app
@@ -34,7 +34,9 @@ def client(tmp_path_factory, tiny_tokenizer_dir):
     root = tmp_path_factory.mktemp("serve-schema")
     retriever = make_retriever(tiny_tokenizer_dir, root / "retriever")
     labeler = make_classifier(tiny_tokenizer_dir, root / "labeler", ["消极", "积极"])
+    reranker = make_reranker(tiny_tokenizer_dir, root / "reranker")
     app = create_app(ServeArguments(retriever=str(retriever), classifier=[str(labeler)], index=str(root / "index"),
+                                    reranker=str(reranker),
                                     max_client_batch_size=4, max_body_bytes=4000))
     with TestClient(app) as test_client:
         deadline = time.monotonic() + 60

@@ -97,7 +97,8 @@ class RetrieverTrainingArguments(PrecisionTrainingArguments):
 
 @dataclass
 class MineArguments:
-    model_name_or_path: str = field(metadata={"help": "Encoder folder or hub id used to rank the candidates."})
+    model_name_or_path: str = field(metadata={"help": "Encoder folder or hub id used to rank the candidates, or "
+                                              "'bm25' (jieba + BM25: the first stage a reranker follows)."})
     input_file: str = field(metadata={"help": "JSONL with query and pos (neg, if present, is replaced)."})
     output_file: str | None = field(default=None, metadata={"help": "Training JSONL to write ({query, pos, neg})."})
     output_dir: str | None = field(
@@ -132,6 +133,8 @@ class MineArguments:
     use_faiss_ivf: bool = field(default=False, metadata={"help": "Search an IVF index (large pools) instead of flat."})
     bf16: str = bf16_field()
     seed: int = field(default=42, metadata={"help": "Seed of the negative sampling."})
+    hybrid: bool = field(default=False, metadata={
+        "help": "Rank by reciprocal-rank fusion of the encoder's ranking and BM25's (the hybrid first stage)."})
     overwrite_output_file: bool = field(default=False, metadata={"help": "Replace an existing output_file (or a finished output_dir)."})
 
     def __post_init__(self):
@@ -146,6 +149,12 @@ class MineArguments:
         self.range_start, self.range_end = start, end
         if self.negative_number < 1:
             raise ConfigError("negative_number must be at least 1")
+        lexical = self.model_name_or_path == "bm25"
+        if (lexical or self.hybrid) and (self.margin is not None or self.duplicate_threshold is not None):
+            raise ConfigError("retrieve mine: margin and duplicate_threshold compare dense scores; they do not apply "
+                              "to BM25 or hybrid mining")
+        if lexical and self.hybrid:
+            raise ConfigError("retrieve mine: --hybrid fuses an encoder with BM25; give an encoder folder, not bm25")
 
 
 @dataclass
@@ -170,10 +179,20 @@ class EvaluateArguments:
         "help": "Add a '<model>+bm25' row per dense model: reciprocal-rank fusion of its run and BM25's "
                 "(the fusion `finbert2 serve` uses for mode=hybrid)."})
     rrf_k: int = field(default=60, metadata={"help": "Reciprocal-rank fusion constant k (score 1/(k + rank))."})
+    rerank: list[str] | None = field(default=None, metadata={
+        "help": "Reranker folder(s) (`finbert2 rerank train`, or an encoder folder: the zero-shot row): add a "
+                "'<first>+rerank' row per first stage (BM25, each dense model, each hybrid), its top "
+                "rerank_top_k reordered."})
+    rerank_top_k: int = field(default=100, metadata={"help": "First-stage documents reranked per query."})
+    rerank_dtype: str = field(default="fp32", metadata={"help": "Reranker precision: fp32, bf16, int8 or auto."})
 
     def __post_init__(self):
         if self.rrf_k < 1:
             raise ConfigError("retrieve evaluate: rrf_k must be at least 1")
+        if self.rerank_top_k < 1:
+            raise ConfigError("retrieve evaluate: rerank_top_k must be at least 1")
+        if self.rerank_dtype not in {"auto", "fp32", "bf16", "int8"}:
+            raise ConfigError("retrieve evaluate: rerank_dtype must be fp32, bf16, int8 or auto")
         if self.labels and len(self.labels) > len(self.models):
             raise ConfigError("more labels than models")
         if self.labels and len(set(self.labels)) != len(self.labels):

@@ -122,6 +122,11 @@ def run_evaluation(args, run_args) -> dict[str, Any]:
                 name, query_instruction=args.query_instruction, passage_instruction=args.passage_instruction,
                 max_length=args.max_length,
                 batch_size=args.batch_size, bf16=bf16, pooling=args.pooling)
+    rerankers = {}
+    if args.rerank:
+        from finbert2.rerank.evaluate import latency_table, load_rerankers, rerank_rows
+
+        rerankers = load_rerankers(args.rerank, args.rerank_dtype)
 
     output_dir = prepare_output_dir(args.output_dir, overwrite=run_args.overwrite_output_dir)
     setup_logging(output_dir)
@@ -135,6 +140,7 @@ def run_evaluation(args, run_args) -> dict[str, Any]:
     results: dict[str, dict[str, float]] = {}
     by_source: dict[str, dict[str, float]] = {}  # label -> {source: nDCG@10}
     flat: dict[str, Any] = {}
+    first_runs: dict[str, dict] = {}  # label -> run, the first stages a reranker reorders
 
     def record(label: str, mean: dict, per_query: dict, run: dict, seconds: float) -> None:
         results[label] = mean
@@ -144,6 +150,7 @@ def run_evaluation(args, run_args) -> dict[str, Any]:
         logger.info("%s: %s (%.1fs)", label, json.dumps({k: round(v, 4) for k, v in mean.items()}), seconds)
         flat.update({f"{label}_{k}": v for k, v in mean.items()})
         flat[f"{label}_seconds"] = seconds
+        first_runs[label] = run
 
     bm25_run, dense_runs = None, {}
     for name, label in zip(args.models, labels):
@@ -163,6 +170,11 @@ def run_evaluation(args, run_args) -> dict[str, Any]:
             fused = fuse_runs([dense_run_of_label, bm25_run], args.rrf_k)
             per_query = per_query_metrics(data.qrels, top_k(fused, args.k))
             record(f"{label}+bm25", mean_metrics(per_query), per_query, fused, time.perf_counter() - t0)
+    if rerankers:
+        for label, run, seconds, latency in rerank_rows(rerankers, data, dict(first_runs), args.rerank_top_k):
+            per_query = per_query_metrics(data.qrels, run)
+            record(label, mean_metrics(per_query), per_query, run, seconds)
+            flat.update({f"{label}_{k}": v for k, v in latency.items()})
     mean, per_query, run = chance_evaluation(data, args.k)  # always last: what no model beats is no result
     results[CHANCE] = mean
     if data.query_sources:
@@ -171,7 +183,8 @@ def run_evaluation(args, run_args) -> dict[str, Any]:
     table = markdown_table(results)
     atomic_write_text(output_dir / "results.md",
                       f"# Retrieval evaluation on `{args.eval_data}` ({len(data.qrels)} queries, "
-                      f"{len(data.corpus)} documents)\n\n{table}" + per_source_table(by_source, data))
+                      f"{len(data.corpus)} documents)\n\n{table}" + per_source_table(by_source, data)
+                      + (latency_table(flat, args.rerank_top_k) if rerankers else ""))
     print(table)
     metrics = {**results[labels[0]], **flat, "num_queries": len(data.qrels), "num_documents": len(data.corpus),
                "eval_seconds": time.perf_counter() - started}

@@ -26,6 +26,7 @@ import numpy as np
 from finbert2.data import iter_corpus, read_retrieval_train, write_jsonl
 from finbert2.errors import DataError, OutputDirError
 from finbert2.retrieve.encoder import DenseEncoder
+from finbert2.retrieve.mine_first_stage import BM25, mine_with_first_stage
 from finbert2.retrieve.search import build_index, search_index
 from finbert2.precision import command_bf16
 
@@ -137,17 +138,23 @@ def run_mining(args) -> dict[str, Any]:
         raise OutputDirError(f"{output}: exists; pass --overwrite_output_file True to replace it")
     rows = read_queries_with_positives(args.input_file)
     pool = list(iter_corpus(args.candidate_pool)) if args.candidate_pool else []
-    encoder = DenseEncoder.from_pretrained(args.model_name_or_path, query_instruction=args.query_instruction_for_retrieval,
-                                           passage_instruction=args.passage_instruction_for_retrieval,
-                                           max_length=args.max_length, batch_size=args.batch_size, bf16=command_bf16(args))
+    lexical = args.model_name_or_path == BM25  # BM25 alone: no encoder
+    encoder = None if lexical else DenseEncoder.from_pretrained(
+        args.model_name_or_path, query_instruction=args.query_instruction_for_retrieval,
+        passage_instruction=args.passage_instruction_for_retrieval, max_length=args.max_length,
+        batch_size=args.batch_size, bf16=command_bf16(args))
     if args.output_dir:
         prepare_output_dir(args.output_dir, overwrite=args.overwrite_output_file, clear=True)
         setup_logging(args.output_dir)
         write_run_config(args.output_dir, args, stage="retrieve mine")
-    logger.info("prompts: query %r, passage %r", encoder.query_instruction, encoder.passage_instruction)
-    mined, stats = mine_hard_negatives(encoder, rows, pool, args.range_start, args.range_end, args.negative_number,
-                                       args.margin, args.duplicate_threshold, args.use_faiss_ivf, args.seed,
-                                       fill_random=args.fill_random)
+    if lexical or args.hybrid:
+        mined, stats = mine_with_first_stage(rows, pool, args.range_start, args.range_end, args.negative_number,
+                                             encoder, args.seed, args.fill_random)
+    else:
+        logger.info("prompts: query %r, passage %r", encoder.query_instruction, encoder.passage_instruction)
+        mined, stats = mine_hard_negatives(encoder, rows, pool, args.range_start, args.range_end, args.negative_number,
+                                           args.margin, args.duplicate_threshold, args.use_faiss_ivf, args.seed,
+                                           fill_random=args.fill_random)
     empty = [r for r in mined if not r["neg"]]
     if empty:
         logger.warning("%d queries got no negative (widen range_for_sampling or the pool); they are dropped",

@@ -33,12 +33,13 @@ from finbert2.serve.batching import Batcher
 from finbert2.serve.errors import ApiError, error_response
 from finbert2.serve.metrics import ServerMetrics
 from finbert2.serve.models import Embedder, Labeler, Tokenized, load_models, truncated_header
+from finbert2.serve.rerank import Ranker, add_rerank_route, load_reranker, rerank_hits
 from finbert2.serve.store import DocumentIndex
 
 logger = logging.getLogger("finbert2.serve")
 
 # Routes a request is counted under in /metrics (anything else is "other": no label per unknown path).
-ROUTES = ("/", "/embed", "/v1/embeddings", "/classify", "/search", "/index/documents", "/health", "/ready",
+ROUTES = ("/", "/embed", "/v1/embeddings", "/classify", "/rerank", "/search", "/index/documents", "/health", "/ready",
           "/info", "/metrics", "/openapi.json", *compat.ROUTES)
 # The search page's CJK font (Noto Sans SC, SIL OFL 1.1, from the pylopdf-fonts-zh-cn wheel the toolkit
 # already depends on): served, so the page shows Chinese on a machine without a CJK font, offline.
@@ -73,6 +74,7 @@ class Server:
         self.metrics = ServerMetrics()
         self.embedder: Embedder | None = None
         self.labelers: dict[str, Labeler] = {}
+        self.reranker: Ranker | None = None
         self.batchers: dict[str, Batcher] = {}
         self.index: DocumentIndex | None = None
         self.segmenter = None
@@ -91,6 +93,7 @@ class Server:
         self.embedder, self.labelers = load_models(args.retriever, args.classifier or [], args.dtype,
                                                    args.max_length or self._index_max_length(),
                                                    (args.served_model_name or [None])[0])
+        self.reranker = load_reranker(args.reranker, args.dtype, args.max_length)
         self.loaded_at = int(time.time())
         if args.index:
             self.segmenter = new_segmenter(args.user_dict)
@@ -128,8 +131,9 @@ class Server:
                 return json.loads(config.read_text(encoding="utf-8")).get("max_length")
         return None
 
-    def models(self) -> list[Embedder | Labeler]:
-        return ([self.embedder] if self.embedder else []) + list(self.labelers.values())
+    def models(self) -> list[Embedder | Labeler | Ranker]:
+        return ([self.embedder] if self.embedder else []) + list(self.labelers.values()) + \
+            ([self.reranker] if self.reranker else [])
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -311,6 +315,8 @@ class Server:
                            "threshold": clf.threshold if clf.multi_label else None,
                            "max_length": labeler.max_length, "truncation": clf.settings.truncation,
                            "dtype": labeler.dtype, "backend": labeler.backend})
+        if self.reranker:
+            models.append(self.reranker.info())
         index = None
         if self.index is not None:
             index = {"path": str(self.index.folder), "documents": self.index.documents,
@@ -524,10 +530,15 @@ def create_app(args: ServeArguments) -> FastAPI:
             vectors, _ = await server.embed(request, [body.query], server.embedder.encoder.query_instruction,
                                             True, True, "query")
             query_vector = vectors[0]
+        candidates = max(body.top_k, args.rerank_top_k) if body.rerank else body.top_k
         hits = await asyncio.get_running_loop().run_in_executor(
-            None, server.search_index, query_vector, body.query, body.top_k, body.mode, body.filter)
+            None, server.search_index, query_vector, body.query, candidates, body.mode, body.filter)
+        if body.rerank:  # the fused top --rerank_top_k windows reordered by the cross-encoder
+            hits = await rerank_hits(server, request, body.query, hits, body.top_k)
         return {"query": body.query, "mode": body.mode, "terms": jieba_tokens(body.query, server.segmenter),
                 "hits": hits}
+
+    add_rerank_route(app, server, tei)
 
     @app.post("/index/documents", response_model=schemas.IndexUpdate, responses=tei, tags=["index"],
               summary="Add documents, replacing any with the same id (acknowledged once on disk)")

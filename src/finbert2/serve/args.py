@@ -16,6 +16,11 @@ DTYPES = ("auto", "fp32", "bf16", "int8")
 class ServeArguments:
     retriever: str | None = field(default=None, metadata={
         "help": "Retriever folder (or hub id) for /embed, /v1/embeddings and /search."})
+    reranker: str | None = field(default=None, metadata={
+        "help": "Reranker folder (`finbert2 rerank train`, or any one-logit cross-encoder) for /rerank and "
+                "/search's rerank."})
+    rerank_top_k: int = field(default=50, metadata={
+        "help": "Hits /search reranks when asked (its fused top K; at least the request's top_k)."})
     index: str | None = field(default=None, metadata={
         "help": "Index folder (from `finbert2 retrieve index`, or a new folder): /search and /index/documents."})
     classifier: list[str] | None = field(default=None, metadata={
@@ -54,8 +59,8 @@ class ServeArguments:
     graceful_timeout: float = field(default=30.0, metadata={"help": "Seconds SIGTERM waits for in-flight requests."})
 
     def __post_init__(self):
-        if not self.retriever and not self.classifier:
-            raise ConfigError("finbert2 serve: give --retriever and/or --classifier")
+        if not self.retriever and not self.classifier and not self.reranker:
+            raise ConfigError("finbert2 serve: give --retriever, --classifier and/or --reranker")
         if self.index and not self.retriever:
             raise ConfigError("finbert2 serve: --index needs --retriever (documents are encoded with it)")
         if self.backend not in ("auto", *BACKENDS):
@@ -72,6 +77,6 @@ class ServeArguments:
         if self.served_model_name and len(set(self.served_model_name)) < len(self.served_model_name):
             raise ConfigError("finbert2 serve: --served_model_name repeats a name")
         for name in ("max_batch_tokens", "max_client_batch_size", "max_openai_inputs", "max_concurrent_requests",
-                     "max_body_bytes", "rrf_k"):
+                     "max_body_bytes", "rrf_k", "rerank_top_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"finbert2 serve: {name} must be at least 1")

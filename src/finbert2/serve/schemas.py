@@ -118,6 +118,7 @@ class SearchRequest(RequestBody):
     mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
     filter: dict[str, Any] | None = Field(
         None, description="Stored fields that must equal these values (a list: any of them); 'id' filters ids.")
+    rerank: bool = Field(False, description="Reorder the top --rerank_top_k hits with the reranker (404 without one).")
 
 
 class SearchHit(BaseModel):
@@ -128,6 +129,7 @@ class SearchHit(BaseModel):
     dense_score: float | None
     bm25_score: float | None
     text: str = Field(description="The document's best-scoring window.")
+    rerank_score: float | None = Field(None, description="The reranker's score of the window (with rerank).")
     window: int
     fields: dict[str, Any]
 

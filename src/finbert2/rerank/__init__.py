@@ -1,0 +1,1 @@
+"""Fin-Reranker: a cross-encoder (one logit per query-passage pair) as the second stage of retrieval."""

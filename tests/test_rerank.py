@@ -1,0 +1,185 @@
+"""Fin-Reranker: the listwise loss against hand-computed values, scores equal to sentence-transformers'
+``CrossEncoder``, two-stage reranking of a run, mining with BM25 (and hybrid), and the CLI's errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import DEMO_DIR
+from serve_support import NEWS, make_reranker, make_retriever
+
+from finbert2.errors import ConfigError
+from finbert2.rerank.modeling import CrossEncoderScorer, listwise_loss, pair_token_types, score_collapse
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def reranker_dir(tmp_path_factory, tiny_tokenizer_dir):
+    return make_reranker(tiny_tokenizer_dir, tmp_path_factory.mktemp("rerank") / "reranker")
+
+
+def test_listwise_loss_is_softmax_cross_entropy_of_the_positive():
+    scores = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    # group 1: -2 + log(e^2 + e^1 + e^0) = log(1 + e^-1 + e^-2); group 2: log 3 (chance)
+    expected = (math.log(1 + math.exp(-1) + math.exp(-2)) + math.log(3)) / 2
+    assert listwise_loss(scores).item() == pytest.approx(expected, abs=1e-6)
+    assert expected == pytest.approx(0.7531, abs=1e-4)
+    with pytest.raises(ValueError, match="groups, passages"):
+        listwise_loss(torch.zeros(4))
+
+
+def test_score_collapse_flags_scores_that_do_not_separate():
+    spread, reason = score_collapse(np.full(40, 0.31) + np.linspace(0, 1e-5, 40))
+    assert spread < 1e-3 and "score collapse" in reason
+    assert score_collapse(np.array([0.1, 2.0, -1.0]))[1] is None
+
+
+def test_pair_segments_equal_the_tokenizers(reranker_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(reranker_dir)
+    encoded = tokenizer(["央行", "美联储加息"], [NEWS[0], NEWS[2]], padding=True)
+    types = pair_token_types([ids[:sum(mask)] for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"])],
+                             tokenizer.sep_token_id)
+    assert types.tolist() == encoded["token_type_ids"]
+
+
+def test_scores_equal_sentence_transformers_cross_encoder(reranker_dir):
+    from sentence_transformers import CrossEncoder
+
+    query = "美联储加息对科技股的影响"
+    passages = NEWS + ["美联储" * 30, "加息"]  # lengths differ: batches are cut by a small token budget
+    scorer = CrossEncoderScorer.from_pretrained(str(reranker_dir), batch_tokens=120)
+    reference = CrossEncoder(str(reranker_dir), device="cpu")
+    expected = reference.predict([(query, p) for p in passages], batch_size=3)
+    np.testing.assert_allclose(scorer.score(query, passages), expected, atol=1e-5)
+    raw = reference.predict([(query, p) for p in passages], activation_fn=torch.nn.Identity())
+    np.testing.assert_allclose(scorer.score(query, passages, raw=True), raw, atol=1e-5)
+    assert len(set(np.round(raw, 4))) > 1  # the comparison is not between constant scores
+
+
+def test_a_classifier_folder_is_refused(tiny_tokenizer_dir, tmp_path):
+    from serve_support import make_classifier
+
+    folder = make_classifier(tiny_tokenizer_dir, tmp_path / "sentiment", ["消极", "积极", "中性"])
+    with pytest.raises(ConfigError, match="cannot load|shapes"):
+        CrossEncoderScorer.from_pretrained(str(folder))
+
+
+class ScriptedScorer:
+    """Scores a passage by the number of times '加息' occurs in it."""
+
+    def score(self, query, passages, raw=False):
+        return np.array([p.count("加息") for p in passages], dtype=np.float32)
+
+
+def test_rerank_run_reorders_the_top_k_and_keeps_the_tail():
+    from finbert2.data import RetrievalEvalData
+    from finbert2.rerank.evaluate import rerank_run
+    from finbert2.retrieve.metrics import top_k
+
+    corpus = {"a": {"text": "无关"}, "b": {"text": "加息"}, "c": {"text": "加息加息"}, "d": {"text": "加息" * 3}}
+    data = RetrievalEvalData(corpus=corpus, queries={"q": "加息"}, qrels={"q": {"c": 1}})
+    first = {"q": {"a": 4.0, "b": 3.0, "c": 2.0, "d": 1.0}}
+    run, seconds = rerank_run(ScriptedScorer(), data, first, k=3)
+    assert list(top_k(run, 10)["q"]) == ["c", "b", "a", "d"]  # top 3 by the scorer, then d (first-stage order)
+    assert len(seconds) == 1 and seconds[0] >= 0
+
+
+def test_mining_with_bm25_excludes_every_positive_of_the_query_text():
+    from finbert2.retrieve.mine_first_stage import mine_with_first_stage
+    from finbert2.retrieve.search import BM25Retriever
+
+    rows = [{"query": "茅台净利润增长", "pos": ["贵州茅台发布年报，净利润同比增长百分之十九。"]},
+            {"query": "茅台净利润增长", "pos": ["茅台 净利润 增长 创新高，分红提升。"]},  # same question, other answer
+            {"query": "美联储加息", "pos": [NEWS[2]]}]
+    pool = ["贵州茅台发布年报， 净利润同比增长百分之十九。",  # a positive up to whitespace
+            "茅台净利润增长放缓，股价下跌。", "五粮液净利润增长。", NEWS[0], NEWS[1], NEWS[3], NEWS[4]]
+    mined, stats = mine_with_first_stage(rows, pool, 0, 10, 3, seed=0)
+    positives = {"".join(p.split()) for row in rows[:2] for p in row["pos"]}
+    for row in mined[:2]:
+        assert row["neg"] and not positives & {"".join(n.split()) for n in row["neg"]}
+    assert NEWS[2] not in mined[2]["neg"]
+    assert stats["first_stage"] == "bm25" and stats["queries"] == 3
+    # rank range 0-1 and one negative: BM25's best passage that is no positive of the question
+    best, _ = mine_with_first_stage(rows[:1] + rows[1:2], pool, 0, 1, 1, seed=0)
+    texts = pool[1:] + [r["pos"][0] for r in rows]
+    ranking = BM25Retriever([str(i) for i in range(len(texts))], texts).run(["q"], [rows[0]["query"]], 10)["q"]
+    top = [texts[int(d)] for d in sorted(ranking, key=lambda d: -ranking[d])
+           if "".join(texts[int(d)].split()) not in positives]
+    assert best[0]["neg"] == [top[0]] == ["茅台净利润增长放缓，股价下跌。"]
+
+
+def test_mine_command_with_bm25_and_hybrid(tmp_path, tiny_tokenizer_dir):
+    from finbert2.retrieve.args import MineArguments
+    from finbert2.retrieve.mine import run_mining
+
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [
+        {"query": "央行降准", "pos": [NEWS[0]]}, {"query": "美联储加息", "pos": [NEWS[2]]}]), encoding="utf-8")
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in NEWS), encoding="utf-8")
+    stats = run_mining(MineArguments(model_name_or_path="bm25", input_file=str(queries), candidate_pool=str(pool),
+                                     output_file=str(tmp_path / "bm25.jsonl"), range_for_sampling="0-6",
+                                     negative_number=2, fill_random=True))  # BM25 ranks only passages sharing a word
+    assert stats["first_stage"] == "bm25"
+    retriever = make_retriever(tiny_tokenizer_dir, tmp_path / "retriever")
+    stats = run_mining(MineArguments(model_name_or_path=str(retriever), hybrid=True, input_file=str(queries),
+                                     candidate_pool=str(pool), output_file=str(tmp_path / "hybrid.jsonl"),
+                                     range_for_sampling="0-6", negative_number=2))
+    assert stats["first_stage"] == "hybrid"
+    for name in ("bm25.jsonl", "hybrid.jsonl"):
+        rows = [json.loads(line) for line in (tmp_path / name).read_text(encoding="utf-8").splitlines()]
+        assert [len(r["neg"]) for r in rows] == [2, 2]
+        assert all(r["pos"][0] not in r["neg"] for r in rows)
+    with pytest.raises(ConfigError, match="do not apply to BM25"):
+        MineArguments(model_name_or_path="bm25", input_file="x", output_file="y", margin=0.1)
+
+
+def test_predict_orders_passages_and_rejects_bad_rows(run_cli, reranker_dir, tmp_path):
+    good = tmp_path / "in.jsonl"
+    good.write_text(json.dumps({"query": "央行", "texts": NEWS[:3]}, ensure_ascii=False) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    result = run_cli("rerank", "predict", "--model_name_or_path", reranker_dir, "--input_file", good,
+                     "--output_file", out)
+    assert result.returncode == 0, result.stderr
+    ranking = json.loads(out.read_text(encoding="utf-8"))["ranking"]
+    expected = CrossEncoderScorer.from_pretrained(str(reranker_dir)).score("央行", NEWS[:3])
+    assert [r["index"] for r in ranking] == list(np.argsort(-expected, kind="stable"))
+    np.testing.assert_allclose([r["score"] for r in ranking], np.sort(expected)[::-1], atol=1e-5)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "a", "texts": ["x"]}\n{"query": "b", "texts": "x"}\n', encoding="utf-8")
+    result = run_cli("rerank", "predict", "--model_name_or_path", reranker_dir, "--input_file", bad,
+                     "--output_file", tmp_path / "never.jsonl")
+    assert result.returncode == 2 and f"{bad}:2:" in result.stderr and "texts" in result.stderr
+    assert not (tmp_path / "never.jsonl").exists()
+
+
+def test_evaluate_adds_a_reranked_row_per_first_stage(tmp_path, reranker_dir, tiny_tokenizer_dir):
+    from finbert2.retrieve.args import EvaluateArguments
+    from finbert2.retrieve.evaluate import run_evaluation
+    from finbert2.run import RunArguments
+
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    lines = {"corpus.jsonl": [{"id": f"d{i}", "title": "", "text": t} for i, t in enumerate(NEWS)],
+             "test_queries.jsonl": [{"id": "q1", "text": "央行降准"}, {"id": "q2", "text": "茅台净利润"}],
+             "test_qrels.jsonl": [{"qid": "q1", "docid": "d0", "relevance": 1},
+                                  {"qid": "q2", "docid": "d1", "relevance": 1}]}
+    for name, rows in lines.items():
+        (folder / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    retriever = make_retriever(tiny_tokenizer_dir, tmp_path / "retriever")
+    metrics = run_evaluation(EvaluateArguments(output_dir=str(tmp_path / "out"), eval_data=str(folder),
+                                               models=["bm25", str(retriever)], hybrid=True,
+                                               rerank=[str(reranker_dir)], rerank_top_k=3), RunArguments())
+    for first in ("bm25", "retriever", "retriever+bm25"):
+        # the reranked top 3 go first, the rest keep their order: recall@100 is the first stage's
+        assert metrics[f"{first}+rerank_recall_at_100"] == metrics[f"{first}_recall_at_100"]
+        assert metrics[f"{first}+rerank_p95_ms_per_query"] >= metrics[f"{first}+rerank_ms_per_query"] > 0
+    results = (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
+    assert "| bm25+rerank |" in results and "Reranking latency (top 3" in results
