@@ -31,7 +31,7 @@ from finbert2.serve import schemas
 from finbert2.serve.args import ServeArguments
 from finbert2.serve.batching import Batcher
 from finbert2.serve.errors import ApiError, error_response
-from finbert2.serve.metrics import ServerMetrics
+from finbert2.serve.metrics import EmbeddingDrift, ServerMetrics, UnknownTokens
 from finbert2.serve.models import Embedder, Labeler, Tokenized, load_models
 from finbert2.serve.store import DocumentIndex
 
@@ -66,6 +66,10 @@ class Server:
     def __init__(self, args: ServeArguments):
         self.args = args
         self.metrics = ServerMetrics()
+        self.metrics.max_concurrent.set(args.max_concurrent_requests)
+        self.unknown_tokens: dict[str, UnknownTokens] = {}
+        self.drift = EmbeddingDrift()
+        self._drift_reference: tuple[Any, np.ndarray | None] = (None, None)  # (index state, its mean vector)
         self.embedder: Embedder | None = None
         self.labelers: dict[str, Labeler] = {}
         self.batchers: dict[str, Batcher] = {}
@@ -95,6 +99,7 @@ class Server:
                 args.window_chars, args.window_stride)
             self.count_index()
             self._warn_on_index_model_mismatch()
+        self.unknown_tokens = {model.name: UnknownTokens(model.tokenizer) for model in self.models()}
         for model in self.models():
             model.warm_up()
 
@@ -151,6 +156,18 @@ class Server:
         self.count_index()
         return self.index.search(query_vector, query, top_k, mode, filters, self.args.rrf_k)
 
+    def observe_drift(self, vectors: np.ndarray) -> None:
+        self.drift.observe(vectors)
+        if self.index is None:
+            return
+        state = self.index.state
+        if self._drift_reference[0] is not state:  # the index changed: its mean vector too
+            self._drift_reference = (state, state.vectors.mean(axis=0) if len(state.vectors) else None)
+        reference = self._drift_reference[1]
+        cosine = self.drift.cosine(reference) if reference is not None else None
+        if cosine is not None:
+            self.metrics.embedding_cosine.labels(self.embedder.name).set(cosine)
+
     def count_index(self) -> None:
         if self.index is not None:
             self.metrics.index_documents.set(self.index.documents)
@@ -178,6 +195,9 @@ class Server:
         t0 = time.perf_counter()
         tokenized = await asyncio.get_running_loop().run_in_executor(None, model.tokenize, texts, truncate)
         self.metrics.stage_seconds.labels(model.name, "tokenize").observe(time.perf_counter() - t0)
+        content, unknown = self.unknown_tokens[model.name].count(tokenized.rows)
+        self.metrics.observe_inputs(model.name, tokenized.lengths, content, unknown,
+                                    len(tokenized.too_long) if truncate else 0)
         if tokenized.too_long and not truncate:
             first = tokenized.too_long[0]
             raise ApiError(422, f"input {first} is longer than the model's maximum of {model.max_length} tokens "
@@ -198,10 +218,13 @@ class Server:
         raise ClientGone()
 
     async def embed(self, request: Request, texts: list[str], prompt: str, truncate: bool,
-                    normalize: bool, param: str) -> tuple[np.ndarray, Tokenized]:
+                    normalize: bool, param: str, watch_drift: bool = True) -> tuple[np.ndarray, Tokenized]:
+        """``watch_drift``: the vectors count towards the drift gauge (clients' inputs, not indexed documents)."""
         self.require_embedder()
         tokenized = await self.tokenize(self.embedder, [prompt + t for t in texts], truncate, param)
         vectors = np.stack(await self.run_model(request, self.embedder.name, tokenized.rows))
+        if watch_drift:
+            self.observe_drift(vectors)
         if normalize:
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors.astype(np.float32), tokenized
@@ -493,7 +516,7 @@ def create_app(args: ServeArguments) -> FastAPI:
         windows = [index.window_texts(r) for r in records]
         flat = [w for ws in windows for w in ws]
         vectors, _ = await server.embed(request, flat, server.embedder.encoder.passage_instruction, True, True,
-                                        "documents")
+                                        "documents", watch_drift=False)
         per_record, start = [], 0
         for ws in windows:
             per_record.append(vectors[start:start + len(ws)])
