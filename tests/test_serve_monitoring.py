@@ -170,11 +170,17 @@ def check_drift(client: TestClient, encoder) -> None:
     assert 1 - korean_cosine == pytest.approx(1 - cosine_to_index(seen), rel=0.02)
     assert 1 - korean_cosine > 3 * (1 - chinese_cosine)
 
-    # Indexed documents are the reference, not traffic: adding them leaves the running mean alone.
+    # Indexed documents are the reference, not traffic: adding them leaves the running mean alone,
+    # and the next request is compared with the new index's mean.
     server_drift = client.app.state.server.drift
     mean = server_drift.mean.copy()
     client.post("/index/documents", json={"documents": [{"id": "k", "text": KOREAN[0]}]})
     np.testing.assert_array_equal(server_drift.mean, mean)
+    index_mean = client.app.state.server.index.state.vectors.astype(np.float64).mean(axis=0)
+    assert len(client.app.state.server.index.state.vectors) == len(NEWS) + 1
+    seen += list(unit(client.post("/embed", json={"inputs": KOREAN[1], "normalize": False}).json()))
+    cosine = samples(client)[("finbert2_embedding_mean_cosine", (("model", "retriever"),))]
+    assert 1 - cosine == pytest.approx(1 - cosine_to_index(seen), rel=0.02)
 
 
 def test_running_mean_becomes_an_exponential_average_after_its_window():

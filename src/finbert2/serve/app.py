@@ -69,7 +69,6 @@ class Server:
         self.metrics.max_concurrent.set(args.max_concurrent_requests)
         self.unknown_tokens: dict[str, UnknownTokens] = {}
         self.drift = EmbeddingDrift()
-        self._drift_reference: tuple[Any, np.ndarray | None] = (None, None)  # (index state, its mean vector)
         self.embedder: Embedder | None = None
         self.labelers: dict[str, Labeler] = {}
         self.batchers: dict[str, Batcher] = {}
@@ -156,18 +155,6 @@ class Server:
         self.count_index()
         return self.index.search(query_vector, query, top_k, mode, filters, self.args.rrf_k)
 
-    def observe_drift(self, vectors: np.ndarray) -> None:
-        self.drift.observe(vectors)
-        if self.index is None:
-            return
-        state = self.index.state
-        if self._drift_reference[0] is not state:  # the index changed: its mean vector too
-            self._drift_reference = (state, state.vectors.mean(axis=0) if len(state.vectors) else None)
-        reference = self._drift_reference[1]
-        cosine = self.drift.cosine(reference) if reference is not None else None
-        if cosine is not None:
-            self.metrics.embedding_cosine.labels(self.embedder.name).set(cosine)
-
     def count_index(self) -> None:
         if self.index is not None:
             self.metrics.index_documents.set(self.index.documents)
@@ -224,7 +211,10 @@ class Server:
         tokenized = await self.tokenize(self.embedder, [prompt + t for t in texts], truncate, param)
         vectors = np.stack(await self.run_model(request, self.embedder.name, tokenized.rows))
         if watch_drift:
-            self.observe_drift(vectors)
+            self.drift.observe(vectors)
+            cosine = self.drift.cosine_to_index(self.index.state) if self.index is not None else None
+            if cosine is not None:
+                self.metrics.embedding_cosine.labels(self.embedder.name).set(cosine)
         if normalize:
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors.astype(np.float32), tokenized

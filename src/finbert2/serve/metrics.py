@@ -105,6 +105,7 @@ class EmbeddingDrift:
     def __init__(self, window: int = DRIFT_WINDOW):
         self.window, self.seen = window, 0
         self.mean: np.ndarray | None = None
+        self._index_state, self._index_mean = None, None
 
     def observe(self, vectors: np.ndarray) -> None:
         vectors = np.asarray(vectors, dtype=np.float64)  # 1 - cosine is small: keep float32 rounding out of it
@@ -114,8 +115,16 @@ class EmbeddingDrift:
             self.mean = unit.copy() if self.mean is None else self.mean + (unit - self.mean) / min(self.seen,
                                                                                                   self.window)
 
-    def cosine(self, reference: np.ndarray) -> float | None:
-        if self.mean is None:
+    def cosine(self, reference: np.ndarray | None) -> float | None:
+        if self.mean is None or reference is None:
             return None
         norms = np.linalg.norm(self.mean) * np.linalg.norm(reference)
         return float(self.mean @ reference / norms) if norms > 0 else None
+
+    def cosine_to_index(self, state) -> float | None:
+        """:meth:`cosine` to the mean row of an index state (``store.IndexState``; immutable, so its
+        mean is computed once per state, i.e. after each index write)."""
+        if state is not self._index_state:
+            self._index_state = state
+            self._index_mean = state.vectors.astype(np.float64).mean(axis=0) if len(state.vectors) else None
+        return self.cosine(self._index_mean)
