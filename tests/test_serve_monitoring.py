@@ -21,8 +21,9 @@ from finbert2.serve.metrics import EmbeddingDrift, UnknownTokens
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 # A language the demo tokenizer (trained on Chinese financial news) has no pieces for.
-KOREAN = ["중앙은행이 기준금리를 동결했다", "삼성전자 주가가 크게 올랐다", "정부는 새로운 부동산 대책을 발표했다",
-          "코스피 지수가 하락 마감했다", "환율이 급등하면서 수입 물가가 올랐다", "은행 대출 금리가 인상되었다"]
+KOREAN = ["중앙은행이 기준금리를 동결했다", "삼성전자 주가가 크게 올랐다",
+          "정부는 새로운 부동산 대책을 발표했다", "코스피 지수가 하락 마감했다",
+          "환율이 급등하면서 수입 물가가 올랐다", "은행 대출 금리가 인상되었다"]
 MAX_BATCH_TOKENS = 64
 
 
@@ -202,6 +203,7 @@ def test_unknown_tokens_count_byte_fallback_pieces_and_skip_special_tokens():
     backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>",
                                         eos_token="</s>")
-    row = [tokenizer.bos_token_id, *tokenizer("央行Ж", add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    row = [tokenizer.bos_token_id, *tokenizer("央行Ж", add_special_tokens=False)["input_ids"],
+           tokenizer.eos_token_id]
     assert tokenizer.convert_ids_to_tokens(row) == ["<s>", "央", "行", "<0xD0>", "<0x96>", "</s>"]
     assert UnknownTokens(tokenizer).count([row, [tokenizer.unk_token_id]]) == (5, 3)
