@@ -31,7 +31,7 @@ from finbert2.serve import compat, schemas
 from finbert2.serve.args import ServeArguments
 from finbert2.serve.batching import Batcher
 from finbert2.serve.errors import ApiError, error_response
-from finbert2.serve.metrics import ServerMetrics
+from finbert2.serve.metrics import EmbeddingDrift, ServerMetrics, UnknownTokens
 from finbert2.serve.models import Embedder, Labeler, Tokenized, load_models, truncated_header
 from finbert2.serve.rerank import Ranker, add_rerank_route, load_reranker, rerank_hits
 from finbert2.serve.store import DocumentIndex
@@ -72,6 +72,9 @@ class Server:
     def __init__(self, args: ServeArguments):
         self.args = args
         self.metrics = ServerMetrics()
+        self.metrics.max_concurrent.set(args.max_concurrent_requests)
+        self.unknown_tokens: dict[str, UnknownTokens] = {}
+        self.drift = EmbeddingDrift()
         self.embedder: Embedder | None = None
         self.labelers: dict[str, Labeler] = {}
         self.reranker: Ranker | None = None
@@ -105,6 +108,7 @@ class Server:
                 args.window_chars, args.window_stride)
             self.count_index()
             self._warn_on_index_model_mismatch()
+        self.unknown_tokens = {model.name: UnknownTokens(model.tokenizer) for model in self.models()}
         for model in self.models():
             model.warm_up()
 
@@ -190,6 +194,9 @@ class Server:
         t0 = time.perf_counter()
         tokenized = await asyncio.get_running_loop().run_in_executor(None, model.tokenize, texts, truncate)
         self.metrics.stage_seconds.labels(model.name, "tokenize").observe(time.perf_counter() - t0)
+        content, unknown = self.unknown_tokens[model.name].count(tokenized.rows)
+        self.metrics.observe_inputs(model.name, tokenized.lengths, content, unknown,
+                                    len(tokenized.too_long) if truncate else 0)
         if tokenized.too_long and not truncate:
             first = tokenized.too_long[0]
             raise ApiError(422, f"input {first} is longer than the model's maximum of {model.max_length} tokens "
@@ -210,7 +217,8 @@ class Server:
         raise ClientGone()
 
     async def embed(self, request: Request, texts: list[str], prompt: str, truncate: bool,
-                    normalize: bool, param: str) -> tuple[np.ndarray, Tokenized]:
+                    normalize: bool, param: str, watch_drift: bool = True) -> tuple[np.ndarray, Tokenized]:
+        """``watch_drift``: the vectors count towards the drift gauge (clients' inputs, not indexed documents)."""
         self.require_embedder()
         tokenized = await self.tokenize(self.embedder, [prompt + t for t in texts], truncate, param)
         return await self.embed_tokenized(request, tokenized, normalize), tokenized
@@ -237,6 +245,11 @@ class Server:
 
     async def embed_tokenized(self, request: Request, tokenized: Tokenized, normalize: bool) -> np.ndarray:
         vectors = np.stack(await self.run_model(request, self.embedder.name, tokenized.rows))
+        if watch_drift:
+            self.drift.observe(vectors)
+            cosine = self.drift.cosine_to_index(self.index.state) if self.index is not None else None
+            if cosine is not None:
+                self.metrics.embedding_cosine.labels(self.embedder.name).set(cosine)
         if normalize:
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors.astype(np.float32)
@@ -553,7 +566,7 @@ def create_app(args: ServeArguments) -> FastAPI:
         windows = [index.window_texts(r) for r in records]
         flat = [w for ws in windows for w in ws]
         vectors, _ = await server.embed(request, flat, server.embedder.encoder.passage_instruction, True, True,
-                                        "documents")
+                                        "documents", watch_drift=False)
         per_record, start = [], 0
         for ws in windows:
             per_record.append(vectors[start:start + len(ws)])

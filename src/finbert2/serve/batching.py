@@ -81,7 +81,9 @@ class Batcher:
                 continue
             rows = [p.rows[r] for p, r in live]
             self.metrics.batch_size.labels(self.name).observe(len(rows))
-            self.metrics.batch_tokens.labels(self.name).observe(len(rows) * max(map(len, rows)))
+            padded = len(rows) * max(map(len, rows))
+            self.metrics.batch_tokens.labels(self.name).observe(padded)
+            self.metrics.batch_fill.labels(self.name).observe(padded / self.max_batch_tokens)
             t0 = time.perf_counter()
             try:
                 outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.forward, rows)

@@ -64,6 +64,7 @@ class Tokenized:
     owners: list[int]  # input index of each row (classifier windows)
     too_long: list[int]  # input indices longer than the model's max length
     tokens: int  # tokens of every row
+    lengths: list[int]  # tokens of each input before any cut (a classifier's: without [CLS]/[SEP])
 
 
 def truncated_header(tokenized: Tokenized) -> dict[str, str]:
@@ -84,6 +85,10 @@ class Embedder:
         self.backend, self.dtype = served_precision(self.encoder.model, dtype)
 
     @property
+    def tokenizer(self):
+        return self.encoder.tokenizer
+
+    @property
     def dimension(self) -> int:
         return self.encoder.dimension
 
@@ -97,13 +102,14 @@ class Embedder:
         tokenizer = self.encoder.tokenizer
         rows = tokenizer(texts, truncation=False, return_attention_mask=False,
                          return_token_type_ids=False, verbose=False)["input_ids"]
-        too_long = [i for i, ids in enumerate(rows) if len(ids) > self.max_length]
+        lengths = [len(ids) for ids in rows]
+        too_long = [i for i, n in enumerate(lengths) if n > self.max_length]
         if too_long and truncate:  # exactly what DenseEncoder.encode feeds the model for these texts
             cut = tokenizer([texts[i] for i in too_long], truncation=True, max_length=self.max_length,
                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
             for i, ids in zip(too_long, cut):
                 rows[i] = ids
-        return Tokenized(rows, list(range(len(rows))), too_long, sum(map(len, rows)))
+        return Tokenized(rows, list(range(len(rows))), too_long, sum(map(len, rows)), lengths)
 
     def token_spans(self, texts: list[str], add_special_tokens: bool) -> list[list[dict]]:
         """TEI's /tokenize: each token's id, the characters it covers, and whether it is special."""
@@ -166,10 +172,14 @@ class Labeler:
     def max_length(self) -> int:
         return self.classifier.settings.max_length
 
+    @property
+    def tokenizer(self):
+        return self.classifier.tokenizer
+
     def tokenize(self, texts: list[str], truncate: bool) -> Tokenized:
         rows, owners, lengths = encode_texts(self.classifier.tokenizer, texts, self.classifier.settings)
         too_long = [i for i, n in enumerate(lengths) if n > self.classifier.settings.budget]
-        return Tokenized(rows, owners, too_long, sum(map(len, rows)))
+        return Tokenized(rows, owners, too_long, sum(map(len, rows)), lengths)
 
     def forward(self, rows: list[list[int]]) -> np.ndarray:
         return self.classifier.window_logits(rows)

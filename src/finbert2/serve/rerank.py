@@ -12,28 +12,22 @@ from __future__ import annotations
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from finbert2.rerank.modeling import CrossEncoderScorer, sigmoid
 from finbert2.serve.errors import ApiError
+from finbert2.serve.schemas import RequestBody
 from finbert2.serve.models import Tokenized, model_name
 
 
-class RerankRequest(BaseModel):
-    """TEI's ``/rerank``."""
+class RerankRequest(RequestBody):
+    """TEI's ``/rerank`` (strict types, finite numbers and valid text, as every body)."""
 
     query: str = Field(min_length=1)
     texts: list[str] = Field(description="Passages to order by their relevance to the query.")
     truncate: bool = Field(False, description="Cut pairs longer than the model's max length (else 422).")
     raw_scores: bool = Field(False, description="The cross-encoder's logits instead of their sigmoid.")
     return_text: bool = Field(False, description="Return each passage's text with its score.")
-
-    @field_validator("query", "texts")
-    @classmethod
-    def _valid_unicode(cls, value):
-        from finbert2.serve.schemas import _utf8_texts
-
-        return _utf8_texts(value)
 
 
 class Rank(BaseModel):
