@@ -221,7 +221,7 @@ class Server:
         """``watch_drift``: the vectors count towards the drift gauge (clients' inputs, not indexed documents)."""
         self.require_embedder()
         tokenized = await self.tokenize(self.embedder, [prompt + t for t in texts], truncate, param)
-        return await self.embed_tokenized(request, tokenized, normalize), tokenized
+        return await self.embed_tokenized(request, tokenized, normalize, watch_drift), tokenized
 
     def check_token_ids(self, id_lists: list[list[int]], param: str) -> None:
         """Token arrays must be ids of this model's tokenizer; ids beyond its vocabulary (tiktoken's, which
@@ -243,7 +243,8 @@ class Server:
                                 f"{self.embedder.max_length} tokens; send truncate=true to cut it", "validation", param)
         return tokenized
 
-    async def embed_tokenized(self, request: Request, tokenized: Tokenized, normalize: bool) -> np.ndarray:
+    async def embed_tokenized(self, request: Request, tokenized: Tokenized, normalize: bool,
+                              watch_drift: bool = True) -> np.ndarray:
         vectors = np.stack(await self.run_model(request, self.embedder.name, tokenized.rows))
         if watch_drift:
             self.drift.observe(vectors)

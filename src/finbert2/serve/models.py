@@ -141,7 +141,7 @@ class Embedder:
         budget = self.max_length - len(prefix) - len(suffix)
         too_long = [i for i, ids in enumerate(id_lists) if len(ids) > budget]
         rows = [prefix + list(ids[:budget] if truncate else ids) + suffix for ids in id_lists]
-        return Tokenized(rows, list(range(len(rows))), too_long, sum(map(len, rows)))
+        return Tokenized(rows, list(range(len(rows))), too_long, sum(map(len, rows)), [len(ids) for ids in id_lists])
 
     def forward(self, rows: list[list[int]]) -> np.ndarray:
         return self.encoder.pooled(rows).numpy()

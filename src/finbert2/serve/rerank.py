@@ -49,15 +49,20 @@ class Ranker:
     def max_length(self) -> int:
         return self.scorer.max_length
 
+    @property
+    def tokenizer(self):
+        return self.scorer.tokenizer
+
     def tokenize(self, pairs: list[tuple[str, str]], truncate: bool) -> Tokenized:
         queries, texts = [q for q, _ in pairs], [t for _, t in pairs]
         rows = self.scorer.pair_rows(queries, texts, truncate=False)
+        lengths = [len(ids) for ids in rows]  # tokens of each pair before any cut (special tokens included)
         too_long = [i for i, ids in enumerate(rows) if len(ids) > self.max_length]
         if too_long and truncate:  # exactly what the scorer feeds the model for these pairs
             cut = self.scorer.pair_rows([queries[i] for i in too_long], [texts[i] for i in too_long])
             for i, ids in zip(too_long, cut):
                 rows[i] = ids
-        return Tokenized(rows, list(range(len(rows))), too_long, sum(map(len, rows)))
+        return Tokenized(rows, list(range(len(rows))), too_long, sum(map(len, rows)), lengths)
 
     def forward(self, rows: list[list[int]]) -> np.ndarray:
         return self.scorer.logits(rows)
