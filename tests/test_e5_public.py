@@ -35,8 +35,9 @@ def test_e5_retriever_fine_tuned_on_fin_eva_beats_its_zero_shot(e5_pruned_dir, t
                  str(out), "--labels", "zero_shot", "fine_tuned", "--max_length", "128",
                  "--output_dir", str(tmp_path / "ev")]) == 0
     scores = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    # measured: E5_RETRIEVER_MEASURED
-    assert scores["fine_tuned_ndcg_at_10"] > scores["zero_shot_ndcg_at_10"] + 0.005
+    # measured (2026-12-06, AVX2 CPU): zero-shot 0.6470, fine-tuned 0.6636 validation nDCG@10 after 16 steps of
+    # 16 grouped queries (104 s); before grouping, on the test split, +0.009 (0.7026 -> 0.7117) under a +0.005 bar
+    assert scores["fine_tuned_ndcg_at_10"] > scores["zero_shot_ndcg_at_10"] + 0.01
 
 
 @pytest.mark.slow
