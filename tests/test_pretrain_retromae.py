@@ -153,9 +153,11 @@ def test_configs_parse(config, tmp_path):
     from finbert2.modeling import ModelArguments
     from finbert2.precision import PrecisionTrainingArguments
     from finbert2.pretrain.args import PretrainDataArguments, RetroMAEArguments
+    from finbert2.pretrain.headless import HeadlessStartArguments
     from finbert2.run import RunArguments
 
-    types = (ModelArguments, PretrainDataArguments, RetroMAEArguments, PrecisionTrainingArguments, RunArguments)
+    types = (ModelArguments, PretrainDataArguments, RetroMAEArguments, HeadlessStartArguments,
+             PrecisionTrainingArguments, RunArguments)
     if config.startswith("mlm"):
         types = tuple(t for t in types if t is not RetroMAEArguments)
     parsed = parse_args(types, [str(REPO_ROOT / "configs" / config), "--output_dir", str(tmp_path), "--use_cpu", "True"])
