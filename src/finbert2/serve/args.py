@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from finbert2.errors import ConfigError
 
 API_KEY_ENV = "FINBERT2_API_KEY"
+MILVUS_TOKEN_ENV = "FINBERT2_MILVUS_TOKEN"
 DTYPES = ("auto", "fp32", "bf16", "int8")
 
 
@@ -16,7 +17,13 @@ class ServeArguments:
     retriever: str | None = field(default=None, metadata={
         "help": "Retriever folder (or hub id) for /embed, /v1/embeddings and /search."})
     index: str | None = field(default=None, metadata={
-        "help": "Index folder (from `finbert2 retrieve index`, or a new folder): /search and /index/documents."})
+        "help": "Index for /search and /index/documents: a folder (from `finbert2 retrieve index`, or a new "
+                "folder), a Milvus Lite file (*.db: embedded Milvus) or a Milvus server (http(s)://host:port)."})
+    index_token: str | None = field(default=None, metadata={
+        "help": f"Token of the Milvus server in --index ('user:password' or an API key; default: "
+                f"${MILVUS_TOKEN_ENV} when set)."})
+    index_collection: str = field(default="finbert2_windows", metadata={
+        "help": "Collection of a Milvus --index (several indexes can share one Milvus server)."})
     classifier: list[str] | None = field(default=None, metadata={
         "help": "Classifier folder(s) for /classify; a request picks one by 'model' (folder name), default the first."})
     host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (0.0.0.0: every interface)."})
@@ -53,6 +60,8 @@ class ServeArguments:
             raise ConfigError(f"finbert2 serve: dtype must be one of {', '.join(DTYPES)}")
         if self.api_key is None:
             self.api_key = os.environ.get(API_KEY_ENV) or None
+        if self.index_token is None:
+            self.index_token = os.environ.get(MILVUS_TOKEN_ENV) or None
         if not 0 < self.window_stride <= self.window_chars:
             raise ConfigError("finbert2 serve: need 0 < window_stride <= window_chars")
         for name in ("max_batch_tokens", "max_client_batch_size", "max_concurrent_requests", "max_body_bytes", "rrf_k"):

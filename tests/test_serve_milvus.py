@@ -1,0 +1,281 @@
+"""The service's index in Milvus (``serve --index FILE.db`` or ``--index http://host:port``): the same routes,
+rankings equal to the folder store's, hostile input, crashes, shared workers, and the folder importer."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+pytest.importorskip("pymilvus")
+pytest.importorskip("milvus_lite")
+
+from finbert2.retrieve.search import format_document  # noqa: E402
+from finbert2.serve.milvus_store import MilvusIndex, filter_expression, import_folder  # noqa: E402
+from finbert2.serve.store import DocumentIndex, split_windows  # noqa: E402
+from serve_support import NEWS, REPO_ROOT, ServerProcess, free_port  # noqa: E402
+from test_serve_api import (  # noqa: E402,F401  the API's index tests, run here against Milvus Lite
+    DOCS,
+    assert_tei_error,
+    direct,
+    indexed,
+    model_dirs,
+    serve,
+    test_dense_scores_are_the_best_window_cosine,
+    test_documents_are_split_into_windows_and_searchable,
+    test_filter_on_stored_fields,
+    test_hybrid_is_reciprocal_rank_fusion_of_dense_and_bm25,
+    test_info_metrics_and_page,
+    test_replace_delete_and_reload,
+    test_search_limits,
+    wait_ready,
+)
+
+DEMO = REPO_ROOT / "data" / "demo"
+DIM = 16
+
+
+@pytest.fixture(scope="module")
+def client(model_dirs, tmp_path_factory):
+    index_uri = str(tmp_path_factory.mktemp("serve-milvus") / "index.db")
+    with serve(retriever=str(model_dirs["retriever"]), index=index_uri,
+               classifier=[str(model_dirs["sentiment"]), str(model_dirs["events"])],
+               max_client_batch_size=8, max_body_bytes=20_000, window_chars=40, window_stride=30) as test_client:
+        wait_ready(test_client)
+        yield test_client
+
+
+# --- the store against the folder store ------------------------------------------------------------------
+
+def demo_records(n: int) -> list[dict]:
+    rows = [json.loads(line) for line in (DEMO / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:n]]
+    sources = ["新华社", "公司公告", "路透"]
+    return [{"id": f"demo-{i}", "text": r["text"], "source": sources[i % 3], "year": 2020 + i % 4}
+            for i, r in enumerate(rows)]
+
+
+def unit_vectors(rng, n: int) -> np.ndarray:
+    vectors = rng.normal(size=(n, DIM)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def twin_stores(tmp_path_factory):
+    """The demo corpus (windows of 120 characters, random unit vectors) in both stores."""
+    root = tmp_path_factory.mktemp("twin")
+    folder = DocumentIndex(root / "folder", DIM, {}, window_chars=120, window_stride=100)
+    milvus = MilvusIndex(str(root / "index.db"), DIM, {}, window_chars=120, window_stride=100)
+    rng = np.random.default_rng(0)
+    records = demo_records(200)
+    vectors = [unit_vectors(rng, len(folder.window_texts(r))) for r in records]
+    folder.add(records, vectors)
+    milvus.add(records, vectors)
+    return folder, milvus
+
+
+def demo_queries(n: int) -> list[str]:
+    lines = (DEMO / "retrieval" / "queries.jsonl").read_text(encoding="utf-8").splitlines()[:n]
+    return [json.loads(line).get("query") or json.loads(line)["text"] for line in lines]
+
+
+def ranking(hits: list[dict]) -> list[tuple]:
+    return [(h["id"], h["window"], h["text"], h["fields"], h["dense_rank"], h["bm25_rank"]) for h in hits]
+
+
+FILTERS = [None, {"source": "公司公告"}, {"source": ["路透", "新华社"], "year": [2021, 2023]},
+           {"id": ["demo-3", "demo-7", "demo-150", "absent"]}, {"year": 2022, "source": "路透"}]
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_rankings_equal_the_folder_store_on_the_demo_corpus(twin_stores, mode):
+    folder, milvus = twin_stores
+    assert (milvus.documents, milvus.windows) == (folder.documents, folder.windows)
+    rng = np.random.default_rng(1)
+    compared = 0
+    for query in demo_queries(5):
+        q = unit_vectors(rng, 1)[0]
+        for filters in FILTERS:
+            expected = folder.search(q, query, 20, mode, filters, 60)
+            got = milvus.search(q, query, 20, mode, filters, 60)
+            assert ranking(got) == ranking(expected), (query, filters)
+            assert [h["score"] for h in got] == pytest.approx([h["score"] for h in expected], rel=1e-5)
+            compared += bool(expected)
+    assert compared >= 15  # most query/filter pairs find documents: the comparison is not of empty lists
+
+
+def test_writes_keep_rankings_equal(twin_stores):
+    """Replace (longer and shorter) and delete: the engine's BM25 statistics follow the corpus."""
+    folder, milvus = twin_stores
+    rng = np.random.default_rng(2)
+    changed = [{"id": "demo-5", "text": "短讯：央行降准。", "source": "新华社"},
+               {"id": "demo-6", "text": "光伏行业产能过剩" * 40, "source": "路透"},
+               {"id": "new-1", "text": "美联储加息二十五个基点，科技股普遍下跌。", "source": "路透"}]
+    vectors = [unit_vectors(rng, len(folder.window_texts(r))) for r in changed]
+    assert milvus.add(changed, vectors) == folder.add(changed, vectors) == 2
+    assert milvus.delete(["demo-9", "demo-10", "absent"]) == folder.delete(["demo-9", "demo-10", "absent"]) == ["absent"]
+    assert (milvus.documents, milvus.windows) == (folder.documents, folder.windows)
+    q = unit_vectors(rng, 1)[0]
+    for query in ["央行降准", "光伏产能", "美联储加息科技股", "可转债募集资金"]:
+        for mode in ("dense", "bm25", "hybrid"):
+            assert ranking(milvus.search(q, query, 20, mode, None, 60)) == \
+                ranking(folder.search(q, query, 20, mode, None, 60)), (query, mode)
+
+
+HOSTILE_VALUES = ['"', "\\", "\\\"", "' or 1==1 or '", '") or (doc_id != "', "\n", "\x00", "\ud7ff", "𝄞" * 50,
+                  "a" * 5000, 10**30, -(10**30), 1e308, True, None, {"$gt": 1}, [[1]], [], ""]
+
+
+def test_hostile_filters_never_fail_and_never_widen(twin_stores):
+    folder, milvus = twin_stores
+    q = unit_vectors(np.random.default_rng(3), 1)[0]
+    for value in HOSTILE_VALUES:
+        for name in ("source", "id", 'x"]) or (doc_id != "'):
+            filters = {name: value}
+            got = milvus.search(q, "利润", 10, "hybrid", filters, 60)
+            assert ranking(got) == ranking(folder.search(q, "利润", 10, "hybrid", filters, 60)), filters
+    assert filter_expression({"id": 7}) == "false"  # an id is a string: nothing else matches
+    assert filter_expression({"source": "a\"b\\c\n"}) == '(fields["source"] == "a\\"b\\\\c\\n")'
+    assert filter_expression({"字段\\": [None, 1.5]}) == '(fields["字段\\\\"] is null or fields["字段\\\\"] == 1.5)'
+
+
+def test_hostile_ids_and_bodies_through_the_api(client, indexed):
+    for doc_id in ['"', "\\", '") or (doc_id != "', "𝄞" * 20, "a" * 3000]:
+        added = client.post("/index/documents", json={"documents": [{"id": doc_id, "text": "恶意编号测试", "k": doc_id}]})
+        assert added.status_code == 200, added.text
+        hits = client.post("/search", json={"query": "恶意编号", "mode": "bm25", "filter": {"id": doc_id}}).json()["hits"]
+        assert [h["id"] for h in hits] == [doc_id]
+        deleted = client.request("DELETE", "/index/documents", json={"ids": [doc_id]}).json()
+        assert deleted["deleted"] == 1 and deleted["missing"] == []
+    for body in ({"query": "利润", "filter": {"source": {"$ne": 1}}}, {"query": "利润", "filter": {"source": 1e400}},
+                 {"query": "利润", "filter": {'a"]': ["\\"]}}):
+        response = client.post("/search", json=body)
+        assert response.status_code == 200 and response.json()["hits"] == [], response.text
+
+
+# --- processes: SIGKILL during writes; workers sharing a server ------------------------------------------
+
+def milvus_rows(uri: str) -> dict[str, list[dict]]:
+    index = MilvusIndex(uri, 64, {})
+    rows = index.client.query(index.collection, filter="window >= 0", output_fields=["doc_id", "window", "text"],
+                              limit=16384)
+    assert len(rows) < 16384
+    by_doc: dict[str, list[dict]] = {}
+    for row in sorted(rows, key=lambda r: (r["doc_id"], r["window"])):
+        by_doc.setdefault(row["doc_id"], []).append(row)
+    index.client.close()
+    return by_doc
+
+
+def test_sigkill_during_writes_loses_no_acknowledged_document(model_dirs, tmp_path, request):
+    uri = str(tmp_path / "index.db")
+    long_text = "".join(NEWS) * 4  # several 400-character windows per document
+    acknowledged: set[str] = set()
+    deleted: set[str] = set()  # deletes acknowledged
+    delete_sent: set[str] = set()  # deletes sent (the one in flight at the kill may or may not have landed)
+    process = ServerProcess("--retriever", model_dirs["retriever"], "--index", uri)
+    request.addfinalizer(process.stop)
+    process.wait_ready()
+    cut_off: list[bool] = []
+
+    def write_until_killed():
+        n = 0
+        with httpx.Client(base_url=process.url, timeout=30) as client:
+            while n < 300:
+                docs = [{"id": f"d{n}-{k}", "text": f"{n}号文档 {long_text}", "k": k} for k in range(3)]
+                try:
+                    response = client.post("/index/documents", json={"documents": docs})
+                    if response.status_code == 200:
+                        acknowledged.update(d["id"] for d in docs)
+                    if n % 2:  # every other round deletes one acknowledged document
+                        gone = f"d{n - 1}-0"
+                        delete_sent.add(gone)
+                        if client.request("DELETE", "/index/documents", json={"ids": [gone]}).status_code == 200:
+                            deleted.add(gone)
+                except httpx.TransportError:
+                    cut_off.append(True)
+                    return
+                n += 1
+
+    writer = threading.Thread(target=write_until_killed)
+    writer.start()
+    deadline = time.monotonic() + 120
+    while len(deleted) < 2:
+        assert time.monotonic() < deadline and writer.is_alive(), "no write was acknowledged"
+        time.sleep(0.01)
+    time.sleep(random.Random(0).uniform(0.2, 1.0))
+    process.process.send_signal(signal.SIGKILL)
+    process.process.wait(timeout=30)
+    writer.join(timeout=60)
+    assert cut_off, "the kill fell between two writes: nothing was in flight"
+    by_doc = milvus_rows(uri)
+    assert not (acknowledged - delete_sent) - set(by_doc), "acknowledged documents lost"
+    assert not deleted & set(by_doc), "deleted documents came back"
+    for doc_id, rows in by_doc.items():  # every document whole: all its windows, in order
+        n = doc_id[1:].split("-")[0]
+        expected = split_windows(format_document({"text": f"{n}号文档 {long_text}"}), 400, 380)
+        assert [r["text"] for r in rows] == expected and [r["window"] for r in rows] == list(range(len(expected)))
+    with ServerProcess("--retriever", model_dirs["retriever"], "--index", uri) as restarted:
+        assert httpx.get(f"{restarted.url}/info").json()["index"]["documents"] == len(by_doc)
+
+
+@pytest.fixture
+def milvus_server(tmp_path, request):
+    """``FINBERT2_MILVUS_URI`` when set (a Milvus server or cluster), else Milvus Lite's gRPC server, which
+    speaks the same client protocol."""
+    if os.environ.get("FINBERT2_MILVUS_URI"):
+        return os.environ["FINBERT2_MILVUS_URI"]
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(tmp_path / "lite"),
+                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    request.addfinalizer(lambda: (server.terminate(), server.wait(timeout=30)))
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            from pymilvus import MilvusClient
+
+            MilvusClient(uri=uri, timeout=2).close()
+            return uri
+        except Exception:
+            assert time.monotonic() < deadline and server.poll() is None, "milvus-lite server did not start"
+            time.sleep(0.3)
+
+
+def test_two_workers_share_one_server_index(model_dirs, milvus_server):
+    args = ("--retriever", model_dirs["retriever"], "--index", milvus_server,
+            "--index_collection", f"test_{os.getpid()}_{free_port()}")  # never an existing one of a shared server
+    with ServerProcess(*args) as first, ServerProcess(*args) as second:
+        post = httpx.post(f"{first.url}/index/documents", json={"documents": DOCS[:2]}).json()
+        assert post["documents"] == 2
+        seen = httpx.post(f"{second.url}/search", json={"query": "茅台年报", "mode": "bm25"}).json()["hits"]
+        assert seen and seen[0]["id"] == "moutai"
+        assert httpx.post(f"{second.url}/index/documents", json={"documents": DOCS[2:]}).json()["documents"] == 4
+        assert httpx.request("DELETE", f"{second.url}/index/documents", json={"ids": ["rrr"]}).json()["documents"] == 3
+        ids = {h["id"] for h in httpx.post(f"{first.url}/search", json={"query": "利润", "top_k": 10}).json()["hits"]}
+        assert ids == {"moutai", "fed", "pv"}
+
+
+# --- the importer ------------------------------------------------------------------------------------------
+
+def test_importer_round_trip_answers_the_same_searches(twin_stores, tmp_path):
+    folder, _ = twin_stores
+    uri = str(tmp_path / "imported.db")
+    assert import_folder(folder.folder, uri, batch_size=500) == (folder.documents, folder.windows)
+    imported = MilvusIndex(uri, DIM, {}, window_chars=120, window_stride=100)
+    rng = np.random.default_rng(4)
+    for query in demo_queries(3):
+        q = unit_vectors(rng, 1)[0]
+        for mode in ("dense", "bm25", "hybrid"):
+            for filters in FILTERS[:3]:
+                assert ranking(imported.search(q, query, 10, mode, filters, 60)) == \
+                    ranking(folder.search(q, query, 10, mode, filters, 60))
