@@ -23,19 +23,16 @@ pytest.importorskip("milvus_lite")
 from finbert2.retrieve.search import format_document  # noqa: E402
 from finbert2.serve.milvus_store import MilvusIndex, filter_expression, import_folder  # noqa: E402
 from finbert2.serve.store import DocumentIndex, split_windows  # noqa: E402
-from serve_support import NEWS, REPO_ROOT, ServerProcess, free_port  # noqa: E402
+from serve_support import NEWS, REPO_ROOT, ServerProcess, free_port, make_retriever  # noqa: E402
 from test_serve_api import (  # noqa: E402,F401  the API's index tests, run here against Milvus Lite
     DOCS,
     assert_tei_error,
-    direct,
     indexed,
-    model_dirs,
     serve,
     test_dense_scores_are_the_best_window_cosine,
     test_documents_are_split_into_windows_and_searchable,
     test_filter_on_stored_fields,
     test_hybrid_is_reciprocal_rank_fusion_of_dense_and_bm25,
-    test_info_metrics_and_page,
     test_replace_delete_and_reload,
     test_search_limits,
     wait_ready,
@@ -46,12 +43,25 @@ DIM = 16
 
 
 @pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory, tiny_tokenizer_dir):
+    return {"retriever": make_retriever(tiny_tokenizer_dir, tmp_path_factory.mktemp("serve-models") / "retriever")}
+
+
+@pytest.fixture(scope="module")
+def direct(model_dirs):
+    from finbert2.retrieve.encoder import DenseEncoder
+
+    return {"retriever": DenseEncoder.from_pretrained(str(model_dirs["retriever"]), device="cpu")}
+
+
+@pytest.fixture(scope="module")
 def client(model_dirs, tmp_path_factory):
+    """test_serve_api's server, on a Milvus Lite index."""
     index_uri = str(tmp_path_factory.mktemp("serve-milvus") / "index.db")
-    with serve(retriever=str(model_dirs["retriever"]), index=index_uri,
-               classifier=[str(model_dirs["sentiment"]), str(model_dirs["events"])],
-               max_client_batch_size=8, max_body_bytes=20_000, window_chars=40, window_stride=30) as test_client:
+    with serve(retriever=str(model_dirs["retriever"]), index=index_uri, max_client_batch_size=8,
+               max_body_bytes=20_000, window_chars=40, window_stride=30) as test_client:
         wait_ready(test_client)
+        assert test_client.get("/info").json()["index"]["path"] == index_uri
         yield test_client
 
 
@@ -156,9 +166,9 @@ def test_hostile_ids_and_bodies_through_the_api(client, indexed):
         assert [h["id"] for h in hits] == [doc_id]
         deleted = client.request("DELETE", "/index/documents", json={"ids": [doc_id]}).json()
         assert deleted["deleted"] == 1 and deleted["missing"] == []
-    for body in ({"query": "利润", "filter": {"source": {"$ne": 1}}}, {"query": "利润", "filter": {"source": 1e400}},
-                 {"query": "利润", "filter": {'a"]': ["\\"]}}):
-        response = client.post("/search", json=body)
+    for body in ('{"query": "利润", "filter": {"source": {"$ne": 1}}}', '{"query": "利润", "filter": {"source": 1e400}}',
+                 '{"query": "利润", "filter": {"source": NaN}}', '{"query": "利润", "filter": {"a\\"]": ["\\\\"]}}'):
+        response = client.post("/search", content=body.encode("utf-8"), headers={"content-type": "application/json"})
         assert response.status_code == 200 and response.json()["hits"] == [], response.text
 
 
