@@ -175,14 +175,19 @@ def test_hostile_ids_and_bodies_through_the_api(client, indexed):
 # --- processes: SIGKILL during writes; workers sharing a server ------------------------------------------
 
 def milvus_rows(uri: str) -> dict[str, list[dict]]:
-    index = MilvusIndex(uri, 64, {})
-    rows = index.client.query(index.collection, filter="window >= 0", output_fields=["doc_id", "window", "text"],
-                              limit=16384)
+    """Every window in the Milvus Lite file, by document, read in a child process (Milvus Lite lets one
+    process at a time open a file, and keeps it open until that process exits)."""
+    script = ("import json, sys; from finbert2.serve.milvus_store import MilvusIndex; "
+              "index = MilvusIndex(sys.argv[1], 64, {}); "
+              "print(json.dumps(index.client.query(index.collection, filter='window >= 0', "
+              "output_fields=['doc_id', 'window', 'text'], limit=16384)))")
+    out = subprocess.run([sys.executable, "-c", script, uri], capture_output=True, text=True, check=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")})
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(rows) < 16384
     by_doc: dict[str, list[dict]] = {}
     for row in sorted(rows, key=lambda r: (r["doc_id"], r["window"])):
         by_doc.setdefault(row["doc_id"], []).append(row)
-    index.client.close()
     return by_doc
 
 
