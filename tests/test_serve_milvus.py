@@ -21,6 +21,7 @@ pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
 from finbert2.retrieve.search import format_document  # noqa: E402
+from finbert2.serve.errors import ApiError  # noqa: E402
 from finbert2.serve.milvus_store import MilvusIndex, filter_expression, import_folder  # noqa: E402
 from finbert2.serve.store import DocumentIndex, split_windows  # noqa: E402
 from serve_support import NEWS, REPO_ROOT, ServerProcess, free_port, make_retriever  # noqa: E402
@@ -139,6 +140,12 @@ def test_writes_keep_rankings_equal(twin_stores):
         for mode in ("dense", "bm25", "hybrid"):
             assert ranking(milvus.search(q, query, 20, mode, None, 60)) == \
                 ranking(folder.search(q, query, 20, mode, None, 60)), (query, mode)
+    # What the engine cannot hold (over 64 KiB) is refused as the client's error (the route's 422), unwritten.
+    for document in ({"id": "长" * 30000, "text": "超长编号"}, {"id": "big", "text": "超大字段", "k": "字" * 30000}):
+        with pytest.raises(ApiError) as refused:
+            milvus.add([document], [unit_vectors(rng, 1)])
+        assert refused.value.status == 422 and "Milvus index" in str(refused.value)
+    assert (milvus.documents, milvus.windows) == (folder.documents, folder.windows)
 
 
 HOSTILE_VALUES = ['"', "\\", "\\\"", "' or 1==1 or '", '") or (doc_id != "', "\n", "\x00", "\ud7ff", "𝄞" * 50,

@@ -35,10 +35,12 @@ import numpy as np
 
 from finbert2.errors import ConfigError
 from finbert2.retrieve.search import format_document, jieba_tokens
+from finbert2.serve.errors import ApiError
 from finbert2.serve.store import TEXT_FIELDS, document_hits, matches, split_windows
 
 COLLECTION = "finbert2_windows"
 MAX_TEXT = 65535  # Milvus's longest VARCHAR
+MAX_ID_BYTES = 65000  # an id (and the JSON of a document's fields) with room for the key's JSON around it
 INT64 = (-2**63, 2**63 - 1)
 COUNT_SECONDS = 5.0  # /info and /metrics counts of another worker's writes may lag this much
 OUTPUT_FIELDS = ["doc_id", "window", "text", "fields"]
@@ -200,10 +202,17 @@ class MilvusIndex:
     def rows(self, record: dict[str, Any], vectors: np.ndarray) -> list[dict[str, Any]]:
         doc_id = str(record["id"])
         fields = {k: v for k, v in record.items() if k not in TEXT_FIELDS}
+        # What the engine would refuse (a VARCHAR or JSON value over 64 KiB) is the client's error, not a 500.
+        if len(doc_id.encode("utf-8")) > MAX_ID_BYTES:
+            raise ApiError(422, f"document id of {len(doc_id.encode('utf-8'))} bytes: a Milvus index takes ids of "
+                                f"at most {MAX_ID_BYTES}", "validation", "documents")
+        if len(json.dumps(fields, ensure_ascii=False).encode("utf-8")) > MAX_ID_BYTES:
+            raise ApiError(422, f"document {doc_id[:80]}: its fields other than text take over {MAX_ID_BYTES} bytes "
+                                f"as JSON (a Milvus index's limit)", "validation", "documents")
         texts = self.window_texts(record)
         if len(texts) != len(vectors):
             raise ValueError(f"document {doc_id}: {len(texts)} windows but {len(vectors)} vectors")
-        return [{"key": json.dumps([doc_id, n]), "doc_id": doc_id, "window": n, "text": text, "fields": fields,
+        return [{"key": json.dumps([doc_id, n], ensure_ascii=False), "doc_id": doc_id, "window": n, "text": text, "fields": fields,
                  "bm25_text": bm25_text(text, self.segmenter), "vector": np.asarray(vector, np.float32).tolist()}
                 for n, (text, vector) in enumerate(zip(texts, vectors))]
 
@@ -319,7 +328,7 @@ def import_folder(folder: str | Path, uri: str, token: str | None = None, collec
     target = MilvusIndex(uri, int(config["dimension"]), {k: v for k, v in config.items()
                                                           if k not in {"documents", "windows", "index_type"}},
                          segmenter, window_chars, window_stride, token, collection)
-    rows = ({"key": json.dumps([w["id"], w["window"]]), "doc_id": w["id"], "window": w["window"],
+    rows = ({"key": json.dumps([w["id"], w["window"]], ensure_ascii=False), "doc_id": w["id"], "window": w["window"],
              "text": w["encoded_text"], "fields": {k: v for k, v in w["record"].items() if k not in TEXT_FIELDS},
              "bm25_text": hex_words(tokens), "vector": vector.tolist()}
             for w, tokens, vector in zip(old.windows, old.tokens, old.vectors))
