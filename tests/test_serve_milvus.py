@@ -22,7 +22,7 @@ pytest.importorskip("milvus_lite")
 
 from finbert2.retrieve.search import format_document  # noqa: E402
 from finbert2.serve.errors import ApiError  # noqa: E402
-from finbert2.serve.milvus_store import MilvusIndex, filter_expression, import_folder  # noqa: E402
+from finbert2.serve.milvus_store import MilvusIndex, filter_expression  # noqa: E402
 from finbert2.serve.store import DocumentIndex, split_windows  # noqa: E402
 from serve_support import NEWS, REPO_ROOT, ServerProcess, free_port, make_retriever  # noqa: E402
 from test_serve_api import (  # noqa: E402,F401  the API's index tests, run here against Milvus Lite
@@ -292,8 +292,12 @@ def test_two_workers_share_one_server_index(model_dirs, milvus_server):
 def test_importer_round_trip_answers_the_same_searches(twin_stores, tmp_path):
     folder, _ = twin_stores
     uri = str(tmp_path / "imported.db")
-    assert import_folder(folder.folder, uri, batch_size=500) == (folder.documents, folder.windows)
+    from finbert2.cli import main as cli_main
+
+    assert cli_main(["retrieve", "import", "--from_folder", str(folder.folder), "--index", uri,
+                     "--batch_size", "500"]) == 0
     imported = MilvusIndex(uri, DIM, {}, window_chars=120, window_stride=100)
+    assert (imported.documents, imported.windows) == (folder.documents, folder.windows)
     rng = np.random.default_rng(4)
     for query in demo_queries(3):
         q = unit_vectors(rng, 1)[0]

@@ -20,7 +20,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "mlm": ("finbert2.pretrain.mlm", "masked-LM pretraining with Chinese whole-word masking"),
     "retromae": ("finbert2.pretrain.retromae", "RetroMAE retrieval-oriented pretraining"),
     "classify": ("finbert2.classify.cli", "Fin-Labeler: train | baseline | predict"),
-    "retrieve": ("finbert2.retrieve.cli", "Fin-Retriever: train | mine | evaluate | index | search"),
+    "retrieve": ("finbert2.retrieve.cli", "Fin-Retriever: train | mine | evaluate | index | search | import"),
     "topics": ("finbert2.topics.cli", "Fin-TopicModel: BERTopic over encoder embeddings"),
     "serve": ("finbert2.serve.cli", "HTTP service: embeddings (TEI/OpenAI), hybrid search, classification"),
     "numllm": ("finbert2.numllm.cli", "NumLLM: domain + numeric LoRA on a causal LM: train | build-numeric | merge | evaluate"),

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -345,3 +346,28 @@ def import_folder(folder: str | Path, uri: str, token: str | None = None, collec
             bar.update(len(batch))
     target.refresh(force=True)
     return len(old.document_ids), len(old.windows)
+
+
+@dataclass
+class ImportArguments:
+    """``finbert2 retrieve import``: an index folder into a Milvus index."""
+
+    from_folder: str = field(metadata={"help": "Index folder (from `retrieve index` or `serve --index FOLDER`)."})
+    index: str = field(metadata={"help": "Milvus Lite file (*.db) or Milvus server (http(s)://host:port)."})
+    index_token: str | None = field(default=None, metadata={"help": "Token of the Milvus server."})
+    index_collection: str = field(default=COLLECTION, metadata={"help": "Collection to write into."})
+    user_dict: str | None = field(default=None, metadata={"help": "jieba user dictionary the server uses for BM25."})
+    batch_size: int = field(default=1000, metadata={"help": "Windows per insert."})
+
+    def __post_init__(self):
+        if not is_milvus_uri(self.index):
+            raise ConfigError(f"--index {self.index}: expected a Milvus Lite file (*.db) or http(s)://host:port")
+        if self.batch_size < 1:
+            raise ConfigError("--batch_size must be at least 1")
+
+
+def run_import(args: ImportArguments) -> tuple[int, int]:
+    from finbert2.segmentation import new_segmenter
+
+    return import_folder(args.from_folder, args.index, args.index_token, args.index_collection, args.batch_size,
+                         new_segmenter(args.user_dict), show_progress=True)
