@@ -128,11 +128,11 @@ def test_two_workers_share_one_server_index(model_dirs, milvus_server):
     args = ("--retriever", model_dirs["retriever"], "--index", milvus_server,
             "--index_collection", f"test_{os.getpid()}_{free_port()}")  # never an existing one of a shared server
     with ServerProcess(*args) as first, ServerProcess(*args) as second:
-        post = httpx.post(f"{first.url}/index/documents", json={"documents": DOCS[:2]}).json()
+        post = httpx.post(f"{first.url}/index/documents", json={"documents": DOCS[:2]}, timeout=60).json()
         assert post["documents"] == 2
-        seen = httpx.post(f"{second.url}/search", json={"query": "茅台年报", "mode": "bm25"}).json()["hits"]
+        seen = httpx.post(f"{second.url}/search", json={"query": "茅台年报", "mode": "bm25"}, timeout=60).json()["hits"]
         assert seen and seen[0]["id"] == "moutai"
-        assert httpx.post(f"{second.url}/index/documents", json={"documents": DOCS[2:]}).json()["documents"] == 4
-        assert httpx.request("DELETE", f"{second.url}/index/documents", json={"ids": ["rrr"]}).json()["documents"] == 3
-        ids = {h["id"] for h in httpx.post(f"{first.url}/search", json={"query": "利润", "top_k": 10}).json()["hits"]}
+        assert httpx.post(f"{second.url}/index/documents", json={"documents": DOCS[2:]}, timeout=60).json()["documents"] == 4
+        assert httpx.request("DELETE", f"{second.url}/index/documents", json={"ids": ["rrr"]}, timeout=60).json()["documents"] == 3
+        ids = {h["id"] for h in httpx.post(f"{first.url}/search", json={"query": "利润", "top_k": 10}, timeout=60).json()["hits"]}
         assert ids == {"moutai", "fed", "pv"}
