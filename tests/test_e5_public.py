@@ -35,8 +35,9 @@ def test_e5_retriever_fine_tuned_on_fin_eva_beats_its_zero_shot(e5_pruned_dir, t
                  str(out), "--labels", "zero_shot", "fine_tuned", "--max_length", "128",
                  "--output_dir", str(tmp_path / "ev")]) == 0
     scores = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    # measured: E5_RETRIEVER_MEASURED
-    assert scores["fine_tuned_ndcg_at_10"] > scores["zero_shot_ndcg_at_10"] + 0.005
+    # measured (2026-12-06, AVX2 CPU): zero-shot 0.6470, fine-tuned 0.6636 validation nDCG@10 after 16 steps of
+    # 16 grouped queries (104 s); before grouping, on the test split, +0.009 (0.7026 -> 0.7117) under a +0.005 bar
+    assert scores["fine_tuned_ndcg_at_10"] > scores["zero_shot_ndcg_at_10"] + 0.01
 
 
 @pytest.mark.slow
@@ -55,9 +56,10 @@ def test_e5_classifier_on_cfbenchmark_sentiment_beats_the_majority_class(e5_prun
                               "--seed", "42", "--report_to", "none", "--disable_tqdm", "True",
                               "--output_dir", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    # measured: test macro-F1 0.353 against the majority class's 0.189; validation 0.454 against the
-    # untrained start's 0.187 (3 epochs of 96-token inputs, 225 s; at 128 tokens 0.348 / 0.458 in 290 s:
-    # the cheap end of the sweep in Fin-labeler/README.md)
+    # measured (2026-12-06, AVX2 CPU, 189 s): e5's own mean pooling (the default for its folder) gives test
+    # macro-F1 0.550 against the majority class's 0.189, validation 0.627 against the untrained start's 0.304.
+    # Through the [CLS] pooler (before pooling followed the encoder) the same run gave 0.353 / 0.454 from 0.187.
+    assert metrics["pooling"] == "mean"
     assert metrics["collapsed"] is False
-    assert metrics["eval_macro_f1"] > metrics["initial_eval_macro_f1"] + 0.15
-    assert metrics["test_macro_f1"] > metrics["test_majority_macro_f1"] + 0.10
+    assert metrics["eval_macro_f1"] > metrics["initial_eval_macro_f1"] + 0.25
+    assert metrics["test_macro_f1"] > metrics["test_majority_macro_f1"] + 0.30

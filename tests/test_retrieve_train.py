@@ -323,5 +323,10 @@ def test_query_length_is_recorded_with_the_model_and_read_back(trained_dir, tiny
     assert resolve_query_max_len(tokenizer, queries, None, 512) == (
         max(lengths), f"query_max_len {max(lengths)}: covers every training query (longest {max(lengths)} tokens)")
     assert resolve_query_max_len(tokenizer, queries, None, 64)[0] == 64
+    # padded to multiples of 8, the automatic limit is rounded up to one (the tokenizer refuses other cuts)
+    short = queries[:2]
+    longest = max(lengths[:2])
+    assert resolve_query_max_len(tokenizer, short, None, 512, 8)[0] == -(-longest // 8) * 8
+    assert resolve_query_max_len(tokenizer, short, None, 512, 8)[0] % 8 == 0
     assert resolve_query_max_len(tokenizer, queries, 8, 512)[1] == (
         f"query_max_len 8 cuts {sum(n > 8 for n in lengths)} of 3 training queries (longest {max(lengths)} tokens)")

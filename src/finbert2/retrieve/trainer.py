@@ -202,13 +202,18 @@ def early_stopping(patience: int, has_validation: bool, training_args) -> list[T
     return [EarlyStoppingCallback(early_stopping_patience=patience)]
 
 
-def resolve_query_max_len(tokenizer, queries: list[str], requested: int | None,
-                          ceiling: int) -> tuple[int, str]:
+def resolve_query_max_len(tokenizer, queries: list[str], requested: int | None, ceiling: int,
+                          multiple_of: int | None = None) -> tuple[int, str]:
     """``(query token limit, a log line)``: the one asked for, else the longest training query (prompt and
-    special tokens included) up to ``ceiling``; the line says how many training queries the limit cuts."""
+    special tokens included) up to ``ceiling``, rounded up to ``multiple_of`` (the tokenizer refuses a cut that
+    padding to a multiple would overrun); the line says how many training queries the limit cuts."""
     lengths = [len(ids) for ids in tokenizer(queries, add_special_tokens=True, return_attention_mask=False,
                                              return_token_type_ids=False)["input_ids"]] or [1]
-    limit = requested if requested is not None else min(max(lengths), ceiling)
+    limit = requested
+    if limit is None:
+        limit = min(max(lengths), ceiling)
+        if multiple_of:
+            limit = min(-(-limit // multiple_of) * multiple_of, max(ceiling // multiple_of * multiple_of, multiple_of))
     cut = sum(1 for n in lengths if n > limit)
     note = (f"query_max_len {limit}: covers every training query (longest {max(lengths)} tokens)" if not cut else
             f"query_max_len {limit} cuts {cut} of {len(lengths)} training queries (longest {max(lengths)} tokens)")
@@ -240,7 +245,7 @@ def run_training(model_args: ModelArguments, data_args, training_args, run_args)
     training_args.pooling = training_args.pooling or start.get("pooling", "cls")
     data_args.query_max_len, query_length_note = resolve_query_max_len(
         tokenizer, [data_args.query_instruction_for_retrieval + r["query"] for r in rows], data_args.query_max_len,
-        data_args.passage_max_len)
+        data_args.passage_max_len, data_args.pad_to_multiple_of)
 
     if training_args.should_save:
         prepare_output_dir(training_args.output_dir, overwrite=run_args.overwrite_output_dir)
