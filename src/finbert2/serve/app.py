@@ -249,7 +249,10 @@ class Server:
         vectors = np.stack(await self.run_model(request, self.embedder.name, tokenized.rows))
         if watch_drift:
             self.drift.observe(vectors)
-            cosine = self.drift.cosine_to_index(self.index.state) if self.index is not None else None
+            # the folder store keeps its vectors in memory (its mean is cached per state); an engine-backed index
+            # (Milvus) does not hand them out, so the gauge is absent there
+            state = getattr(self.index, "state", None) if self.index is not None else None
+            cosine = self.drift.cosine_to_index(state) if state is not None else None
             if cosine is not None:
                 self.metrics.embedding_cosine.labels(self.embedder.name).set(cosine)
         if normalize:
