@@ -20,7 +20,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "mlm": ("finbert2.pretrain.mlm", "masked-LM pretraining with Chinese whole-word masking"),
     "retromae": ("finbert2.pretrain.retromae", "RetroMAE retrieval-oriented pretraining"),
     "classify": ("finbert2.classify.cli", "Fin-Labeler: train | baseline | predict"),
-    "retrieve": ("finbert2.retrieve.cli", "Fin-Retriever: train | mine | evaluate | index | search"),
+    "retrieve": ("finbert2.retrieve.cli", "Fin-Retriever: train | mine | evaluate | index | search | import"),
     "rerank": ("finbert2.rerank.cli", "Fin-Reranker: cross-encoder train | evaluate | predict"),
     "topics": ("finbert2.topics.cli", "Fin-TopicModel: BERTopic over encoder embeddings"),
     "export": ("finbert2.export.cli", "ONNX export of a retriever or classifier, int8 quantization behind an accuracy check"),

@@ -5,6 +5,7 @@
     finbert2 retrieve evaluate --eval_data data/demo/retrieval/eval --models bm25 runs/retriever --output_dir runs/eval
     finbert2 retrieve index --model_name_or_path runs/retriever --corpus docs.jsonl --output_dir runs/index
     finbert2 retrieve search --index_dir runs/index --query 美联储加息对科技股的影响
+    finbert2 retrieve import --from_folder runs/index --index runs/index.db
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ COMMANDS = {
     "evaluate": "ndcg/mrr/recall/map of dense models and BM25 on a corpus/queries/qrels folder",
     "index": "build a faiss index over documents",
     "search": "top-k documents for queries from an index",
+    "import": "copy an index folder into a Milvus index (serve --index FILE.db or http://host:port)",
 }
 
 
@@ -85,7 +87,17 @@ def search(argv: list[str]) -> int:
     return 0
 
 
-HANDLERS = {"train": train, "mine": mine, "evaluate": evaluate, "index": index, "search": search}
+def import_folder(argv: list[str]) -> int:
+    from finbert2.serve.milvus_store import ImportArguments, run_import
+
+    (args,) = parse_args((ImportArguments,), argv, prog="finbert2 retrieve import")
+    documents, windows = run_import(args)
+    print(f"imported {documents} documents ({windows} windows) into {args.index}")
+    return 0
+
+
+HANDLERS = {"train": train, "mine": mine, "evaluate": evaluate, "index": index, "search": search,
+            "import": import_folder}
 
 
 def main(argv: list[str] | None = None) -> int:

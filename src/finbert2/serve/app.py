@@ -34,6 +34,7 @@ from finbert2.serve.errors import ApiError, error_response
 from finbert2.serve.metrics import EmbeddingDrift, ServerMetrics, UnknownTokens
 from finbert2.serve.models import Embedder, Labeler, Tokenized, load_models, truncated_header
 from finbert2.serve.rerank import Ranker, add_rerank_route, load_reranker, rerank_hits
+from finbert2.serve.milvus_store import MilvusIndex, open_index
 from finbert2.serve.store import DocumentIndex
 
 logger = logging.getLogger("finbert2.serve")
@@ -79,7 +80,7 @@ class Server:
         self.labelers: dict[str, Labeler] = {}
         self.reranker: Ranker | None = None
         self.batchers: dict[str, Batcher] = {}
-        self.index: DocumentIndex | None = None
+        self.index: DocumentIndex | MilvusIndex | None = None
         self.segmenter = None
         self.ready = False
         self.load_error: str | None = None
@@ -101,11 +102,11 @@ class Server:
         if args.index:
             self.segmenter = new_segmenter(args.user_dict)
             encoder = self.embedder.encoder
-            self.index = DocumentIndex(args.index, self.embedder.dimension, {
+            self.index = open_index(args.index, self.embedder.dimension, {
                 "model_name_or_path": self.embedder.path, "query_instruction": encoder.query_instruction,
                 "passage_instruction": encoder.passage_instruction, "pooling": encoder.pooling,
                 "max_length": self.embedder.max_length, "bf16": encoder.bf16}, self.segmenter,
-                args.window_chars, args.window_stride)
+                args.window_chars, args.window_stride, args.index_token, args.index_collection)
             self.count_index()
             self._warn_on_index_model_mismatch()
         self.unknown_tokens = {model.name: UnknownTokens(model.tokenizer) for model in self.models()}
@@ -169,7 +170,7 @@ class Server:
     def count_index(self) -> None:
         if self.index is not None:
             self.metrics.index_documents.set(self.index.documents)
-            self.metrics.index_windows.set(len(self.index.state.windows))
+            self.metrics.index_windows.set(self.index.windows)
 
     # --- request steps ---------------------------------------------------------------------------------
     def require_ready(self) -> None:
@@ -248,7 +249,10 @@ class Server:
         vectors = np.stack(await self.run_model(request, self.embedder.name, tokenized.rows))
         if watch_drift:
             self.drift.observe(vectors)
-            cosine = self.drift.cosine_to_index(self.index.state) if self.index is not None else None
+            # the folder store keeps its vectors in memory (its mean is cached per state); an engine-backed index
+            # (Milvus) does not hand them out, so the gauge is absent there
+            state = getattr(self.index, "state", None) if self.index is not None else None
+            cosine = self.drift.cosine_to_index(state) if state is not None else None
             if cosine is not None:
                 self.metrics.embedding_cosine.labels(self.embedder.name).set(cosine)
         if normalize:
@@ -259,7 +263,7 @@ class Server:
         if self.embedder is None:
             raise ApiError(404, "this server has no retriever (start it with --retriever)", "not_found")
 
-    def require_index(self) -> DocumentIndex:
+    def require_index(self) -> DocumentIndex | MilvusIndex:
         self.require_ready()
         if self.index is None:
             raise ApiError(404, "this server has no index (start it with --index)", "not_found")
@@ -333,8 +337,8 @@ class Server:
             models.append(self.reranker.info())
         index = None
         if self.index is not None:
-            index = {"path": str(self.index.folder), "documents": self.index.documents,
-                     "windows": len(self.index.state.windows), "window_chars": self.args.window_chars,
+            index = {"path": self.index.location, "documents": self.index.documents,
+                     "windows": self.index.windows, "window_chars": self.args.window_chars,
                      "window_stride": self.args.window_stride, "rrf_k": self.args.rrf_k}
         a = self.args
         return {"version": __version__, "ready": self.ready, "load_error": self.load_error, "models": models,
@@ -575,7 +579,7 @@ def create_app(args: ServeArguments) -> FastAPI:
         replaced = await asyncio.get_running_loop().run_in_executor(None, index.add, records, per_record)
         server.count_index()
         return {"added": len(records) - replaced, "replaced": replaced, "documents": index.documents,
-                "windows": len(index.state.windows)}
+                "windows": index.windows}
 
     @app.delete("/index/documents", response_model=schemas.IndexUpdate, responses=tei, tags=["index"],
                 summary="Delete documents by id")
@@ -585,7 +589,7 @@ def create_app(args: ServeArguments) -> FastAPI:
         missing = await asyncio.get_running_loop().run_in_executor(None, index.delete, ids)
         server.count_index()
         return {"deleted": len(ids) - len(missing), "missing": missing, "documents": index.documents,
-                "windows": len(index.state.windows)}
+                "windows": index.windows}
 
     @app.get("/health", response_model=schemas.Status, responses=tei_errors(503), tags=["operations"],
              summary="Liveness: 200 while loading and when ready, 503 once loading failed (restart me)")

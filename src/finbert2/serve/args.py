@@ -9,6 +9,7 @@ from finbert2.errors import ConfigError
 from finbert2.export.runtime import BACKENDS, check_backend
 
 API_KEY_ENV = "FINBERT2_API_KEY"
+MILVUS_TOKEN_ENV = "FINBERT2_MILVUS_TOKEN"
 DTYPES = ("auto", "fp32", "bf16", "int8")
 
 
@@ -22,7 +23,13 @@ class ServeArguments:
     rerank_top_k: int = field(default=50, metadata={
         "help": "Hits /search reranks when asked (its fused top K; at least the request's top_k)."})
     index: str | None = field(default=None, metadata={
-        "help": "Index folder (from `finbert2 retrieve index`, or a new folder): /search and /index/documents."})
+        "help": "Index for /search and /index/documents: a folder (from `finbert2 retrieve index`, or a new "
+                "folder), a Milvus Lite file (*.db: embedded Milvus) or a Milvus server (http(s)://host:port)."})
+    index_token: str | None = field(default=None, metadata={
+        "help": f"Token of the Milvus server in --index ('user:password' or an API key; default: "
+                f"${MILVUS_TOKEN_ENV} when set)."})
+    index_collection: str = field(default="finbert2_windows", metadata={
+        "help": "Collection of a Milvus --index (several indexes can share one Milvus server)."})
     classifier: list[str] | None = field(default=None, metadata={
         "help": "Classifier folder(s) for /classify; a request picks one by 'model' (folder name), default the first."})
     host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (0.0.0.0: every interface)."})
@@ -72,6 +79,8 @@ class ServeArguments:
             raise ConfigError(f"finbert2 serve: dtype must be one of {', '.join(DTYPES)}")
         if self.api_key is None:
             self.api_key = os.environ.get(API_KEY_ENV) or None
+        if self.index_token is None:
+            self.index_token = os.environ.get(MILVUS_TOKEN_ENV) or None
         if not 0 < self.window_stride <= self.window_chars:
             raise ConfigError("finbert2 serve: need 0 < window_stride <= window_chars")
         if self.served_model_name and len(set(self.served_model_name)) < len(self.served_model_name):

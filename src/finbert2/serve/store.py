@@ -163,6 +163,14 @@ class DocumentIndex:
     def documents(self) -> int:
         return len(self.state.document_ids)
 
+    @property
+    def windows(self) -> int:
+        return len(self.state.windows)
+
+    @property
+    def location(self) -> str:
+        return str(self.folder)
+
     def window_texts(self, record: dict[str, Any]) -> list[str]:
         return split_windows(format_document(record), self.window_chars, self.window_stride)
 
@@ -241,29 +249,9 @@ class DocumentIndex:
         if allowed is not None and not allowed:
             return []
         depth = max(top_k, 100)  # documents each retriever hands to the fusion
-        dense = best_windows(self._dense_scores(state, query_vector, allowed, depth), state) if mode != "bm25" else {}
-        bm25 = best_windows(self._bm25_scores(state, query_text, allowed), state) if mode != "dense" else {}
-        dense_ranked = list(dense)[:depth]
-        bm25_ranked = list(bm25)[:depth]
-        if mode == "dense":
-            order = {d: dense[d][0] for d in dense_ranked}
-        elif mode == "bm25":
-            order = {d: bm25[d][0] for d in bm25_ranked}
-        else:
-            order = reciprocal_rank_fusion([dense_ranked, bm25_ranked], rrf_k)
-        dense_rank = {d: r for r, d in enumerate(dense_ranked, start=1)}
-        bm25_rank = {d: r for r, d in enumerate(bm25_ranked, start=1)}
-        hits = []
-        for doc_id, score in list(order.items())[:top_k]:
-            row = (dense.get(doc_id) or bm25[doc_id])[1]
-            window = state.windows[row]
-            hits.append({"id": doc_id, "score": float(score), "dense_rank": dense_rank.get(doc_id),
-                         "bm25_rank": bm25_rank.get(doc_id),
-                         "dense_score": float(dense[doc_id][0]) if doc_id in dense else None,
-                         "bm25_score": float(bm25[doc_id][0]) if doc_id in bm25 else None,
-                         "text": window["encoded_text"], "window": window["window"],
-                         "fields": {k: v for k, v in window["record"].items() if k not in TEXT_FIELDS}})
-        return hits
+        dense = best_windows(self._dense_scores(state, query_vector, allowed, depth), state, depth) if mode != "bm25" else {}
+        bm25 = best_windows(self._bm25_scores(state, query_text, allowed), state, depth) if mode != "dense" else {}
+        return document_hits(dense, bm25, mode, top_k, rrf_k, depth)
 
     @staticmethod
     def _dense_scores(state: IndexState, query_vector: np.ndarray, allowed: list[int] | None,
@@ -289,14 +277,47 @@ class DocumentIndex:
         return rows
 
 
-def best_windows(row_scores: dict[int, float], state: IndexState) -> dict[str, tuple[float, int]]:
-    """``{document id: (best window score, its row)}``, best document first."""
+def best_windows(row_scores: dict[int, float], state: IndexState,
+                 depth: int) -> dict[str, tuple[float, dict[str, Any]]]:
+    """``{document id: (best window score, that window's hit part)}`` of the ``depth`` best documents."""
     best: dict[str, tuple[float, int]] = {}
     for row, score in row_scores.items():
         doc_id = state.windows[row]["id"]
-        if doc_id not in best or score > best[doc_id][0]:
+        # Ties go to the first window (rows of a document are in window order), whatever order scored them.
+        if doc_id not in best or (-score, row) < (-best[doc_id][0], best[doc_id][1]):
             best[doc_id] = (score, row)
-    return dict(sorted(best.items(), key=lambda item: (-item[1][0], item[0])))
+    ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))
+    return {doc_id: (score, window_hit(state.windows[row])) for doc_id, (score, row) in ranked[:depth]}
+
+
+def window_hit(window: dict[str, Any]) -> dict[str, Any]:
+    return {"encoded_text": window["encoded_text"], "window": window["window"],
+            "fields": {k: v for k, v in window["record"].items() if k not in TEXT_FIELDS}}
+
+
+def document_hits(dense: dict[str, tuple[float, dict]], bm25: dict[str, tuple[float, dict]], mode: str,
+                  top_k: int, rrf_k: int, depth: int) -> list[dict[str, Any]]:
+    """The response's hits from each retriever's ``{document id: (score, best window)}`` (best first):
+    one ranking, or (``hybrid``) their reciprocal-rank fusion. Shared by both stores."""
+    dense_ranked = list(dense)[:depth]
+    bm25_ranked = list(bm25)[:depth]
+    if mode == "dense":
+        order = {d: dense[d][0] for d in dense_ranked}
+    elif mode == "bm25":
+        order = {d: bm25[d][0] for d in bm25_ranked}
+    else:
+        order = reciprocal_rank_fusion([dense_ranked, bm25_ranked], rrf_k)
+    dense_rank = {d: r for r, d in enumerate(dense_ranked, start=1)}
+    bm25_rank = {d: r for r, d in enumerate(bm25_ranked, start=1)}
+    hits = []
+    for doc_id, score in list(order.items())[:top_k]:
+        window = (dense.get(doc_id) or bm25[doc_id])[1]
+        hits.append({"id": doc_id, "score": float(score), "dense_rank": dense_rank.get(doc_id),
+                     "bm25_rank": bm25_rank.get(doc_id),
+                     "dense_score": float(dense[doc_id][0]) if doc_id in dense else None,
+                     "bm25_score": float(bm25[doc_id][0]) if doc_id in bm25 else None,
+                     "text": window["encoded_text"], "window": window["window"], "fields": window["fields"]})
+    return hits
 
 
 def matches(window: dict[str, Any], filters: dict[str, Any]) -> bool:

@@ -1,0 +1,373 @@
+"""The server's search index in Milvus: one collection of windows, written and searched by the engine.
+
+``finbert2 serve --index URI`` picks it when URI is a Milvus Lite file (``*.db``: embedded, nothing to
+start) or a Milvus server (``http(s)://host:port``, with ``--index_token``); any other path is the folder
+store (``store.DocumentIndex``). Each row is one window: its document id, window number, text, the
+document's stored fields (JSON), its vector (inner product on unit vectors, what the retriever was
+trained for) and a BM25 sparse vector that the engine's BM25 function makes from a text field.
+
+BM25 ranks exactly as the folder store's: the BM25 text field holds our own jieba words (the same
+``jieba_tokens`` and user dictionary), each written as the hex of its UTF-8 bytes, so the engine's
+``standard`` analyzer (``\\w+``, lowercase) reads back exactly our words whatever they contain, and the
+engine keeps the IDF and average length current as documents come and go (Lucene BM25, k1=1.5, b=0.75,
+bm25s's scoring). Dense and BM25 searches group by document (best window per document); the two
+document rankings are fused with ``reciprocal_rank_fusion``, as the folder store and
+``retrieve evaluate --hybrid`` do.
+
+A write touches only the documents it names: an upsert of their windows (primary key: document id and
+window number), then a delete of windows a shorter new version no longer has. It returns once the
+engine holds it: Milvus Lite appends it to its write-ahead log (flushed to the OS on every write, so a
+killed process loses nothing acknowledged; fsynced on close), a Milvus server once the write is in its
+message log. Milvus Lite allows one process per file: several serve workers share one index through a
+server (``milvus-lite server --data-dir FILE`` or a Milvus cluster) and see each other's writes at once
+(searches ask for strong consistency).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from finbert2.errors import ConfigError
+from finbert2.retrieve.search import format_document, jieba_tokens
+from finbert2.serve.errors import ApiError
+from finbert2.serve.store import TEXT_FIELDS, document_hits, matches, split_windows
+
+COLLECTION = "finbert2_windows"
+MAX_TEXT = 65535  # Milvus's longest VARCHAR
+MAX_ID_BYTES = 65000  # an id (and the JSON of a document's fields) with room for the key's JSON around it
+INT64 = (-2**63, 2**63 - 1)
+COUNT_SECONDS = 5.0  # /info and /metrics counts of another worker's writes may lag this much
+OUTPUT_FIELDS = ["doc_id", "window", "text", "fields"]
+BM25_K1, BM25_B = 1.5, 0.75  # the folder store's (bm25s) parameters
+MAX_LIMIT = 16384  # Milvus's largest search limit
+
+
+def is_milvus_uri(location: str) -> bool:
+    """A Milvus Lite file or a Milvus server, as opposed to an index folder."""
+    return location.startswith(("http://", "https://")) or location.endswith(".db")
+
+
+def bm25_text(text: str, segmenter=None) -> str:
+    """Our BM25 words of ``text`` as the engine's analyzer will read them back (one hex word each)."""
+    return hex_words(jieba_tokens(text, segmenter))
+
+
+def hex_words(tokens: list[str]) -> str:
+    return " ".join(token.encode("utf-8").hex() for token in tokens)
+
+
+def milvus_string(value: str) -> str:
+    """A Milvus expression string literal (the escapes every Milvus parser reads)."""
+    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+               .replace("\r", "\\r").replace("\t", "\\t"))
+    return f'"{escaped}"'
+
+
+def milvus_literal(value: Any) -> str | None:
+    """A scalar filter value as an expression literal; None for what no stored field can equal here."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value) if INT64[0] <= value <= INT64[1] else None
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        return milvus_string(value)
+    return None  # null, objects, nested lists
+
+
+def filter_expression(filters: dict[str, Any] | None) -> str | None:
+    """The JSON filter language (field equals a value, or any of a list; ``id``: document ids) as a Milvus
+    expression; ``"false"`` when a filter can match nothing; None for no filter."""
+    if not filters:
+        return None
+    clauses = []
+    for name, wanted in filters.items():
+        target = "doc_id" if name == "id" else f"fields[{milvus_string(name)}]"
+        values = wanted if isinstance(wanted, list) else [wanted]
+        if name == "id":  # ids are strings: another type matches no document
+            options = [f"{target} == {milvus_string(v)}" for v in values if isinstance(v, str)]
+        else:  # null: the field is absent (or null), as the folder store's record.get(name) == None
+            options = [f"{target} is null" if v is None else f"{target} == {milvus_literal(v)}"
+                       for v in values if v is None or milvus_literal(v) is not None]
+        if not options:
+            return "false"
+        # `in` on a JSON path is not in every engine (Milvus Lite refuses it): a chain of `or`.
+        clauses.append(" or ".join(options))
+    return " and ".join(f"({c})" for c in clauses)
+
+
+def ids_expression(ids: list[str]) -> str:
+    return f"doc_id in [{', '.join(milvus_string(i) for i in ids)}]"
+
+
+def connect(uri: str, token: str | None = None):
+    from pymilvus import MilvusClient
+
+    return MilvusClient(uri=uri, token=token or "")
+
+
+class MilvusIndex:
+    """Search and update the window collection at ``uri``; the interface of ``store.DocumentIndex``."""
+
+    def __init__(self, uri: str, dimension: int, model_config: dict[str, Any], segmenter=None,
+                 window_chars: int = 400, window_stride: int = 380, token: str | None = None,
+                 collection: str = COLLECTION):
+        self.location, self.collection = uri, collection
+        self.dimension, self.model_config, self.segmenter = dimension, model_config, segmenter
+        self.window_chars, self.window_stride = window_chars, window_stride
+        self.client = connect(uri, token)
+        if self.client.has_collection(collection):
+            self._check_dimension()
+        else:
+            self._create()
+        self.client.load_collection(collection)
+        self._counted_at = -math.inf
+        self._counts = (0, 0)
+
+    # --- schema ----------------------------------------------------------------------------------------
+    def _create(self) -> None:
+        from pymilvus import DataType, Function, FunctionType
+
+        client = self.client
+        schema = client.create_schema(auto_id=False, enable_dynamic_field=False,
+                                      description=json.dumps({**self.model_config, "window_chars": self.window_chars,
+                                                              "window_stride": self.window_stride},
+                                                             ensure_ascii=False)[:MAX_TEXT])
+        schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=MAX_TEXT)
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=MAX_TEXT)
+        schema.add_field("window", DataType.INT64)
+        schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT)
+        schema.add_field("fields", DataType.JSON)
+        schema.add_field("bm25_text", DataType.VARCHAR, max_length=MAX_TEXT, enable_analyzer=True,
+                         analyzer_params={"tokenizer": "standard"})
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dimension)
+        schema.add_function(Function(name="bm25", function_type=FunctionType.BM25,
+                                     input_field_names=["bm25_text"], output_field_names=["sparse"]))
+        index_params = client.prepare_index_params()
+        index_params.add_index("vector", index_type="FLAT", metric_type="IP")
+        index_params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25",
+                               params={"bm25_k1": BM25_K1, "bm25_b": BM25_B})
+        client.create_collection(self.collection, schema=schema, index_params=index_params,
+                                 consistency_level="Strong")
+
+    def _check_dimension(self) -> None:
+        fields = self.client.describe_collection(self.collection)["fields"]
+        vector = next((f for f in fields if f["name"] == "vector"), None)
+        if vector is None:
+            raise ConfigError(f"{self.location}: collection '{self.collection}' is not a finbert2 index")
+        dim = int(vector.get("params", {}).get("dim", self.dimension))
+        if dim != self.dimension:
+            raise ConfigError(f"{self.location}: index of dimension {dim}, the retriever's is {self.dimension}")
+
+    # --- counts (the folder store's ``documents`` and ``windows``) -----------------------------------------
+    def _count(self, expression: str) -> int:
+        rows = self.client.query(self.collection, filter=expression, output_fields=["count(*)"])
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def refresh(self, force: bool = False) -> None:
+        """Recount documents and windows (the engine itself needs no reload: searches see every write)."""
+        if force or time.monotonic() - self._counted_at > COUNT_SECONDS:
+            self._counts = (self._count("window == 0"), self._count("window >= 0"))
+            self._counted_at = time.monotonic()
+
+    @property
+    def documents(self) -> int:
+        self.refresh()
+        return self._counts[0]
+
+    @property
+    def windows(self) -> int:
+        self.refresh()
+        return self._counts[1]
+
+    def window_texts(self, record: dict[str, Any]) -> list[str]:
+        return split_windows(format_document(record), self.window_chars, self.window_stride)
+
+    # --- writing ---------------------------------------------------------------------------------------
+    def present(self, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        rows = self.client.query(self.collection, filter=f"({ids_expression(ids)}) and window == 0",
+                                 output_fields=["doc_id"])
+        return {r["doc_id"] for r in rows}
+
+    def rows(self, record: dict[str, Any], vectors: np.ndarray) -> list[dict[str, Any]]:
+        doc_id = str(record["id"])
+        fields = {k: v for k, v in record.items() if k not in TEXT_FIELDS}
+        # What the engine would refuse (a VARCHAR or JSON value over 64 KiB) is the client's error, not a 500.
+        if len(doc_id.encode("utf-8")) > MAX_ID_BYTES:
+            raise ApiError(422, f"document id of {len(doc_id.encode('utf-8'))} bytes: a Milvus index takes ids of "
+                                f"at most {MAX_ID_BYTES}", "validation", "documents")
+        if len(json.dumps(fields, ensure_ascii=False).encode("utf-8")) > MAX_ID_BYTES:
+            raise ApiError(422, f"document {doc_id[:80]}: its fields other than text take over {MAX_ID_BYTES} bytes "
+                                f"as JSON (a Milvus index's limit)", "validation", "documents")
+        texts = self.window_texts(record)
+        if len(texts) != len(vectors):
+            raise ValueError(f"document {doc_id}: {len(texts)} windows but {len(vectors)} vectors")
+        return [{"key": json.dumps([doc_id, n], ensure_ascii=False), "doc_id": doc_id, "window": n, "text": text, "fields": fields,
+                 "bm25_text": bm25_text(text, self.segmenter), "vector": np.asarray(vector, np.float32).tolist()}
+                for n, (text, vector) in enumerate(zip(texts, vectors))]
+
+    def add(self, records: list[dict[str, Any]], window_vectors: list[np.ndarray]) -> int:
+        """Add ``records`` (one vector per window each), replacing any with the same id; returns how many
+        were replaced. Held by the engine when it returns."""
+        ids = [str(r["id"]) for r in records]
+        replaced = len(self.present(ids))
+        rows = [row for record, vectors in zip(records, window_vectors) for row in self.rows(record, vectors)]
+        if rows:
+            self.client.upsert(self.collection, rows)
+        # Windows past a new version's end (a replaced document that got shorter).
+        tails = [f"(doc_id == {milvus_string(i)} and window >= {len(v)})" for i, v in zip(ids, window_vectors)]
+        if replaced and tails:
+            self.client.delete(self.collection, filter=" or ".join(tails))
+        self.refresh(force=True)
+        return replaced
+
+    def delete(self, ids: list[str]) -> list[str]:
+        """Delete documents by id; returns the ids that were not there."""
+        ids = list(dict.fromkeys(ids))
+        present = self.present(ids)
+        if present:
+            self.client.delete(self.collection, filter=ids_expression(sorted(present)))
+            self.refresh(force=True)
+        return [i for i in ids if i not in present]
+
+    # --- searching -------------------------------------------------------------------------------------
+    def search(self, query_vector: np.ndarray | None, query_text: str, top_k: int, mode: str,
+               filters: dict[str, Any] | None, rrf_k: int) -> list[dict[str, Any]]:
+        """Hits as ``DocumentIndex.search`` gives them (document-level, best window, RRF for hybrid)."""
+        expression = filter_expression(filters)
+        if expression == "false":
+            return []
+        depth = max(top_k, 100)  # documents each retriever hands to the fusion
+        dense = self._grouped(query_vector.astype(np.float32).tolist(), "vector", "IP", depth, expression) \
+            if mode != "bm25" else {}
+        query_words = bm25_text(query_text, self.segmenter)
+        bm25 = {}
+        if mode != "dense" and query_words:
+            bm25 = self._bm25_filtered_after(query_words, depth, filters) if filters and self.embedded \
+                else self._grouped(query_words, "sparse", "BM25", depth, expression)
+        return document_hits(dense, bm25, mode, top_k, rrf_k, depth)
+
+    @property
+    def embedded(self) -> bool:
+        return not self.location.startswith(("http://", "https://"))
+
+    def _bm25_filtered_after(self, query_words: str, depth: int, filters: dict[str, Any]) -> dict:
+        """Filtered BM25 on Milvus Lite: its filtered search takes BM25 statistics (IDF, average length) over
+        the matching windows only, so it ranks unlike BM25 over the corpus. Rank over the corpus, deeper
+        until ``depth`` documents pass the filter, and filter here (the folder store's order of things)."""
+        limit = 4 * depth
+        while True:
+            ranked = self._grouped(query_words, "sparse", "BM25", limit, None)
+            passed = {d: hit for d, hit in ranked.items()
+                      if matches({"id": d, "record": hit[1]["fields"]}, filters)}
+            if len(passed) >= depth or len(ranked) < limit or limit >= MAX_LIMIT:
+                return dict(list(passed.items())[:depth])
+            limit = min(4 * limit, MAX_LIMIT)
+
+    def _grouped(self, data, field: str, metric: str, depth: int, expression: str | None) -> dict:
+        """``{document id: (best window score, window)}`` of the ``depth`` best documents, best first (ties:
+        the first window, then the smaller id, as the folder store breaks them)."""
+        # Two windows per document, so that a tie between its best two goes to the first one.
+        results = self.client.search(self.collection, data=[data], anns_field=field, limit=depth,
+                                     filter=expression or "", output_fields=OUTPUT_FIELDS,
+                                     search_params={"metric_type": metric}, group_by_field="doc_id", group_size=2)
+        best: dict[str, tuple[float, dict]] = {}
+        for hit in results[0]:
+            entity = hit["entity"]
+            score = float(hit["distance"])
+            if metric == "BM25":
+                # Milvus Lite 3.2 hands BM25 scores back negated, a server as they are; both carry Lucene's
+                # (k1 + 1) factor, which bm25s (the folder store) leaves out: the same ranking, our scale.
+                score = abs(score) / (BM25_K1 + 1)
+                if score == 0:
+                    continue  # no query word in the window: not retrieved (as bm25s)
+            window = {"encoded_text": entity["text"], "window": int(entity["window"]), "fields": entity["fields"] or {}}
+            seen = best.get(entity["doc_id"])
+            if seen is None or (-score, window["window"]) < (-seen[0], seen[1]["window"]):
+                best[entity["doc_id"]] = (score, window)
+        return dict(sorted(best.items(), key=lambda item: (-item[1][0], item[0])))
+
+def open_index(location: str, dimension: int, model_config: dict[str, Any], segmenter=None,
+               window_chars: int = 400, window_stride: int = 380, token: str | None = None,
+               collection: str = COLLECTION):
+    """The store ``--index`` names: Milvus for a ``*.db`` file or an ``http(s)://`` server, else a folder."""
+    from finbert2.serve.store import DocumentIndex
+
+    if is_milvus_uri(str(location)):
+        return MilvusIndex(str(location), dimension, model_config, segmenter, window_chars, window_stride, token,
+                           collection)
+    return DocumentIndex(location, dimension, model_config, segmenter, window_chars, window_stride)
+
+
+def import_folder(folder: str | Path, uri: str, token: str | None = None, collection: str = COLLECTION,
+                  batch_size: int = 1000, segmenter=None, show_progress: bool = False) -> tuple[int, int]:
+    """Copy an index folder (``retrieve index`` or a served folder's current generation) into the Milvus
+    index at ``uri``, window by window with its vector (nothing is encoded again); returns
+    ``(documents, windows)`` copied. Windows and stored fields are kept as the folder has them."""
+    from tqdm.auto import tqdm
+
+    from finbert2.retrieve.index import INDEX_CONFIG, current_index_dir
+    from finbert2.serve.store import DocumentIndex
+
+    source = current_index_dir(folder)
+    if not (source / INDEX_CONFIG).is_file():
+        raise ConfigError(f"{folder}: not an index folder (no {INDEX_CONFIG})")
+    config = json.loads((source / INDEX_CONFIG).read_text(encoding="utf-8"))
+    window_chars, window_stride = config.get("window_chars", 400), config.get("window_stride", 380)
+    old = DocumentIndex(folder, int(config["dimension"]), config, segmenter, window_chars, window_stride).state
+    target = MilvusIndex(uri, int(config["dimension"]), {k: v for k, v in config.items()
+                                                          if k not in {"documents", "windows", "index_type"}},
+                         segmenter, window_chars, window_stride, token, collection)
+    rows = ({"key": json.dumps([w["id"], w["window"]], ensure_ascii=False), "doc_id": w["id"], "window": w["window"],
+             "text": w["encoded_text"], "fields": {k: v for k, v in w["record"].items() if k not in TEXT_FIELDS},
+             "bm25_text": hex_words(tokens), "vector": vector.tolist()}
+            for w, tokens, vector in zip(old.windows, old.tokens, old.vectors))
+    with tqdm(total=len(old.windows), desc="import", unit="window", disable=not show_progress) as bar:
+        batch = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) == batch_size:
+                target.client.upsert(target.collection, batch)
+                bar.update(len(batch))
+                batch = []
+        if batch:
+            target.client.upsert(target.collection, batch)
+            bar.update(len(batch))
+    target.refresh(force=True)
+    return len(old.document_ids), len(old.windows)
+
+
+@dataclass
+class ImportArguments:
+    """``finbert2 retrieve import``: an index folder into a Milvus index."""
+
+    from_folder: str = field(metadata={"help": "Index folder (from `retrieve index` or `serve --index FOLDER`)."})
+    index: str = field(metadata={"help": "Milvus Lite file (*.db) or Milvus server (http(s)://host:port)."})
+    index_token: str | None = field(default=None, metadata={"help": "Token of the Milvus server."})
+    index_collection: str = field(default=COLLECTION, metadata={"help": "Collection to write into."})
+    user_dict: str | None = field(default=None, metadata={"help": "jieba user dictionary the server uses for BM25."})
+    batch_size: int = field(default=1000, metadata={"help": "Windows per insert."})
+
+    def __post_init__(self):
+        if not is_milvus_uri(self.index):
+            raise ConfigError(f"--index {self.index}: expected a Milvus Lite file (*.db) or http(s)://host:port")
+        if self.batch_size < 1:
+            raise ConfigError("--batch_size must be at least 1")
+
+
+def run_import(args: ImportArguments) -> tuple[int, int]:
+    from finbert2.segmentation import new_segmenter
+
+    return import_folder(args.from_folder, args.index, args.index_token, args.index_collection, args.batch_size,
+                         new_segmenter(args.user_dict), show_progress=True)
