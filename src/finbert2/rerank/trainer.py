@@ -32,7 +32,7 @@ from finbert2.rerank.modeling import CrossEncoderScorer, listwise_loss, score_co
 from finbert2.retrieve.data import ContrastiveGroupDataset
 from finbert2.retrieve.evaluate import bm25_evaluation
 from finbert2.retrieve.metrics import evaluate_run
-from finbert2.retrieve.trainer import EpochCallback, logged_evaluation, with_validation
+from finbert2.retrieve.trainer import EpochCallback, RetrievalValidation, logged_evaluation, with_validation
 
 logger = logging.getLogger("finbert2.rerank")
 
@@ -54,7 +54,7 @@ class PairCollator:
         return {**features, "group_size": len(groups[0]["passages"])}
 
 
-class RerankerTrainer(Trainer):
+class RerankerTrainer(RetrievalValidation, Trainer):
     """``Trainer`` over a one-logit sequence classifier; ``eval_dataset`` is a ``RetrievalEvalData`` folder."""
 
     def __init__(self, *args, eval_top_k: int = 20, max_len: int = 256, **kwargs):
@@ -79,18 +79,6 @@ class RerankerTrainer(Trainer):
         run, _ = rerank_run(scorer, data, self._first_stage[id(data)], self.eval_top_k)
         model.train(was_training)
         return evaluate_run(data.qrels, run)
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        data = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if not isinstance(data, RetrievalEvalData):
-            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        started = time.perf_counter()
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in self.retrieval_metrics(data).items()}
-        metrics[f"{metric_key_prefix}_runtime"] = time.perf_counter() - started
-        metrics["epoch"] = self.state.epoch
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
 
 
 def training_pair_logits(model, tokenizer, rows: list[dict], max_len: int, device, seed: int,

@@ -46,7 +46,24 @@ logger = logging.getLogger("finbert2.retrieve")
 INITIAL_EVAL_FILE = "initial_eval.json"  # the validation scores before training, kept for resumed runs
 
 
-class RetrieverTrainer(Trainer):
+class RetrievalValidation:
+    """``evaluate`` on a ``RetrievalEvalData`` folder through the trainer's own ``retrieval_metrics`` (any other
+    evaluation set goes to the Trainer's): shared by the retriever's and the reranker's trainers."""
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        data = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if not isinstance(data, RetrievalEvalData):
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        started = time.perf_counter()
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in self.retrieval_metrics(data).items()}
+        metrics[f"{metric_key_prefix}_runtime"] = time.perf_counter() - started
+        metrics["epoch"] = self.state.epoch
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+class RetrieverTrainer(RetrievalValidation, Trainer):
     """``Trainer`` over a ``BiEncoder``; ``eval_dataset`` is a ``RetrievalEvalData`` folder."""
 
     def __init__(self, *args, query_instruction: str = "", passage_instruction: str = "", eval_max_len: int = 512,
@@ -97,18 +114,6 @@ class RetrieverTrainer(Trainer):
         mean, _, _ = dense_evaluation(encoder, data, self.eval_k)
         bi_encoder.train(was_training)
         return mean
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        data = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if not isinstance(data, RetrievalEvalData):
-            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        started = time.perf_counter()
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in self.retrieval_metrics(data).items()}
-        metrics[f"{metric_key_prefix}_runtime"] = time.perf_counter() - started
-        metrics["epoch"] = self.state.epoch
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
 
 
 def logged_evaluation(state, training_args) -> dict[str, float] | None:
