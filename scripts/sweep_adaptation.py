@@ -1,6 +1,7 @@
 """The validation sweeps behind the domain-adaptation recipes of configs/{mlm,classify,retriever}/e5-small.yaml.
 
     python scripts/sweep_adaptation.py mlm       DATA_DIR OUT    # continued MLM from headless e5-small
+    python scripts/sweep_adaptation.py retromae  DATA_DIR OUT    # RetroMAE's new heads from e5-small
     python scripts/sweep_adaptation.py classify  DATA_DIR OUT    # pooling x head init, then seeds
     python scripts/sweep_adaptation.py retriever DATA_DIR OUT    # grouped Fin-Eva, multi-epoch, early stopping
     python scripts/sweep_adaptation.py tables    -        OUT    # markdown -> OUT/<sweep>.md
@@ -26,6 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep_recipes import REPO, fmt, metrics, run  # noqa: E402  (the runner and formatting the sweeps share)
 
+from finbert2.training import read_loss_log  # noqa: E402
+
 MLM_STEPS = int(os.environ.get("MLM_STEPS", "80"))
 MLM_HEAD_WARMUP = int(os.environ.get("MLM_HEAD_WARMUP", "20"))
 # (name, extra flags): the old recipe is the control every new cell is read against
@@ -40,8 +43,17 @@ CLS_MAX_LENGTH = os.environ.get("CLS_MAX_LENGTH", "128")
 CLS_EPOCHS = os.environ.get("CLS_EPOCHS", "6")
 CLS_GRID = [(pooling, init) for pooling in ("cls", "mean") for init in ("random", "probe")]
 CLS_SEEDS = [42, 43, 44]
-RET_EPOCHS = os.environ.get("RET_EPOCHS", "2")
-RET_LRS = os.environ.get("RET_LRS", "3e-5 1e-5").split()
+RET_EPOCHS = os.environ.get("RET_EPOCHS", "4")  # one run of up to N epochs; early stopping ends it when flat
+RET_EVAL_STEPS = os.environ.get("RET_EVAL_STEPS", "20")  # half an epoch of Fin-Eva at 16 queries a step
+RET_LRS = os.environ.get("RET_LRS", "1e-5 3e-5 5e-5").split()
+RET_GROUPS = [4, 8]  # the second group size runs at the best rate only
+# RetroMAE from e5 as converted: the old recipe (everything at one rate from step 1) against the headless start
+RETROMAE_STEPS = int(os.environ.get("RETROMAE_STEPS", "40"))
+RETROMAE_GRID = [
+    ("retromae_old_lr2e-5", ["--prior_bias", "false", "--head_warmup_steps", "0", "--learning_rate", "2e-5"]),
+    ("retromae_new_enc2e-5", ["--head_warmup_steps", "0.25", "--learning_rate", "1e-4", "--encoder_learning_rate", "2e-5"]),
+    ("retromae_new_enc5e-6", ["--head_warmup_steps", "0.25", "--learning_rate", "1e-4", "--encoder_learning_rate", "5e-6"]),
+]
 
 
 def prepared(data_dir: Path, out: Path) -> Path:
@@ -133,19 +145,43 @@ def sweep_classify(data_dir: Path, out: Path) -> None:
 def sweep_retriever(data_dir: Path, out: Path) -> None:
     data = prepared(data_dir, out)
     model = general(out, data)
-    mined = run(out, "retriever_mined", [
+    mined = run(out, "retriever_mined", [  # 7 negatives a row: group 8 takes them all, group 4 samples 3 each epoch
         "finbert2", "retrieve", "mine", "--model_name_or_path", str(model),
         "--input_file", str(data / "fineva" / "train.jsonl"), "--range_for_sampling", "3-100",
-        "--negative_number", "3", "--margin", "0.02", "--fill_random", "true", "--max_length", "256",
+        "--negative_number", "7", "--margin", "0.02", "--fill_random", "true", "--max_length", "256",
         "--seed", "42", "--output_dir", str(out / "retriever_mined")])
-    for lr in RET_LRS:
-        name = f"retriever_lr{lr}_g4"
-        run(out, name, [
+
+    def train(lr: str, group: int) -> Path:
+        name = f"retriever_lr{lr}_g{group}"
+        return run(out, name, [
             "finbert2", "retrieve", "train", "configs/retriever/e5-small.yaml", "--model_name_or_path", str(model),
             "--train_data", str(mined / "train.jsonl"), "--eval_data", str(data / "fineva" / "validation"),
-            "--learning_rate", lr, "--num_train_epochs", RET_EPOCHS, "--train_group_size", "4",
-            "--eval_steps", "10", "--save_steps", "10", "--early_stopping_patience", "4", "--seed", "42",
-            "--disable_tqdm", "false", "--output_dir", str(out / name)])
+            "--learning_rate", lr, "--num_train_epochs", RET_EPOCHS, "--train_group_size", str(group),
+            "--eval_steps", RET_EVAL_STEPS, "--save_steps", RET_EVAL_STEPS, "--early_stopping_patience", "3",
+            "--attention_dropout", "0", "--seed", "42", "--disable_tqdm", "false", "--output_dir", str(out / name)])
+
+    for lr in RET_LRS:
+        train(lr, RET_GROUPS[0])
+    best = max(RET_LRS, key=lambda lr: metrics(out / f"retriever_lr{lr}_g{RET_GROUPS[0]}").get("best_metric", 0.0))
+    for group in RET_GROUPS[1:]:
+        train(best, group)
+
+
+def sweep_retromae(data_dir: Path, out: Path) -> None:
+    """RetroMAE's new heads (encoder MLM head and decoder) from e5, scored by the encoder's zero-shot retrieval."""
+    data = prepared(data_dir, out)
+    model = general(out, data)
+    for name, flags in RETROMAE_GRID:
+        folder = run(out, name, [
+            "finbert2", "retromae", "configs/retromae/e5-small.yaml", "--model_name_or_path", str(model),
+            "--train_data", str(data / "corpus.jsonl"), "--validation_split_percentage", "2",
+            "--max_eval_samples", "128", "--max_seq_length", "256", "--per_device_train_batch_size", "16",
+            "--max_steps", str(RETROMAE_STEPS), "--eval_steps", str(RETROMAE_STEPS // 2),
+            "--save_steps", str(RETROMAE_STEPS // 2), "--warmup_steps", "0.1", "--attention_dropout", "0",
+            "--logging_steps", "5", "--eval_retrieval_data", str(data / "fineva" / "validation"),
+            "--eval_retrieval_max_length", "256", "--seed", "42", "--disable_tqdm", "false",
+            "--output_dir", str(out / name), *flags])
+        probe_macro_f1(folder, data)
 
 
 def mlm_table(out: Path) -> str:
@@ -181,31 +217,88 @@ def classify_table(out: Path) -> str:
 
 
 def retriever_table(out: Path) -> str:
-    lines = ["| lr | group | val nDCG@10 start | best | at step | steps run | passage cosine | s/step |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| lr | group | val nDCG@10 start | best | at step (epoch) | steps run | passage cosine | s/step | peak GB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for folder in sorted(out.glob("retriever_lr*")):
         m = metrics(folder)
         if m:
-            lines.append(f"| {folder.name.split('_')[1][2:]} | 4 | {fmt(m.get('initial_eval_ndcg_at_10'))} | "
-                         f"{fmt(m.get('eval_ndcg_at_10'))} | {m.get('best_model_checkpoint', '').rsplit('-', 1)[-1]} | "
-                         f"{m.get('global_step', m.get('train_steps'))} | {fmt(m.get('passage_mean_cosine'), 3)} | "
-                         f"{fmt((m.get('train_runtime') or 0) / max(m.get('global_step') or 1, 1), 1)} |")
+            steps = m.get("global_step", m.get("train_steps")) or 1
+            best_step = int(m.get("best_model_checkpoint", "-0").rsplit("-", 1)[-1])
+            lines.append(f"| {folder.name.split('_')[1][2:]} | {m.get('train_group_size')} | "
+                         f"{fmt(m.get('initial_eval_ndcg_at_10'))} | {fmt(m.get('best_metric'))} | "
+                         f"{best_step} ({best_step / max(steps, 1) * (m.get('epoch') or 0):.1f}) | {steps} | "
+                         f"{fmt(m.get('passage_mean_cosine'), 3)} | "
+                         f"{fmt((m.get('train_runtime') or 0) / max(steps, 1), 1)} | "
+                         f"{fmt((m.get('peak_memory_mb') or 0) / 1024, 1)} |")
+    plot_validation_curves(sorted(out.glob("retriever_lr*")), out / "retriever_curves.png",
+                           "Fin-Eva validation nDCG@10 while fine-tuning e5-small")
     return "\n".join(lines)
+
+
+def retromae_table(out: Path) -> str:
+    base = out / "general"
+    probe = json.loads((base / "probe_cfb_sentiment.json").read_text("utf-8")) \
+        if (base / "probe_cfb_sentiment.json").is_file() else {}
+    lines = ["| recipe | held-out loss start -> end | zero-shot val nDCG@10 start -> mid -> end | probe val macro-F1 | "
+             "sentence cosine | damage guard | s/step | peak GB |", "|---|---|---|---|---|---|---|---|",
+             f"| e5-small as converted | - | - | {fmt(probe.get('probe_val_macro_f1'))} | - | - | - | - |"]
+    for name, _ in RETROMAE_GRID:
+        m = metrics(out / name)
+        if not m:
+            continue
+        p = json.loads((out / name / "probe_cfb_sentiment.json").read_text("utf-8")) \
+            if (out / name / "probe_cfb_sentiment.json").is_file() else {}
+        curve = [v for _, v in read_loss_log(out / name / "loss_log.csv").get("eval_ndcg_at_10", [])] \
+            if (out / name / "loss_log.csv").is_file() else []
+        lines.append(f"| {name} | {fmt(m.get('initial_eval_loss'), 2)} -> {fmt(m.get('eval_loss'), 2)} | "
+                     f"{' -> '.join(fmt(v) for v in [m.get('initial_eval_ndcg_at_10'), *curve])} | "
+                     f"{fmt(p.get('probe_val_macro_f1'))} | {fmt(m.get('sentence_mean_cosine'), 3)} | "
+                     f"{'fired' if m.get('embedding_damaged') else 'quiet'} | "
+                     f"{fmt((m.get('train_runtime') or 0) / max(m.get('global_step') or 1, 1), 1)} | "
+                     f"{fmt((m.get('peak_memory_mb') or 0) / 1024, 1)} |")
+    return "\n".join(lines)
+
+
+def plot_validation_curves(folders: list[Path], path: Path, title: str, metric: str = "eval_ndcg_at_10") -> None:
+    """One line per run from its loss_log.csv, the untrained start as step 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for folder in folders:
+        m = metrics(folder)
+        points = read_loss_log(folder / "loss_log.csv").get(metric, []) if (folder / "loss_log.csv").is_file() else []
+        if not m or not points:
+            continue
+        steps, values = zip(*[(0, m.get(f"initial_{metric}")), *points])
+        ax.plot(steps, values, marker="o", markersize=3, label=folder.name)
+    ax.set_xlabel("step (16 queries)")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", choices=["mlm", "classify", "retriever", "tables"])
+    parser.add_argument("sweep", choices=["mlm", "retromae", "classify", "retriever", "tables"])
     parser.add_argument("data_dir", type=Path, help="public data folder (FINBERT2_PUBLIC_DATA); '-' for tables")
     parser.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.sweep == "tables":
-        for name, table in (("mlm", mlm_table), ("classify", classify_table), ("retriever", retriever_table)):
+        for name, table in (("mlm", mlm_table), ("retromae", retromae_table), ("classify", classify_table),
+                            ("retriever", retriever_table)):
             (args.out / f"{name}.md").write_text(table(args.out) + "\n", encoding="utf-8")
             print(f"## {name}\n\n{table(args.out)}\n")
         return 0
-    {"mlm": sweep_mlm, "classify": sweep_classify, "retriever": sweep_retriever}[args.sweep](args.data_dir, args.out)
+    {"mlm": sweep_mlm, "retromae": sweep_retromae, "classify": sweep_classify,
+     "retriever": sweep_retriever}[args.sweep](args.data_dir, args.out)
     return 0
 
 

@@ -73,6 +73,12 @@ def test_training_writes_the_run_contract(trained_dir):
     assert len(losses) == 6 and losses[-1] < 0.7 * min(losses[0], metrics["chance_loss"])
     assert not metrics["collapsed"] and metrics["passage_mean_cosine"] < 0.9
     assert metrics["eval_ndcg_at_10"] > metrics["initial_eval_ndcg_at_10"] + 0.05
+    # The validation curve is logged beside the loss (the best point is the kept model's) and plotted.
+    from finbert2.training import read_loss_log
+
+    curve = read_loss_log(out / "loss_log.csv")["eval_ndcg_at_10"]
+    assert len(curve) >= 2 and max(v for _, v in curve) == pytest.approx(metrics["best_metric"])
+    assert (out / "validation.png").is_file()
     # The reported scores (taken from the log of the kept checkpoint) are those of the saved model.
     from finbert2.data import read_retrieval_eval
     from finbert2.retrieve import DenseEncoder

@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 
 LOSS_LOG_FILE = "loss_log.csv"
 LOSS_PLOT_FILE = "loss.png"
+VALIDATION_PLOT_FILE = "validation.png"
 LOSS_LOG_FIELDS = ["step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm"]
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -173,3 +174,31 @@ def plot_loss_curves(output_dir: str | Path, title: str = "", columns: list[str]
     return out
 
 
+
+
+def plot_validation_curve(output_dir: str | Path, metric: str, start: float | None = None) -> Path | None:
+    """Plot ``metric`` from ``loss_log.csv`` against the step to ``validation.png``, the untrained start dashed."""
+    log_path = Path(output_dir) / LOSS_LOG_FILE
+    points = read_loss_log(log_path).get(metric) if log_path.exists() else None
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, values = zip(*points)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(steps, values, marker="o", markersize=3, label=metric)
+    if start is not None:
+        ax.axhline(start, color="grey", linestyle="--", label="untrained start")
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{Path(output_dir).name}: validation")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(output_dir) / VALIDATION_PLOT_FILE
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -227,7 +227,7 @@ def resolve_query_max_len(tokenizer, queries: list[str], requested: int | None, 
 
 def run_training(model_args: ModelArguments, data_args, training_args, run_args) -> dict[str, Any]:
     from finbert2.run import peak_memory_mb, prepare_output_dir, setup_logging, write_metrics, write_run_config
-    from finbert2.training import LossLogCallback, plot_loss_curves, resume_checkpoint
+    from finbert2.training import LossLogCallback, plot_loss_curves, plot_validation_curve, resume_checkpoint
 
     started = time.perf_counter()
     # Validate all input before output_dir is touched.
@@ -271,10 +271,16 @@ def run_training(model_args: ModelArguments, data_args, training_args, run_args)
                                       data_args.passage_instruction_for_retrieval, training_args.seed)
     collator = ContrastiveCollator(tokenizer, data_args.query_max_len, data_args.passage_max_len,
                                    data_args.pad_to_multiple_of)
+    # the validation score beside the loss in loss_log.csv: the curve a learning-rate choice is read from
+    validation_metric = None
+    if eval_data is not None:
+        validation_metric = training_args.metric_for_best_model
+        validation_metric = validation_metric if validation_metric.startswith("eval_") else f"eval_{validation_metric}"
     trainer = RetrieverTrainer(
         model=model, args=training_args, train_dataset=dataset, eval_dataset=eval_data,
         data_collator=collator, processing_class=tokenizer,
-        callbacks=[LossLogCallback(training_args.output_dir), EpochCallback(dataset),
+        callbacks=[LossLogCallback(training_args.output_dir, extra_fields=[validation_metric] if validation_metric else None),
+                   EpochCallback(dataset),
                    *early_stopping(data_args.early_stopping_patience, eval_data is not None, training_args)],
         query_instruction=data_args.query_instruction_for_retrieval,
         passage_instruction=data_args.passage_instruction_for_retrieval, eval_max_len=data_args.passage_max_len,
@@ -312,6 +318,8 @@ def run_training(model_args: ModelArguments, data_args, training_args, run_args)
                                   pooling=training_args.pooling, normalize=training_args.normalized)
         save_retrieval_lengths(output_dir, data_args.query_max_len, data_args.passage_max_len)
         plot_loss_curves(output_dir, title="retriever: contrastive loss")
+        if validation_metric:
+            plot_validation_curve(output_dir, validation_metric, initial.get(f"initial_{validation_metric}"))
         metrics.update({"train_groups": len(rows), "train_group_size": data_args.train_group_size,
                         "query_max_len": data_args.query_max_len,
                         "passages_per_query": model.passages_scored,
