@@ -46,7 +46,7 @@ CLS_SEEDS = [42, 43, 44]
 RET_EPOCHS = os.environ.get("RET_EPOCHS", "4")  # one run of up to N epochs; early stopping ends it when flat
 RET_EVAL_STEPS = os.environ.get("RET_EVAL_STEPS", "20")  # half an epoch of Fin-Eva at 16 queries a step
 RET_LRS = os.environ.get("RET_LRS", "1e-5 3e-5 5e-5").split()
-RET_GROUPS = [4, 8]  # the second group size runs at the best rate only
+RET_GROUPS = [int(g) for g in os.environ.get("RET_GROUPS", "4 8").split()]  # later sizes run at the best rate only
 # RetroMAE from e5 as converted: the old recipe (everything at one rate from step 1) against the headless start
 RETROMAE_STEPS = int(os.environ.get("RETROMAE_STEPS", "40"))
 RETROMAE_GRID = [
