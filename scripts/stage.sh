@@ -5,11 +5,20 @@
 # whose RUN_DIR holds metrics.json (finished) is skipped, so a rerun resumes; the first failure
 # stops the pipeline with its name, keeping every earlier stage's results. Each finished stage appends
 # "name<TAB>seconds" to OUT/stage_times.tsv (the budget table of the reproduction).
+# step NAME COMMAND...: a closing step that always runs (tables, report): numbered, stopped on failure, not timed.
+# DRY_RUN=1: print each stage's and step's command line ("==> [n/TOTAL] NAME: COMMAND") and run nothing, so
+# what a preset or an option changes is seen without training anything.
 STEP=0
 START=$(date +%s)
+dry_run() {  # name command...: true (after printing the command) under DRY_RUN
+    [ -n "${DRY_RUN:-}" ] || return 1
+    name=$1; shift
+    echo "==> [$STEP/$TOTAL] $name: $*"
+}
 stage() {
     name=$1; run_dir=$2; shift 2
     STEP=$((STEP + 1))
+    dry_run "$name" "$@" && return 0
     if [ -f "$run_dir/metrics.json" ]; then
         echo "==> [$STEP/$TOTAL] $name: already finished in $run_dir, skipped"
         return 0
@@ -24,4 +33,11 @@ stage() {
     fi
     echo "==> $name finished in $(( $(date +%s) - t0 ))s"
     printf '%s\t%s\n' "$name" "$(( $(date +%s) - t0 ))" >> "$OUT/stage_times.tsv"
+}
+step() {
+    name=$1; shift
+    STEP=$((STEP + 1))
+    dry_run "$name" "$@" && return 0
+    echo "==> [$STEP/$TOTAL] $name"
+    "$@" || { echo "$PIPELINE: stage '$name' failed" >&2; exit 1; }
 }

@@ -103,3 +103,15 @@ def test_pooling_and_head_init_are_checked(tiny_e5_shaped_dir, tmp_path, capsys)
     assert main([*base, "--head_init", "lp", "--output_dir", str(tmp_path / "b")]) == 2
     assert "head_init must be random or probe, got 'lp'" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_probe_scores_the_test_split_as_the_lp_row(tiny_e5_shaped_dir, tmp_path):
+    """With test_data the probe alone is scored on test too (the LP row): at learning rate 0 fine-tuning leaves the
+    probe head as it is, so the run's own test score is the probe's."""
+    out = tmp_path / "lp"
+    assert _train(tiny_e5_shaped_dir, out, "--head_init", "probe", "--learning_rate", "0",
+                  "--test_data", str(DEMO_DIR / "sentiment" / "test.jsonl")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["probe_test_macro_f1"] == pytest.approx(metrics["test_macro_f1"], abs=1e-12)
+    assert metrics["probe_test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-12)
+    assert metrics["probe_eval_macro_f1"] == pytest.approx(metrics["eval_macro_f1"], abs=1e-12)

@@ -100,11 +100,12 @@ def prediction_rows(texts, gold, predictions: Predictions) -> list[dict]:
     ]
 
 
-def initialise_head_from_probe(model, tokenizer, train_set, val_set, val_targets: np.ndarray, num_labels: int,
-                               multi_label: bool, data_args: DataArguments, training_args) -> dict:
+def initialise_head_from_probe(model, tokenizer, train_set, num_labels: int, multi_label: bool,
+                               data_args: DataArguments, training_args, scored: dict) -> dict:
     """Fit a logistic regression on the frozen classifier-layer inputs of the training windows and start the head
-    from it; returns the probe's validation scores (``probe_eval_*``), which the fine-tuning run's untrained
-    row equals."""
+    from it; returns the probe's scores on each ``scored`` split (``{"eval": (encoded, targets), "test": ...}``) as
+    ``probe_<split>_*``: the linear-probe (LP) baseline. The validation scores equal the fine-tuning run's
+    untrained row; the test scores are only recorded, never used for a choice."""
     pad_id = tokenizer.pad_token_id or 0
     started = time.perf_counter()
     train_features = classifier_inputs(model, train_set.input_ids, pad_id, training_args.per_device_eval_batch_size)
@@ -113,13 +114,15 @@ def initialise_head_from_probe(model, tokenizer, train_set, val_set, val_targets
         window_targets = window_targets.astype(np.int64)
     probe = fit_probe(train_features, window_targets, num_labels, multi_label, data_args.probe_c, training_args.seed)
     set_head_from_probe(model, probe, num_labels, multi_label)
-    val_features = classifier_inputs(model, val_set.input_ids, pad_id, training_args.per_device_eval_batch_size)
-    logits = pool_by_owner(probe_logits(probe, val_features, num_labels, multi_label), val_set.owners,
-                           len(val_targets))
-    predicted = Predictions([str(i) for i in range(num_labels)], multi_label, data_args.threshold, logits).predicted()
-    scores = {f"probe_eval_{k}": v for k, v in summary_metrics(val_targets, predicted, num_labels).items()}
+    scores = {}
+    for split, (encoded, targets) in scored.items():
+        features = classifier_inputs(model, encoded.input_ids, pad_id, training_args.per_device_eval_batch_size)
+        logits = pool_by_owner(probe_logits(probe, features, num_labels, multi_label), encoded.owners, len(targets))
+        predicted = Predictions([str(i) for i in range(num_labels)], multi_label, data_args.threshold,
+                                logits).predicted()
+        scores.update({f"probe_{split}_{k}": v for k, v in summary_metrics(targets, predicted, num_labels).items()})
     logger.info("head initialised from a logistic-regression probe (C=%g) on %d frozen training features in %.1f s: "
-                "validation %s", data_args.probe_c, len(train_features), time.perf_counter() - started,
+                "%s", data_args.probe_c, len(train_features), time.perf_counter() - started,
                 {k: round(v, 4) for k, v in scores.items()})
     return scores
 
@@ -177,8 +180,12 @@ def run_train(model_args: ModelArguments, data_args: DataArguments, training_arg
                 settings.truncation, settings.max_length)
     probe_metrics = {}
     if data_args.head_init == "probe":
-        probe_metrics = initialise_head_from_probe(model, tokenizer, train_set, val_set, val_targets, num_labels,
-                                                   multi_label, data_args, training_args)
+        scored = {"eval": (val_set, val_targets)}
+        if splits.test is not None:  # the LP row's test score: the probe alone, before any fine-tuning
+            scored["test"] = (encode_split(tokenizer, splits.test, label_names, settings),
+                              label_targets(splits.test, label_names))
+        probe_metrics = initialise_head_from_probe(model, tokenizer, train_set, num_labels, multi_label, data_args,
+                                                   training_args, scored)
 
     callbacks = standard_callbacks(output_dir, run_args.skip_nonfinite_steps)  # loss log + NaN/inf guard
     if data_args.early_stopping_patience > 0 and training_args.load_best_model_at_end:
