@@ -126,12 +126,11 @@ def connect(uri: str, token: str | None = None):
     """A client of ``uri`` (token: ``token``, else ``$FINBERT2_MILVUS_TOKEN``); an engine that cannot be
     reached or opened is a one-line ``ConfigError``."""
     from pymilvus import MilvusClient
-    from pymilvus.exceptions import MilvusException
 
     try:
         return MilvusClient(uri=uri, token=token or os.environ.get(MILVUS_TOKEN_ENV) or "")
-    except MilvusException as err:
-        raise ConfigError(f"--index {uri}: {err.message}") from None
+    except Exception as err:  # MilvusException mostly; a dead server may surface as a gRPC error too
+        raise ConfigError(f"--index {uri}: {getattr(err, 'message', None) or err}") from None
 
 
 class MilvusIndex:
