@@ -201,15 +201,34 @@ class EvaluateArguments:
             raise ConfigError("retrieve evaluate: pooling must be cls or mean")
 
 
+MILVUS_INDEX_HELP = "Milvus Lite file (*.db: embedded, nothing to start) or Milvus server (http(s)://host:port)"
+MILVUS_TOKEN_HELP = "Token of the Milvus server ('user:password' or an API key; default: $FINBERT2_MILVUS_TOKEN)."
+
+
 @dataclass
 class IndexArguments:
-    output_dir: str = field(metadata={"help": "Folder for index.faiss, docs.jsonl, index_config.json."})
     model_name_or_path: str = field(metadata={"help": "Encoder folder or hub id."})
     corpus: list[str] = field(
         metadata={"help": "JSONL documents: {id?, title?, text} or upstream's fields {title, company, institution, "
                   "industry, author, type, content}."}
     )
-    index_type: str = field(default="flat", metadata={"help": "flat (exact) or ivf (large corpora)."})
+    output_dir: str | None = field(default=None, metadata={
+        "help": "Folder for index.faiss, docs.jsonl, index_config.json (or give --index)."})
+    index: str | None = field(default=None, metadata={
+        "help": f"Write into Milvus instead of a folder: {MILVUS_INDEX_HELP}; the index `finbert2 serve --index` "
+                "and `retrieve search --index` read. With --from_folder OLD: import an index folder (as `retrieve "
+                "import`)."})
+    index_token: str | None = field(default=None, metadata={"help": MILVUS_TOKEN_HELP})
+    index_collection: str = field(default="finbert2_windows", metadata={"help": "Milvus collection to write."})
+    overwrite_index: bool = field(default=False, metadata={
+        "help": "Replace an existing Milvus collection of that name (off: refuse it)."})
+    window_chars: int = field(default=400, metadata={
+        "help": "Milvus --index: characters per window, as `finbert2 serve` splits documents (upstream: 400)."})
+    window_stride: int = field(default=380, metadata={"help": "Milvus --index: characters between window starts."})
+    user_dict: str | None = field(default=None, metadata={
+        "help": "Milvus --index: jieba user dictionary for BM25 (the one the server and search use)."})
+    insert_batch_size: int = field(default=1000, metadata={"help": "Milvus --index: windows encoded and written at once."})
+    index_type: str = field(default="flat", metadata={"help": "flat (exact) or ivf (large corpora; folder only)."})
     nlist: int = field(default=0, metadata={"help": "IVF cells (0: about 4*sqrt(n))."})
     nprobe: int = field(default=16, metadata={"help": "IVF cells searched per query."})
     query_instruction: str | None = field(default=None, metadata={"help": PROMPT_HELP["query"] + " Stored for search."})
@@ -221,17 +240,74 @@ class IndexArguments:
     def __post_init__(self):
         if self.index_type not in {"flat", "ivf"}:
             raise ConfigError(f"index_type '{self.index_type}': expected flat or ivf")
+        if (self.output_dir is None) == (self.index is None):
+            raise ConfigError("retrieve index: give --output_dir FOLDER or --index URI (Milvus), one of them")
+        if self.index is not None:
+            from finbert2.serve.milvus_store import check_milvus_uri
+
+            check_milvus_uri(self.index)
+            if self.index_type != "flat":
+                raise ConfigError("retrieve index: --index_type ivf is for folders (a Milvus index is exact, FLAT)")
+            if not 0 < self.window_stride <= self.window_chars:
+                raise ConfigError("retrieve index: need 0 < window_stride <= window_chars")
+            if self.insert_batch_size < 1:
+                raise ConfigError("retrieve index: insert_batch_size must be at least 1")
+
+
+SEARCH_MODES = ("dense", "bm25", "hybrid")
 
 
 @dataclass
 class SearchArguments:
-    index_dir: str = field(metadata={"help": "Folder written by `finbert2 retrieve index`."})
+    index_dir: str | None = field(default=None, metadata={"help": "Folder written by `finbert2 retrieve index`."})
+    index: str | None = field(default=None, metadata={
+        "help": f"{MILVUS_INDEX_HELP} written by `retrieve index --index` or `serve` (a folder: as --index_dir)."})
+    index_token: str | None = field(default=None, metadata={"help": MILVUS_TOKEN_HELP})
+    index_collection: str = field(default="finbert2_windows", metadata={"help": "Milvus collection to search."})
     query: list[str] | None = field(default=None, metadata={"help": "Query text(s)."})
     queries_file: str | None = field(default=None, metadata={"help": "JSONL {id?, text} or .txt of queries."})
     top_k: int = field(default=10, metadata={"help": "Results per query."})
+    mode: str = field(default="dense", metadata={
+        "help": "dense, bm25 or hybrid (RRF of both; bm25 and hybrid need a Milvus --index). Milvus hits are "
+                "documents (their best window), as `serve`'s /search."})
+    rrf_k: int = field(default=60, metadata={"help": "Reciprocal-rank fusion constant of --mode hybrid."})
+    filter: str | None = field(default=None, metadata={
+        "help": "Milvus --index: JSON object of stored fields a hit must equal (a list: any of them; 'id': "
+                "document ids), as /search's filter."})
+    user_dict: str | None = field(default=None, metadata={"help": "jieba user dictionary for BM25 (the index's)."})
     output_file: str | None = field(default=None, metadata={"help": "Write results as JSONL here (default: stdout)."})
     batch_size: int = field(default=64, metadata={"help": "Encoding batch size."})
 
     def __post_init__(self):
         if not self.query and not self.queries_file:
             raise ConfigError("retrieve search: give --query TEXT or --queries_file FILE")
+        if (self.index_dir is None) == (self.index is None):
+            raise ConfigError("retrieve search: give --index_dir FOLDER or --index URI, one of them")
+        if self.mode not in SEARCH_MODES:
+            raise ConfigError(f"retrieve search: mode '{self.mode}': expected {', '.join(SEARCH_MODES)}")
+        if self.rrf_k < 1:
+            raise ConfigError("retrieve search: rrf_k must be at least 1")
+        if self.filter is not None:
+            import json
+
+            try:
+                filters = json.loads(self.filter)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"retrieve search: --filter is not JSON ({err})") from None
+            if not isinstance(filters, dict):
+                raise ConfigError("retrieve search: --filter must be a JSON object {\"field\": value or [values]}")
+        if not self.milvus and (self.mode != "dense" or self.filter is not None):
+            raise ConfigError("retrieve search: --mode bm25/hybrid and --filter need a Milvus --index (URI); "
+                              "a folder index is searched dense")
+
+    @property
+    def milvus(self) -> bool:
+        from finbert2.serve.milvus_store import is_milvus_uri
+
+        return self.index is not None and is_milvus_uri(self.index)
+
+    @property
+    def filters(self) -> dict | None:
+        import json
+
+        return json.loads(self.filter) if self.filter is not None else None

@@ -5,7 +5,9 @@
     finbert2 retrieve evaluate --eval_data data/demo/retrieval/eval --models bm25 runs/retriever --output_dir runs/eval
     finbert2 retrieve index --model_name_or_path runs/retriever --corpus docs.jsonl --output_dir runs/index
     finbert2 retrieve search --index_dir runs/index --query 美联储加息对科技股的影响
-    finbert2 retrieve import --from_folder runs/index --index runs/index.db
+    finbert2 retrieve index --model_name_or_path runs/retriever --corpus docs.jsonl --index runs/index.db
+    finbert2 retrieve search --index runs/index.db --query 美联储加息对科技股的影响 --mode hybrid
+    finbert2 retrieve import --from_folder runs/index --index runs/index.db   (= retrieve index --from_folder ...)
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ COMMANDS = {
     "train": "contrastive fine-tuning (InfoNCE over hard + in-batch negatives)",
     "mine": "hard-negative mining with faiss",
     "evaluate": "ndcg/mrr/recall/map of dense models and BM25 on a corpus/queries/qrels folder",
-    "index": "build a faiss index over documents",
-    "search": "top-k documents for queries from an index",
-    "import": "copy an index folder into a Milvus index (serve --index FILE.db or http://host:port)",
+    "index": "build a faiss index folder (--output_dir) or a Milvus index (--index FILE.db or http(s)://host:port)",
+    "search": "top-k documents for queries from an index folder or a Milvus index",
+    "import": "copy an index folder into a Milvus index (also: retrieve index --from_folder OLD --index URI)",
 }
 
 
@@ -72,9 +74,13 @@ def index(argv: list[str]) -> int:
     from finbert2.retrieve.index import run_index
     from finbert2.run import RunArguments, setup_logging
 
+    if any(arg == "--from_folder" or arg.startswith("--from_folder=") for arg in argv):
+        return import_folder(argv, prog="finbert2 retrieve index --from_folder")  # the issue's spelling of import
     args, run_args = parse_args((IndexArguments, RunArguments), argv, prog="finbert2 retrieve index")
     setup_logging()
-    run_index(args, run_args)
+    metrics = run_index(args, run_args)
+    if args.index is not None:
+        print(f"indexed {metrics['documents']} documents ({metrics['windows']} windows) into {args.index}")
     return 0
 
 
@@ -87,10 +93,10 @@ def search(argv: list[str]) -> int:
     return 0
 
 
-def import_folder(argv: list[str]) -> int:
+def import_folder(argv: list[str], prog: str = "finbert2 retrieve import") -> int:
     from finbert2.serve.milvus_store import ImportArguments, run_import
 
-    (args,) = parse_args((ImportArguments,), argv, prog="finbert2 retrieve import")
+    (args,) = parse_args((ImportArguments,), argv, prog=prog)
     documents, windows = run_import(args)
     print(f"imported {documents} documents ({windows} windows) into {args.index}")
     return 0

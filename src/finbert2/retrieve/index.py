@@ -1,12 +1,19 @@
-"""Build a faiss index over a document collection, and search it.
+"""Build a faiss index over a document collection, or a Milvus index, and search it.
 
     finbert2 retrieve index --model_name_or_path runs/retriever --corpus docs.jsonl --output_dir runs/index
     finbert2 retrieve search --index_dir runs/index --query 美联储加息对科技股的影响 --top_k 5
+    finbert2 retrieve index --model_name_or_path runs/retriever --corpus docs.jsonl --index runs/index.db
+    finbert2 retrieve search --index runs/index.db --query 美联储加息对科技股的影响 --mode hybrid
 
 The index folder holds ``index.faiss``, ``docs.jsonl`` (row -> id, the original record and the
 encoded text) and ``index_config.json`` (model, query instruction, index type). Documents may be
 ``{id?, title?, text}`` or upstream's ``{title, company, institution, industry, author, type, content}``,
 which are encoded in upstream's labelled layout (see ``format_document``).
+
+``--index URI`` writes a Milvus index instead (``serve.milvus_store``: a Milvus Lite ``*.db`` file or a
+Milvus server), the one ``finbert2 serve --index URI`` serves: documents split into windows as the server
+splits them, each window encoded, in batches, into a collection that takes the index's name only once
+complete (``build_collection``).
 """
 
 from __future__ import annotations
@@ -60,6 +67,21 @@ def read_documents(paths: list[str]) -> list[dict[str, Any]]:
     return docs
 
 
+def encoder_config(encoder: DenseEncoder, args) -> dict[str, Any]:
+    """What a search needs to encode queries as the index's documents were (kept with the index)."""
+    return {"model_name_or_path": args.model_name_or_path, "query_instruction": encoder.query_instruction,
+            "passage_instruction": encoder.passage_instruction, "pooling": encoder.pooling,
+            "max_length": args.max_length, "bf16": args.precision.bf16}
+
+
+def encoder_from_config(config: dict[str, Any], batch_size: int) -> DenseEncoder:
+    """The encoder an index was built with (``encoder_config`` of a folder or a Milvus collection)."""
+    return DenseEncoder.from_pretrained(
+        config["model_name_or_path"], query_instruction=config["query_instruction"],
+        passage_instruction=config.get("passage_instruction", ""), pooling=config.get("pooling"),
+        max_length=config["max_length"], batch_size=batch_size, bf16=config.get("bf16", False))
+
+
 def run_index(args, run_args) -> dict[str, Any]:
     import faiss
 
@@ -70,6 +92,8 @@ def run_index(args, run_args) -> dict[str, Any]:
     encoder = DenseEncoder.from_pretrained(args.model_name_or_path, query_instruction=args.query_instruction,
                                            passage_instruction=args.passage_instruction,
                                            max_length=args.max_length, batch_size=args.batch_size, bf16=command_bf16(args))
+    if args.index is not None:
+        return index_into_milvus(args, docs, encoder, started)
     output_dir = prepare_output_dir(args.output_dir, overwrite=run_args.overwrite_output_dir, clear=True)
     setup_logging(output_dir)
     write_run_config(output_dir, args, run_args, stage="retrieve index")
@@ -78,15 +102,56 @@ def run_index(args, run_args) -> dict[str, Any]:
     faiss.write_index(index, str(output_dir / INDEX_FILE))
     write_jsonl(output_dir / DOCS_FILE, docs)
     write_json(output_dir / INDEX_CONFIG, {
-        "model_name_or_path": args.model_name_or_path, "query_instruction": encoder.query_instruction,
-        "passage_instruction": encoder.passage_instruction, "pooling": encoder.pooling,
-        "max_length": args.max_length, "index_type": args.index_type, "nprobe": getattr(index, "nprobe", None),
-        "dimension": encoder.dimension, "documents": len(docs), "bf16": args.precision.bf16,
+        **encoder_config(encoder, args), "index_type": args.index_type, "nprobe": getattr(index, "nprobe", None),
+        "dimension": encoder.dimension, "documents": len(docs),
     })
     metrics = {"documents": len(docs), "dimension": encoder.dimension, "index_type": args.index_type,
                "index_seconds": time.perf_counter() - started}
     logger.info("indexed %d documents into %s", len(docs), output_dir)
     return write_metrics(output_dir, metrics)
+
+
+def index_into_milvus(args, docs: list[dict[str, Any]], encoder: DenseEncoder, started: float) -> dict[str, Any]:
+    """``run_index`` into the Milvus index ``args.index``: windows encoded and upserted
+    ``args.insert_batch_size`` at a time (``MilvusIndex.rows``, ``write_rows``), as one ``build_collection``."""
+    from finbert2.segmentation import new_segmenter
+    from finbert2.serve.errors import ApiError
+    from finbert2.serve.milvus_store import build_collection
+    from finbert2.serve.store import split_windows
+
+    records = [{**d["record"], "id": d["id"]} for d in docs]  # the id read_documents gave (or made)
+    windows = [split_windows(d["encoded_text"], args.window_chars, args.window_stride) for d in docs]
+
+    def encoded_rows(index):
+        """Rows of the next documents holding about ``insert_batch_size`` windows, encoded together."""
+        start = 0
+        while start < len(records):
+            end, size = start, 0
+            while end < len(records) and (end == start or size + len(windows[end]) <= args.insert_batch_size):
+                size += len(windows[end])
+                end += 1
+            vectors = encoder.encode_passages([w for ws in windows[start:end] for w in ws])
+            offset = 0
+            for record, texts in zip(records[start:end], windows[start:end]):
+                try:
+                    yield from index.rows(record, vectors[offset:offset + len(texts)])
+                except ApiError as err:  # what the engine cannot hold, named (the route's 422)
+                    raise ConfigError(f"--corpus: {err.message}") from None
+                offset += len(texts)
+            start = end
+
+    total = sum(map(len, windows))
+    index = build_collection(
+        args.index, encoder.dimension, encoder_config(encoder, args),
+        lambda index: index.write_rows(encoded_rows(index), total, args.insert_batch_size, "index", True),
+        args.index_token, args.index_collection, new_segmenter(args.user_dict), args.window_chars,
+        args.window_stride, args.overwrite_index)
+    metrics = {"documents": index.documents, "windows": index.windows, "dimension": encoder.dimension,
+               "index": args.index, "collection": args.index_collection,
+               "index_seconds": time.perf_counter() - started}
+    logger.info("indexed %d documents (%d windows) into %s, collection %s", metrics["documents"],
+                metrics["windows"], args.index, args.index_collection)
+    return metrics
 
 
 class SearchIndex:
@@ -103,10 +168,7 @@ class SearchIndex:
         if self.config.get("nprobe"):
             self.index.nprobe = self.config["nprobe"]
         self.docs = [obj for _, obj in iter_jsonl(index_dir / DOCS_FILE)]
-        self.encoder = DenseEncoder.from_pretrained(
-            self.config["model_name_or_path"], query_instruction=self.config["query_instruction"],
-            passage_instruction=self.config.get("passage_instruction", ""), pooling=self.config.get("pooling"),
-            max_length=self.config["max_length"], batch_size=batch_size, bf16=self.config.get("bf16", False))
+        self.encoder = encoder_from_config(self.config, batch_size)
 
     def search(self, queries: list[str], k: int = 10) -> list[list[dict[str, Any]]]:
         scores, rows = search_index(self.index, self.encoder.encode_queries(queries), k)
@@ -117,6 +179,42 @@ class SearchIndex:
                     for rank, (s, r) in enumerate((s, r) for s, r in zip(q_scores, q_rows) if r >= 0)]
             results.append(hits)
         return results
+
+
+class MilvusSearchIndex:
+    """A Milvus index (``retrieve index --index``, ``serve``) searched as ``SearchIndex`` is: per query,
+    ``[{rank, score, id, text, record}]``; hits are documents (their best window's text; ``record``: the
+    stored fields, text aside), dense, BM25 or hybrid as ``serve``'s /search, optionally filtered."""
+
+    def __init__(self, uri: str, token: str | None = None, collection: str = "finbert2_windows",
+                 batch_size: int = 64, mode: str = "dense", filters: dict[str, Any] | None = None, rrf_k: int = 60,
+                 user_dict: str | None = None):
+        from finbert2.segmentation import new_segmenter
+        from finbert2.serve.milvus_store import MilvusIndex
+
+        self.store = MilvusIndex.existing(uri, token, collection, new_segmenter(user_dict))
+        self.mode, self.filters, self.rrf_k = mode, filters, rrf_k
+        self.encoder = None
+        if mode != "bm25":  # BM25 alone encodes nothing
+            if not self.store.model_config.get("model_name_or_path"):
+                raise ConfigError(f"--index {uri}: collection '{collection}' records no model; rebuild it with "
+                                  "`finbert2 retrieve index --index` (or search it with --mode bm25)")
+            self.encoder = encoder_from_config(self.store.model_config, batch_size)
+
+    def search(self, queries: list[str], k: int = 10) -> list[list[dict[str, Any]]]:
+        vectors = self.encoder.encode_queries(queries) if self.encoder else [None] * len(queries)
+        return [[{"rank": rank, "score": hit["score"], "id": hit["id"], "text": hit["text"], "record": hit["fields"]}
+                 for rank, hit in enumerate(self.store.search(vector, query, k, self.mode, self.filters, self.rrf_k),
+                                            start=1)]
+                for query, vector in zip(queries, vectors)]
+
+
+def open_search_index(args) -> SearchIndex | MilvusSearchIndex:
+    """The index ``retrieve search`` names: a Milvus URI, else a folder."""
+    if args.milvus:
+        return MilvusSearchIndex(args.index, args.index_token, args.index_collection, args.batch_size, args.mode,
+                                 args.filters, args.rrf_k, args.user_dict)
+    return SearchIndex(args.index_dir or args.index, args.batch_size)
 
 
 def run_search(args) -> list[dict[str, Any]]:
@@ -131,7 +229,7 @@ def run_search(args) -> list[dict[str, Any]]:
                 if not isinstance(text, str) or not text.strip():
                     raise DataError(path, lineno, "needs a non-empty 'text' (or 'query') field")
                 queries.append((str(obj.get("id", f"{path.stem}-{lineno}")), text))
-    index = SearchIndex(args.index_dir, args.batch_size)
+    index = open_search_index(args)
     hits = index.search([q for _, q in queries], args.top_k)
     rows = [{"query_id": qid, "query": q, "results": h} for (qid, q), h in zip(queries, hits)]
     if args.output_file:

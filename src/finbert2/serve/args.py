@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 from finbert2.errors import ConfigError
 from finbert2.export.runtime import BACKENDS, check_backend
+from finbert2.serve.milvus_store import MILVUS_TOKEN_ENV
 
 API_KEY_ENV = "FINBERT2_API_KEY"
-MILVUS_TOKEN_ENV = "FINBERT2_MILVUS_TOKEN"
 DTYPES = ("auto", "fp32", "bf16", "int8")
 
 

@@ -25,9 +25,12 @@ server (``milvus-lite server --data-dir FILE`` or a Milvus cluster) and see each
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,12 @@ COUNT_SECONDS = 5.0  # /info and /metrics counts of another worker's writes may 
 OUTPUT_FIELDS = ["doc_id", "window", "text", "fields"]
 BM25_K1, BM25_B = 1.5, 0.75  # the folder store's (bm25s) parameters
 MAX_LIMIT = 16384  # Milvus's largest search limit
+MILVUS_TOKEN_ENV = "FINBERT2_MILVUS_TOKEN"
+# The collection property holding the model and window settings (Milvus Lite keeps no schema description).
+CONFIG_PROPERTY = "finbert2.index"
+# A bulk write (`retrieve index --index`, the importer) fills this collection and renames it when done, so
+# an interrupted one never leaves a collection under the index's name.
+BUILDING_SUFFIX = "__building"
 
 
 def is_milvus_uri(location: str) -> bool:
@@ -108,10 +117,20 @@ def ids_expression(ids: list[str]) -> str:
     return f"doc_id in [{', '.join(milvus_string(i) for i in ids)}]"
 
 
+def check_milvus_uri(uri: str, flag: str = "--index") -> None:
+    if not is_milvus_uri(uri):
+        raise ConfigError(f"{flag} {uri}: expected a Milvus Lite file (*.db) or http(s)://host:port")
+
+
 def connect(uri: str, token: str | None = None):
+    """A client of ``uri`` (token: ``token``, else ``$FINBERT2_MILVUS_TOKEN``); an engine that cannot be
+    reached or opened is a one-line ``ConfigError``."""
     from pymilvus import MilvusClient
 
-    return MilvusClient(uri=uri, token=token or "")
+    try:
+        return MilvusClient(uri=uri, token=token or os.environ.get(MILVUS_TOKEN_ENV) or "")
+    except Exception as err:  # MilvusException mostly; a dead server may surface as a gRPC error too
+        raise ConfigError(f"--index {uri}: {getattr(err, 'message', None) or err}") from None
 
 
 class MilvusIndex:
@@ -119,11 +138,11 @@ class MilvusIndex:
 
     def __init__(self, uri: str, dimension: int, model_config: dict[str, Any], segmenter=None,
                  window_chars: int = 400, window_stride: int = 380, token: str | None = None,
-                 collection: str = COLLECTION):
+                 collection: str = COLLECTION, client=None):
         self.location, self.collection = uri, collection
         self.dimension, self.model_config, self.segmenter = dimension, model_config, segmenter
         self.window_chars, self.window_stride = window_chars, window_stride
-        self.client = connect(uri, token)
+        self.client = client or connect(uri, token)
         if self.client.has_collection(collection):
             self._check_dimension()
         else:
@@ -137,10 +156,7 @@ class MilvusIndex:
         from pymilvus import DataType, Function, FunctionType
 
         client = self.client
-        schema = client.create_schema(auto_id=False, enable_dynamic_field=False,
-                                      description=json.dumps({**self.model_config, "window_chars": self.window_chars,
-                                                              "window_stride": self.window_stride},
-                                                             ensure_ascii=False)[:MAX_TEXT])
+        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=MAX_TEXT)
         schema.add_field("doc_id", DataType.VARCHAR, max_length=MAX_TEXT)
         schema.add_field("window", DataType.INT64)
@@ -156,8 +172,9 @@ class MilvusIndex:
         index_params.add_index("vector", index_type="FLAT", metric_type="IP")
         index_params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25",
                                params={"bm25_k1": BM25_K1, "bm25_b": BM25_B})
-        client.create_collection(self.collection, schema=schema, index_params=index_params,
-                                 consistency_level="Strong")
+        config = {**self.model_config, "window_chars": self.window_chars, "window_stride": self.window_stride}
+        client.create_collection(self.collection, schema=schema, index_params=index_params, consistency_level="Strong",
+                                 properties={CONFIG_PROPERTY: json.dumps(config, ensure_ascii=False)})
 
     def _check_dimension(self) -> None:
         fields = self.client.describe_collection(self.collection)["fields"]
@@ -167,6 +184,26 @@ class MilvusIndex:
         dim = int(vector.get("params", {}).get("dim", self.dimension))
         if dim != self.dimension:
             raise ConfigError(f"{self.location}: index of dimension {dim}, the retriever's is {self.dimension}")
+
+    @classmethod
+    def existing(cls, uri: str, token: str | None = None, collection: str = COLLECTION, segmenter=None) -> MilvusIndex:
+        """The index at ``uri`` as it was built: its dimension, model and window settings read back from the
+        collection (``retrieve search``); a missing file or collection is a ``ConfigError``."""
+        check_milvus_uri(uri)
+        if not uri.startswith(("http://", "https://")) and not Path(uri).exists():
+            raise ConfigError(f"--index {uri}: no such Milvus Lite file (build it with `finbert2 retrieve index "
+                              f"--index {uri}`)")
+        client = connect(uri, token)
+        if not client.has_collection(collection):
+            raise ConfigError(f"--index {uri}: no collection '{collection}' (build it with `finbert2 retrieve index "
+                              f"--index {uri}`)")
+        described = client.describe_collection(collection)
+        vector = next((f for f in described["fields"] if f["name"] == "vector"), None)
+        if vector is None:
+            raise ConfigError(f"{uri}: collection '{collection}' is not a finbert2 index")
+        config = json.loads(described.get("properties", {}).get(CONFIG_PROPERTY) or "{}")
+        return cls(uri, int(vector["params"]["dim"]), config, segmenter, config.get("window_chars", 400),
+                   config.get("window_stride", 380), token, collection, client=client)
 
     # --- counts (the folder store's ``documents`` and ``windows``) -----------------------------------------
     def _count(self, expression: str) -> int:
@@ -216,6 +253,28 @@ class MilvusIndex:
         return [{"key": json.dumps([doc_id, n], ensure_ascii=False), "doc_id": doc_id, "window": n, "text": text, "fields": fields,
                  "bm25_text": bm25_text(text, self.segmenter), "vector": np.asarray(vector, np.float32).tolist()}
                 for n, (text, vector) in enumerate(zip(texts, vectors))]
+
+    def write_rows(self, rows: Iterable[dict[str, Any]], total: int, batch_size: int = 1000, desc: str = "write",
+                   show_progress: bool = False) -> int:
+        """Upsert window ``rows`` (``rows()``'s shape) ``batch_size`` at a time, with a progress bar over
+        ``total`` windows; returns how many were written. The bulk path: no per-document bookkeeping."""
+        from tqdm.auto import tqdm
+
+        written, batch = 0, []
+        with tqdm(total=total, desc=desc, unit="window", disable=not show_progress) as bar:
+            for row in rows:
+                batch.append(row)
+                if len(batch) == batch_size:
+                    self.client.upsert(self.collection, batch)
+                    written += len(batch)
+                    bar.update(len(batch))
+                    batch = []
+            if batch:
+                self.client.upsert(self.collection, batch)
+                written += len(batch)
+                bar.update(len(batch))
+        self.refresh(force=True)
+        return written
 
     def add(self, records: list[dict[str, Any]], window_vectors: list[np.ndarray]) -> int:
         """Add ``records`` (one vector per window each), replacing any with the same id; returns how many
@@ -310,47 +369,67 @@ def open_index(location: str, dimension: int, model_config: dict[str, Any], segm
     return DocumentIndex(location, dimension, model_config, segmenter, window_chars, window_stride)
 
 
-def import_folder(folder: str | Path, uri: str, token: str | None = None, collection: str = COLLECTION,
-                  batch_size: int = 1000, segmenter=None, show_progress: bool = False) -> tuple[int, int]:
-    """Copy an index folder (``retrieve index`` or a served folder's current generation) into the Milvus
-    index at ``uri``, window by window with its vector (nothing is encoded again); returns
-    ``(documents, windows)`` copied. Windows and stored fields are kept as the folder has them."""
-    from tqdm.auto import tqdm
+def build_collection(uri: str, dimension: int, model_config: dict[str, Any], fill, token: str | None = None,
+                     collection: str = COLLECTION, segmenter=None, window_chars: int = 400, window_stride: int = 380,
+                     replace: bool = False) -> MilvusIndex:
+    """A whole index written in bulk: ``fill(index)`` writes every window into a fresh collection
+    ``<collection>__building``, which is renamed to ``collection`` only once ``fill`` returns. An existing
+    ``collection`` is refused before anything is written, or with ``replace`` dropped at the rename (a
+    worker serving it sees the new one after a restart). A failed build drops its collection; a killed one
+    leaves it, never under the index's name, and the next build drops it."""
+    client = connect(uri, token)
+    if client.has_collection(collection) and not replace:
+        raise ConfigError(f"--index {uri}: collection '{collection}' exists; pass --overwrite_index True to replace "
+                          f"it (or --index_collection NAME for another)")
+    staging = collection + BUILDING_SUFFIX
+    if client.has_collection(staging):
+        client.drop_collection(staging)
+    index = MilvusIndex(uri, dimension, model_config, segmenter, window_chars, window_stride, token, staging,
+                        client=client)
+    try:
+        fill(index)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the build's own error is the one to report
+            client.drop_collection(staging)
+        raise
+    if client.has_collection(collection):
+        client.drop_collection(collection)
+    client.rename_collection(staging, collection)
+    client.load_collection(collection)
+    index.collection = collection
+    index.refresh(force=True)
+    return index
 
+
+def import_folder(folder: str | Path, uri: str, token: str | None = None, collection: str = COLLECTION,
+                  batch_size: int = 1000, segmenter=None, show_progress: bool = False,
+                  replace: bool = False) -> tuple[int, int]:
+    """Copy an index folder (``retrieve index`` or a served folder's current generation) into a new Milvus
+    index at ``uri`` (``build_collection``), window by window with its vector (nothing is encoded again);
+    returns ``(documents, windows)`` copied. Windows and stored fields are kept as the folder has them."""
     from finbert2.retrieve.index import INDEX_CONFIG, current_index_dir
     from finbert2.serve.store import DocumentIndex
 
     source = current_index_dir(folder)
     if not (source / INDEX_CONFIG).is_file():
-        raise ConfigError(f"{folder}: not an index folder (no {INDEX_CONFIG})")
+        raise ConfigError(f"--from_folder {folder}: not an index folder (no {INDEX_CONFIG})")
     config = json.loads((source / INDEX_CONFIG).read_text(encoding="utf-8"))
     window_chars, window_stride = config.get("window_chars", 400), config.get("window_stride", 380)
     old = DocumentIndex(folder, int(config["dimension"]), config, segmenter, window_chars, window_stride).state
-    target = MilvusIndex(uri, int(config["dimension"]), {k: v for k, v in config.items()
-                                                          if k not in {"documents", "windows", "index_type"}},
-                         segmenter, window_chars, window_stride, token, collection)
     rows = ({"key": json.dumps([w["id"], w["window"]], ensure_ascii=False), "doc_id": w["id"], "window": w["window"],
              "text": w["encoded_text"], "fields": {k: v for k, v in w["record"].items() if k not in TEXT_FIELDS},
              "bm25_text": hex_words(tokens), "vector": vector.tolist()}
             for w, tokens, vector in zip(old.windows, old.tokens, old.vectors))
-    with tqdm(total=len(old.windows), desc="import", unit="window", disable=not show_progress) as bar:
-        batch = []
-        for row in rows:
-            batch.append(row)
-            if len(batch) == batch_size:
-                target.client.upsert(target.collection, batch)
-                bar.update(len(batch))
-                batch = []
-        if batch:
-            target.client.upsert(target.collection, batch)
-            bar.update(len(batch))
-    target.refresh(force=True)
+    build_collection(uri, int(config["dimension"]),
+                     {k: v for k, v in config.items() if k not in {"documents", "windows", "index_type"}},
+                     lambda index: index.write_rows(rows, len(old.windows), batch_size, "import", show_progress),
+                     token, collection, segmenter, window_chars, window_stride, replace)
     return len(old.document_ids), len(old.windows)
 
 
 @dataclass
 class ImportArguments:
-    """``finbert2 retrieve import``: an index folder into a Milvus index."""
+    """``finbert2 retrieve import`` (or ``retrieve index --from_folder``): an index folder into a Milvus index."""
 
     from_folder: str = field(metadata={"help": "Index folder (from `retrieve index` or `serve --index FOLDER`)."})
     index: str = field(metadata={"help": "Milvus Lite file (*.db) or Milvus server (http(s)://host:port)."})
@@ -358,10 +437,11 @@ class ImportArguments:
     index_collection: str = field(default=COLLECTION, metadata={"help": "Collection to write into."})
     user_dict: str | None = field(default=None, metadata={"help": "jieba user dictionary the server uses for BM25."})
     batch_size: int = field(default=1000, metadata={"help": "Windows per insert."})
+    overwrite_index: bool = field(default=False, metadata={
+        "help": "Replace an existing collection of that name (off: refuse it)."})
 
     def __post_init__(self):
-        if not is_milvus_uri(self.index):
-            raise ConfigError(f"--index {self.index}: expected a Milvus Lite file (*.db) or http(s)://host:port")
+        check_milvus_uri(self.index)
         if self.batch_size < 1:
             raise ConfigError("--batch_size must be at least 1")
 
@@ -370,4 +450,4 @@ def run_import(args: ImportArguments) -> tuple[int, int]:
     from finbert2.segmentation import new_segmenter
 
     return import_folder(args.from_folder, args.index, args.index_token, args.index_collection, args.batch_size,
-                         new_segmenter(args.user_dict), show_progress=True)
+                         new_segmenter(args.user_dict), show_progress=True, replace=args.overwrite_index)
