@@ -222,7 +222,8 @@ def retriever_table(out: Path) -> str:
     for folder in sorted(out.glob("retriever_lr*")):
         m = metrics(folder)
         if m:
-            steps = m.get("global_step", m.get("train_steps")) or 1
+            log = read_loss_log(folder / "loss_log.csv") if (folder / "loss_log.csv").is_file() else {}
+            steps = max((step for points in log.values() for step, _ in points), default=1)
             best_step = int(m.get("best_model_checkpoint", "-0").rsplit("-", 1)[-1])
             lines.append(f"| {folder.name.split('_')[1][2:]} | {m.get('train_group_size')} | "
                          f"{fmt(m.get('initial_eval_ndcg_at_10'))} | {fmt(m.get('best_metric'))} | "
