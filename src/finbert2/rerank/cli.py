@@ -10,10 +10,9 @@
 
 from __future__ import annotations
 
-import sys
-
 from finbert2.config import parse_args
 from finbert2.errors import ConfigError
+from finbert2.subcommands import run_subcommand, subcommand_usage
 
 COMMANDS = {
     "train": "cross-encoder fine-tuning (listwise loss over 1 positive + mined hard negatives)",
@@ -23,10 +22,7 @@ COMMANDS = {
 
 
 def usage() -> str:
-    width = max(map(len, COMMANDS))
-    return "\n".join(["usage: finbert2 rerank <command> [config.yaml] [--key value ...]",
-                      "       finbert2 rerank <command> --help", "", "commands:"]
-                     + [f"  {name.ljust(width)}  {text}" for name, text in COMMANDS.items()])
+    return subcommand_usage('rerank', COMMANDS)
 
 
 def train(argv: list[str]) -> int:
@@ -70,11 +66,4 @@ HANDLERS = {"train": train, "evaluate": evaluate, "predict": predict}
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in {"-h", "--help", "help"}:
-        print(usage())
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command not in HANDLERS:
-        raise ConfigError(f"unknown rerank command '{command}' (one of {', '.join(HANDLERS)})")
-    return HANDLERS[command](rest)
+    return run_subcommand('rerank', COMMANDS, HANDLERS, argv)

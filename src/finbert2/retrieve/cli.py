@@ -12,10 +12,8 @@
 
 from __future__ import annotations
 
-import sys
-
 from finbert2.config import parse_args
-from finbert2.errors import ConfigError
+from finbert2.subcommands import run_subcommand, subcommand_usage
 
 COMMANDS = {
     "train": "contrastive fine-tuning (InfoNCE over hard + in-batch negatives)",
@@ -28,10 +26,7 @@ COMMANDS = {
 
 
 def usage() -> str:
-    width = max(map(len, COMMANDS))
-    return "\n".join(["usage: finbert2 retrieve <command> [config.yaml] [--key value ...]",
-                      "       finbert2 retrieve <command> --help", "", "commands:"]
-                     + [f"  {name.ljust(width)}  {text}" for name, text in COMMANDS.items()])
+    return subcommand_usage('retrieve', COMMANDS)
 
 
 def train(argv: list[str]) -> int:
@@ -107,11 +102,4 @@ HANDLERS = {"train": train, "mine": mine, "evaluate": evaluate, "index": index, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in {"-h", "--help", "help"}:
-        print(usage())
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command not in HANDLERS:
-        raise ConfigError(f"unknown retrieve command '{command}' (one of {', '.join(HANDLERS)})")
-    return HANDLERS[command](rest)
+    return run_subcommand('retrieve', COMMANDS, HANDLERS, argv)
