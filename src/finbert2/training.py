@@ -162,18 +162,22 @@ def plot_loss_curves(output_dir: str | Path, title: str = "", columns: list[str]
         if name in series:
             steps, values = zip(*series[name])
             ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=name)
+    return _finish_step_plot(fig, ax, "loss", title or Path(output_dir).name, Path(output_dir) / LOSS_PLOT_FILE)
+
+
+def _finish_step_plot(fig, ax, ylabel: str, title: str, out: Path) -> Path:
+    """Label, grid, legend and save a per-step figure (the loss and validation plots share the look)."""
+    import matplotlib.pyplot as plt
+
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title or Path(output_dir).name)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = Path(output_dir) / LOSS_PLOT_FILE
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
-
-
 
 
 def plot_validation_curve(output_dir: str | Path, metric: str, start: float | None = None) -> Path | None:
@@ -192,13 +196,5 @@ def plot_validation_curve(output_dir: str | Path, metric: str, start: float | No
     ax.plot(steps, values, marker="o", markersize=3, label=metric)
     if start is not None:
         ax.axhline(start, color="grey", linestyle="--", label="untrained start")
-    ax.set_xlabel("step")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{Path(output_dir).name}: validation")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    out = Path(output_dir) / VALIDATION_PLOT_FILE
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _finish_step_plot(fig, ax, metric, f"{Path(output_dir).name}: validation",
+                             Path(output_dir) / VALIDATION_PLOT_FILE)
