@@ -17,6 +17,30 @@ DEMO_DIR = REPO_ROOT / "data" / "demo"
 # it lands on. tests/test_precision.py exercises the resolution itself and bf16's accuracy where native.
 os.environ.setdefault("FINBERT2_DISABLE_BF16", "1")
 
+# The suite runs on pytest-xdist workers (pyproject's `-n auto`). Most tests are single-threaded Python
+# (process start-up, tokenising, small models), so two workers on two cores nearly halve the wall time;
+# each worker's torch (and every CLI it starts) gets its share of the cores instead of oversubscribing them.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+MEMORY_PER_WORKER_GIB = 10  # the heaviest tests (the e5 retriever and NumLLM runs) peak near this
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per core, as many as memory allows for the heaviest tests side by side."""
+    try:
+        memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        memory_gib = 2 * MEMORY_PER_WORKER_GIB
+    return max(1, min(os.cpu_count() or 1, int(memory_gib // MEMORY_PER_WORKER_GIB)))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first: the workers start the longest runs at once and fill the rest in around them,
+    instead of one worker finishing a long test alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
 
 def public_data_dir() -> Path:
     return Path(os.environ.get("FINBERT2_PUBLIC_DATA", REPO_ROOT.parent / "shared" / "data"))

