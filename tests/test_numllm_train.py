@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +20,7 @@ from fault_injection import assert_same_weights, run_uninterrupted, run_with_kil
 from finbert2.numllm.args import CausalLMArguments, EvaluateArguments, LoraArguments, MergeArguments, NumLLMDataArguments
 from finbert2.numllm.data import IGNORE, LabelledPositionsCollator, chunk_documents, encode_prompt_answer
 from finbert2.numllm.evaluate import LogLikelihoodScorer, cloze_prompt, run_evaluate
-from finbert2.numllm.merge import fuse_adapters, load_adapters, run_merge
+from finbert2.numllm.merge import adapter_base, fuse_adapters, load_adapters, run_merge
 from finbert2.numllm.numeric_items import build_items, item_record
 from finbert2.numllm.questions import Question, render_prompt
 from finbert2.numllm.train import run_train
@@ -291,3 +293,33 @@ def test_resume_after_sigkill_gives_the_uninterrupted_adapter(tiny_lm, corpora, 
                             wait_for="checkpoint-6", min_delay=0.0, max_delay=reference.checkpoint_interval, env=env)
     assert report.kills == 1 and max(report.resumed_from) >= 3, report.summary()
     assert_same_weights(straight, killed, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- the tiny config, as a user runs it
+
+
+def test_tiny_config_runs_with_only_an_output_dir(tmp_path):
+    """configs/numllm/tiny.yaml runs as every tiny config does: no model given, so a random tiny causal LM
+    (a BPE tokenizer trained on the corpus) is built into the user cache; no train_data, so each module
+    builds its data from input_data into OUTPUT/items. Both modules get the same base and the same split,
+    and the merge finds that base through the adapters."""
+    env = {**os.environ, "FINBERT2_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+
+    def launch(launcher: str, *args) -> None:
+        result = subprocess.run(["sh", f"Fin-numllm/{launcher}", "configs/numllm/tiny.yaml", *map(str, args)],
+                                cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    runs = {task: tmp_path / task for task in ("domain", "numeric")}
+    for task, out in runs.items():
+        launch(f"run_{task}_lora.sh", "--output_dir", out)
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        assert metrics["task"] == task and metrics["global_step"] == 16
+        assert metrics["eval_loss"] < metrics["initial_eval_loss"], metrics
+        assert (out / "items" / "train.jsonl").is_file() and (out / "items" / "heldout_text.jsonl").is_file()
+    assert all((runs["domain"] / "items" / name).read_bytes() == (runs["numeric"] / "items" / name).read_bytes()
+               for name in ("heldout_text.jsonl", "heldout.jsonl"))  # one seeded split of the corpus
+    bases = {adapter_base(str(out)) for out in runs.values()}
+    assert len(bases) == 1 and Path(next(iter(bases))).parent == tmp_path / "cache" / "models", bases
+    launch("merge.sh", "--adapters", runs["domain"], runs["numeric"], "--output_dir", tmp_path / "merged")
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "merged").config.hidden_size == 64

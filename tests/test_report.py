@@ -152,3 +152,36 @@ def test_pretraining_table_reads_the_loss_against_the_unigram_bound_and_flags_da
     assert "| mlm_new | 8.8000 | 7.1000 | -1.7000 | 7.5000 | 0.6500 | 0.6600 | 0.8700 | no |" in md
     warning = md.index(f"WARNING**</span> mlm_old: {reason}")
     assert warning < md.index("## Runs") and "mlm_new: pretraining is damaging" not in md
+
+
+def test_retromae_row_reads_its_encoder_mlm_loss_against_the_bound(tmp_path):
+    """RetroMAE's eval_loss adds the decoder's loss: the unigram bound applies to its encoder's MLM loss."""
+    _run(tmp_path / "runs" / "retromae", "retromae", {
+        "initial_eval_loss": 13.3, "eval_loss": 13.1, "initial_eval_encoder_mlm_loss": 6.6,
+        "eval_encoder_mlm_loss": 6.5, "unigram_cross_entropy": 6.4, "sentence_mean_cosine": 0.9})
+    build_report([tmp_path / "runs"], tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "| retromae | 6.6000 | 6.5000 | -0.1000 | 6.4000 | – | – | 0.9000 | no |" in md
+
+
+def test_numllm_headline_shows_every_model_beside_chance_and_the_lora_losses(tmp_path):
+    root = tmp_path / "runs"
+
+    def summary(accuracy, numeric_accuracy, top="A"):
+        return {"n": 8, "numeric_n": 8, "non_numeric_n": 0, "accuracy": accuracy, "numeric_accuracy": numeric_accuracy,
+                "non_numeric_accuracy": None, "top_letter": top, "top_letter_share": 0.5}
+
+    rows = {"base": summary(0.25, 0.25), "domain": summary(0.375, 0.375), "merged": summary(0.5, 0.5),
+            "chance": {**summary(0.25, 0.25, None), "top_letter_share": None}}
+    evaluation = _run(root / "numllm_eval", "numllm-evaluate", {"base_heldout_0shot_accuracy": 0.25})
+    write_json(evaluation / "results.json", {"scoring": "letter", "results": {"heldout": {"0": rows}},
+                                             "perplexity": {"base": 40.5, "domain": 38.25, "merged": 39.0}})
+    _run(root / "numllm_domain", "numllm-domain", {"task": "domain", "global_step": 2, "initial_eval_loss": 3.5,
+                                                   "eval_loss": 3.25})
+    build_report([root], tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    headline = md[md.index("### NumLLM"):md.index("## Runs")]
+    assert "| model | held-out NumCT items % | held-out perplexity |" in headline
+    assert "| merged | 50.0 | 39.00 |" in headline and "| chance | 25.0 | – |" in headline
+    assert "8 questions (8 numeric, 0 non-numeric" in headline
+    assert "| numllm_domain | domain | 2 | 3.5000 | 3.2500 | -0.2500 |" in headline

@@ -19,6 +19,10 @@ class CausalLMArguments:
                 "default the base recorded in the (first) adapter."})
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, when not the model's own."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the model folder/hub to run."})
+    # Size of the from-scratch causal LM (train without model_name_or_path; finbert2.numllm.tiny).
+    tiny_hidden_size: int = field(default=64, metadata={"help": "Hidden size of a from-scratch causal LM."})
+    tiny_num_hidden_layers: int = field(default=2, metadata={"help": "Layers of a from-scratch causal LM."})
+    tiny_vocab_size: int = field(default=800, metadata={"help": "BPE vocabulary of a from-scratch causal LM."})
 
 
 @dataclass
@@ -48,6 +52,10 @@ class NumLLMDataArguments:
                 "tuning on {prompt, answer} items (only the answer is a target), e.g. build-numeric's output."})
     train_data: list[str] | None = field(default=None, metadata={"help": "Training files (JSONL/CSV/.txt)."})
     eval_data: list[str] | None = field(default=None, metadata={"help": "Held-out files; default: a split of train_data."})
+    input_data: list[str] | None = field(default=None, metadata={
+        "help": "Without train_data: financial text files to train from. build-numeric's rules (its defaults) split "
+                "them by document (validation_split_percentage held out, seeded) into output_dir/items; the domain "
+                "module trains on the documents, the numeric one on the items made from them."})
     text_field: str = field(default="text", metadata={"help": "Field holding the text (task domain)."})
     validation_split_percentage: float = field(
         default=5.0, metadata={"help": "Percent of train_data documents/items held out when eval_data is not given."})
@@ -60,8 +68,8 @@ class NumLLMDataArguments:
     def __post_init__(self):
         if self.task not in {"domain", "numeric"}:
             raise ConfigError(f"numllm train: task '{self.task}': expected domain or numeric")
-        if not self.train_data:
-            raise ConfigError("numllm train: give train_data")
+        if not self.train_data and not self.input_data:
+            raise ConfigError("numllm train: give train_data (or input_data to build it from)")
         if not 0 <= self.validation_split_percentage < 100:
             raise ConfigError("numllm train: validation_split_percentage must be in [0, 100)")
         if self.max_seq_length < 8:

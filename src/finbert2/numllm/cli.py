@@ -101,8 +101,6 @@ def train_main(argv: list[str]) -> int:
     model_args, lora_args, data_args, training_args, run_args = _parse(
         (CausalLMArguments, LoraArguments, NumLLMDataArguments, PrecisionTrainingArguments, RunArguments), argv, "train",
         _task_in(argv))
-    if not model_args.model_name_or_path:
-        raise ConfigError("numllm train: give model_name_or_path (a causal LM folder or hub id)")
     setup_logging()
     run_train(model_args, lora_args, data_args, training_args, run_args)
     return 0

@@ -297,36 +297,53 @@ def build_from_corpus(documents: Iterable[tuple[Path, int, str]], seed: int, **o
         yield from build_items(text, f"{path}:{lineno}", seed, **options)
 
 
-def run_build_numeric(args) -> dict:
-    """``finbert2 numllm build-numeric``: items from ``args.input_data`` into ``args.output_dir``."""
-    from collections import Counter
-
+def numeric_item_splits(args) -> tuple[int, dict[str, list], dict[str, list[Question]]]:
+    """``build-numeric``'s work, nothing written: from ``args.input_data`` (``BuildNumericArguments``), the
+    number of documents, the document split (``train``, and ``heldout`` with a held-out share) and the items
+    of each part. Every input is read and checked here, before any caller writes."""
     from finbert2.data.readers import iter_corpus_lines
     from finbert2.data.splits import split_heldout
-    from finbert2.data.writers import write_jsonl
-    from finbert2.run import prepare_output_dir, setup_logging, write_metrics, write_run_config
 
-    documents = list(iter_corpus_lines(args.input_data, args.text_field))  # validated before anything is written
+    documents = list(iter_corpus_lines(args.input_data, args.text_field))
     train_docs, heldout_docs = split_heldout(documents, args.heldout_percentage, args.seed)
     options = {"n_options": args.n_options, "max_items": args.max_items_per_text,
                "max_context_chars": args.max_context_chars, "distractors": args.distractors}
-    splits = {"train": list(build_from_corpus(train_docs, args.seed, **options))}
+    docs = {"train": train_docs, **({"heldout": heldout_docs} if heldout_docs else {})}
+    items = {split: list(build_from_corpus(part, args.seed, **options)) for split, part in docs.items()}
     if args.max_items:
-        splits["train"] = splits["train"][:args.max_items]
-    if heldout_docs:
-        splits["heldout"] = list(build_from_corpus(heldout_docs, args.seed, **options))
+        items["train"] = items["train"][:args.max_items]
+    return len(documents), docs, items
+
+
+def write_numeric_items(n_documents: int, docs: dict[str, list], items: dict[str, list[Question]],
+                        output_dir: Path) -> dict:
+    """``numeric_item_splits``' result as ``{train,heldout}.jsonl`` (items) and, with a held-out part,
+    ``{train,heldout}_text.jsonl`` (the documents: the domain module's and perplexity's split). Returns the counts."""
+    from collections import Counter
+
+    from finbert2.data.writers import write_jsonl
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    counts: dict = {"documents": n_documents}
+    if "heldout" in docs:
+        for split, part in docs.items():
+            write_jsonl(output_dir / f"{split}_text.jsonl", [{"text": text, "source": f"{path}:{lineno}"}
+                                                             for path, lineno, text in part])
+    for split, questions in items.items():
+        write_jsonl(output_dir / f"{split}.jsonl", [item_record(q) for q in questions])
+        counts[f"{split}_documents"] = len(docs[split])
+        counts[f"{split}_items"] = len(questions)
+        for kind, count in sorted(Counter(q.category for q in questions).items()):
+            counts[f"{split}_items_{kind}"] = count
+    return counts
+
+
+def run_build_numeric(args) -> dict:
+    """``finbert2 numllm build-numeric``: items from ``args.input_data`` into ``args.output_dir``."""
+    from finbert2.run import prepare_output_dir, setup_logging, write_metrics, write_run_config
+
+    splits = numeric_item_splits(args)  # validated before anything is written
     output_dir = prepare_output_dir(args.output_dir, clear=True)
     setup_logging(output_dir)
     write_run_config(output_dir, args, stage="numllm-build-numeric")
-    metrics: dict = {"documents": len(documents)}
-    if heldout_docs:  # the same document split for the domain module and perplexity: {text} files
-        for split, docs in (("train", train_docs), ("heldout", heldout_docs)):
-            write_jsonl(output_dir / f"{split}_text.jsonl", [{"text": text, "source": f"{path}:{lineno}"}
-                                                             for path, lineno, text in docs])
-    for split, items in splits.items():
-        write_jsonl(output_dir / f"{split}.jsonl", [item_record(q) for q in items])
-        metrics[f"{split}_documents"] = len(train_docs if split == "train" else heldout_docs)
-        metrics[f"{split}_items"] = len(items)
-        for kind, count in sorted(Counter(q.category for q in items).items()):
-            metrics[f"{split}_items_{kind}"] = count
-    return write_metrics(output_dir, metrics)
+    return write_metrics(output_dir, write_numeric_items(*splits, output_dir))

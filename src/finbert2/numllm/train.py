@@ -12,6 +12,7 @@ base recorded) with the tokenizer, ``checkpoint-*`` folders an interrupted run r
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -21,10 +22,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, set_seed
 
+from finbert2.data.readers import iter_corpus_lines
 from finbert2.errors import ConfigError, OutputDirError
 from finbert2.modeling import check_weights_format, from_pretrained_quietly, load_tokenizer
 from finbert2.numllm.args import CausalLMArguments, LoraArguments, NumLLMDataArguments
 from finbert2.numllm.data import LabelledPositionsCollator, build_sequences
+from finbert2.numllm.tiny import cached_tiny_causal_lm
 from finbert2.run import (
     METRICS_FILE,
     RunArguments,
@@ -38,6 +41,7 @@ from finbert2.training import plot_loss_curves, resume_checkpoint, standard_call
 logger = logging.getLogger("finbert2.numllm")
 
 INITIAL_EVAL_FILE = "initial_eval.json"  # held-out loss before training, kept for resumed runs
+ITEMS_DIR = "items"  # the training data built from input_data when no train_data is given
 
 
 def load_causal_lm(name_or_path: str, trust_remote_code: bool = False):
@@ -68,6 +72,39 @@ def lora_model(model, lora_args: LoraArguments):
     return get_peft_model(model, config)
 
 
+def build_training_data(data_args: NumLLMDataArguments, items_dir: Path, training_args: TrainingArguments) -> None:
+    """Point ``data_args`` at build-numeric's output for ``data_args.input_data``, written into ``items_dir``
+    (by the main process; seeded, so the domain and numeric runs of one corpus split it alike)."""
+    from finbert2.numllm.args import BuildNumericArguments
+    from finbert2.numllm.numeric_items import numeric_item_splits, write_numeric_items
+
+    build_args = BuildNumericArguments(output_dir=str(items_dir), input_data=data_args.input_data,
+                                       text_field=data_args.text_field,
+                                       heldout_percentage=data_args.validation_split_percentage, seed=training_args.seed)
+    if training_args.process_index == 0:
+        counts = write_numeric_items(*numeric_item_splits(build_args), items_dir)
+        logger.info("built the training data from %s into %s: %s", ", ".join(data_args.input_data), items_dir,
+                    json.dumps(counts))
+    training_args.distributed_state.wait_for_everyone()
+    suffix = "_text" if data_args.task == "domain" else ""
+    data_args.train_data = [str(items_dir / f"train{suffix}.jsonl")]
+    heldout = items_dir / f"heldout{suffix}.jsonl"
+    data_args.eval_data = [str(heldout)] if heldout.is_file() else None
+    data_args.text_field = "text"  # the document files written above
+
+
+def tiny_lm_texts(data_args: NumLLMDataArguments) -> list[str]:
+    """What a from-scratch causal LM's tokenizer learns from: the first documents of input_data, else of
+    train_data (the numeric task: its prompts and answers)."""
+    from finbert2.numllm.data import read_prompt_answer_items
+    from finbert2.numllm.tiny import TOKENIZER_TEXTS
+
+    if data_args.input_data or data_args.task == "domain":
+        lines = iter_corpus_lines(data_args.input_data or data_args.train_data, data_args.text_field)
+        return [text for _, _, text in itertools.islice(lines, TOKENIZER_TEXTS)]
+    return [prompt + answer for prompt, answer in read_prompt_answer_items(data_args.train_data)[:TOKENIZER_TEXTS]]
+
+
 def held_out_loss(trainer: Trainer, dataset: list) -> float | None:
     if not dataset:
         return None
@@ -80,6 +117,13 @@ def run_train(model_args: CausalLMArguments, lora_args: LoraArguments, data_args
     if is_finished_run(output_dir) and not run_args.overwrite_output_dir:
         raise OutputDirError(f"{output_dir}: holds a finished run ({METRICS_FILE}); pass --overwrite_output_dir "
                              "True to replace it, or choose another --output_dir")
+    if not data_args.train_data:
+        build_training_data(data_args, output_dir / ITEMS_DIR, training_args)
+    if not model_args.model_name_or_path:
+        model_args.model_name_or_path = str(cached_tiny_causal_lm(
+            tiny_lm_texts(data_args), model_args.tiny_hidden_size, model_args.tiny_num_hidden_layers,
+            model_args.tiny_vocab_size, training_args.seed))
+        logger.info("no model_name_or_path: starting from a random tiny causal LM, %s", model_args.model_name_or_path)
     tokenizer = causal_tokenizer(model_args)
     train_set, eval_set, summary = build_sequences(data_args, tokenizer, training_args.seed)
 

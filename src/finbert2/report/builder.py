@@ -25,7 +25,8 @@ from finbert2.run import METRICS_FILE, RUN_CONFIG_FILE
 
 # Order of stages in the report (the names run_config.json records); unknown stages follow in name order.
 STAGE_ORDER = ["tokenizer", "mlm", "retromae", "classify train", "classify baseline", "classify", "retrieve mine",
-               "retrieve train", "retrieve evaluate", "retrieve index", "retrieve", "topics"]
+               "retrieve train", "retrieve evaluate", "retrieve index", "retrieve", "topics", "numllm-build-numeric",
+               "numllm-domain", "numllm-numeric", "numllm-merge", "numllm-evaluate"]
 # CSV files that are logs or per-document dumps, not tables for a person.
 SKIPPED_CSV = {"loss_log.csv", "doc_topics.csv"}
 MAX_TABLE_ROWS = 15
@@ -266,17 +267,48 @@ def pretraining_headline(runs: list[tuple[Path, str, dict, dict]]) -> list[Block
     pretraining = _runs_of(runs, "mlm") + _runs_of(runs, "retromae")
     if not pretraining:
         return []
-    rows = [[d.name, _score(m.get("initial_eval_loss")), _score(m.get("eval_loss")),
-             _difference(m.get("eval_loss"), m.get("initial_eval_loss")),
+
+    def mlm_loss(m: dict, when: str):  # RetroMAE's eval_loss adds its decoder's: the bound reads the encoder's MLM loss
+        return m.get(f"{when}eval_encoder_mlm_loss", m.get(f"{when}eval_loss"))
+
+    rows = [[d.name, _score(mlm_loss(m, "initial_")), _score(mlm_loss(m, "")),
+             _difference(mlm_loss(m, ""), mlm_loss(m, "initial_")),
              # the context-free bound: a held-out MLM loss is only read against the corpus's unigram model
              _score(m.get("unigram_cross_entropy")), _score(m.get("initial_eval_ndcg_at_10")),
              _score(m.get("eval_ndcg_at_10")), _score(m.get("sentence_mean_cosine")),
              "yes" if m.get("collapsed") else "no"] for d, _, m in pretraining]
-    header = ["pretraining", "held-out loss before", "after", "change", "unigram bound", "zero-shot nDCG@10 before",
+    header = ["pretraining", "held-out MLM loss before", "after", "change", "unigram bound", "zero-shot nDCG@10 before",
               "after", "sentence cosine", "collapsed"]
     damaged = [Block("warning", damage_message(d.name, m)) for d, _, m in pretraining if m.get("embedding_damaged")]
     return [Block("heading", (3, "Pretraining")), Block("table", (header, rows)), *_collapse_warnings(pretraining),
             *damaged]
+
+
+def numllm_headline(runs: list[tuple[Path, str, dict, dict]]) -> list[Block]:
+    """The causal-LM side: each evaluation's accuracy table (models beside chance and the no-model rules)
+    and the LoRA modules' held-out loss before and after."""
+    from finbert2.report.numllm_tables import accuracy_rows
+
+    evaluations = _runs_of(runs, "numllm-evaluate")
+    modules = _runs_of(runs, "numllm-domain") + _runs_of(runs, "numllm-numeric")
+    if not evaluations and not modules:
+        return []
+    blocks = [Block("heading", (3, "NumLLM"))]
+    for run_dir, _, _ in evaluations:
+        record = _read_json(run_dir / "results.json") or {}
+        if not record.get("results"):
+            continue
+        header, rows, counts, _ = accuracy_rows(record)
+        blocks += [Block("text", f"`{run_dir.name}`: multiple-choice accuracy by log-likelihood "
+                                 f"({record.get('scoring')} scoring); {'; '.join(counts)}"),
+                   Block("table", (header, rows))]
+    rows = [[d.name, str(m.get("task", "–")), str(m.get("global_step", "–")), _score(m.get("initial_eval_loss")),
+             _score(m.get("eval_loss")), _difference(m.get("eval_loss"), m.get("initial_eval_loss"))]
+            for d, _, m in modules]
+    if rows:
+        header = ["LoRA module", "task", "steps", "held-out loss before", "after", "change"]
+        blocks.append(Block("table", (header, rows)))
+    return blocks
 
 
 def headline_blocks(run_dirs: list[Path]) -> list[Block]:
@@ -284,7 +316,7 @@ def headline_blocks(run_dirs: list[Path]) -> list[Block]:
     follows its task's table (the first thing a reader must see)."""
     runs = finished_runs(run_dirs)
     tables = [*classification_headline(runs), *retrieval_headline(runs), *topics_headline(runs),
-              *pretraining_headline(runs)]
+              *pretraining_headline(runs), *numllm_headline(runs)]
     return [Block("heading", (2, "Results")), *tables] if tables else []
 
 

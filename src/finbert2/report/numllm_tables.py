@@ -32,12 +32,17 @@ def _pct(value: Any) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
-def accuracy_table(record: dict) -> list[str]:
-    """Every row (models, chance, the no-model rules) on every test block, 0-shot."""
-    blocks = [b for b in BLOCKS if b in record["results"]] + [b for b in record["results"] if b not in BLOCKS]
+def accuracy_rows(record: dict) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+    """An evaluation's ``results.json`` as table parts, 0-shot (else its first shot count): the header and
+    one row per model, chance and no-model rule (accuracy %, numeric / non-numeric where a block has both,
+    held-out perplexity); a note per block (question counts, the standard error at 25%); and each model's
+    most frequent answer (a model answering one letter whatever the question shows there)."""
+    results = record["results"]
+    blocks = [b for b in BLOCKS if b in results] + [b for b in results if b not in BLOCKS]
+    shots = {b: "0" if "0" in results[b] else next(iter(results[b])) for b in blocks}
     header, counts, split = ["model"], [], {}
     for block in blocks:
-        first = next(iter(record["results"][block]["0"].values()))
+        first = next(iter(results[block][shots[block]].values()))
         name = BLOCKS.get(block, block)
         split[block] = first["numeric_n"] > 0 and first["non_numeric_n"] > 0  # else the split repeats the total
         header += [f"{name} %", "numeric %", "non-numeric %"] if split[block] else [f"{name} %"]
@@ -47,25 +52,30 @@ def accuracy_table(record: dict) -> list[str]:
     perplexity = record.get("perplexity") or {}
     if perplexity:
         header.append("held-out perplexity")
-    names = list(record["results"][blocks[0]]["0"])
+    names = list(results[blocks[0]][shots[blocks[0]]])
     rows = []
     for name in names:
         cells = [name]
         for block in blocks:
-            summary = record["results"][block]["0"][name]
+            summary = results[block][shots[block]][name]
             cells.append(_pct(summary["accuracy"]))
             if split[block]:
                 cells += [_pct(summary["numeric_accuracy"]), _pct(summary["non_numeric_accuracy"])]
         if perplexity:
             cells.append(_number(perplexity.get(name), 2) if name in perplexity else "–")
         rows.append(cells)
-    collapse = [[name, *(f"{_pct(record['results'][b]['0'][name]['top_letter_share'])} "
-                         f"({record['results'][b]['0'][name]['top_letter']})" for b in blocks)]
-                for name in names if all(record["results"][b]["0"][name].get("top_letter") for b in blocks)]
+    top = [[name, *(f"{_pct(results[b][shots[b]][name]['top_letter_share'])} ({results[b][shots[b]][name]['top_letter']})"
+                    for b in blocks)]
+           for name in names if all(results[b][shots[b]][name].get("top_letter") for b in blocks)]
+    return header, rows, counts, [["model", *(BLOCKS.get(b, b) for b in blocks)], *top] if top else []
+
+
+def accuracy_table(record: dict) -> list[str]:
+    """Every row (models, chance, the no-model rules) on every test block, 0-shot."""
+    header, rows, counts, top = accuracy_rows(record)
     lines = [*_table(header, rows), *(f"- {line}" for line in counts), ""]
-    if collapse:  # a model that answers one letter whatever the question shows here
-        lines += ["Most frequent answer, % of the questions (letter):", "",
-                  *_table(["model", *(BLOCKS.get(b, b) for b in blocks)], collapse)]
+    if top:
+        lines += ["Most frequent answer, % of the questions (letter):", "", *_table(top[0], top[1:])]
     return lines
 
 
