@@ -31,8 +31,10 @@ PRETRAIN_SIZES="--max_seq_length 128 --per_device_train_batch_size 8 --max_steps
     --logging_steps 2 --max_eval_samples 64"
 GEMMA="$OUT/gemma-3-270m"
 ITEMS="$OUT/numllm_items"
-# NumLLM: 2 optimizer steps per LoRA module (2 sequences of 64 tokens, or 2 items), 4 held-out rows before and after
-NUMLLM_SIZES="--max_steps 2 --per_device_train_batch_size 2 --max_eval_samples 4 --logging_steps 1 --save_steps 2"
+# NumLLM: 2 optimizer steps per LoRA module (2 sequences of 64 tokens, or 2 items; no warm-up, or the first would
+# take lr 0), 4 held-out rows before and after
+NUMLLM_SIZES="--max_steps 2 --warmup_steps 0 --per_device_train_batch_size 2 --max_eval_samples 4 --logging_steps 1
+    --save_steps 2"
 NUMLLM_QUESTIONS=12
 stage e5-small "$E5" \
     "$PYTHON" -m finbert2 convert multilingual-e5-small "$E5" --prune_vocab --corpus data/demo/corpus.jsonl
