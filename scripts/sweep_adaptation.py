@@ -4,13 +4,15 @@
     python scripts/sweep_adaptation.py retromae  DATA_DIR OUT    # RetroMAE's new heads from e5-small
     python scripts/sweep_adaptation.py classify  DATA_DIR OUT    # pooling x head init, then seeds
     python scripts/sweep_adaptation.py retriever DATA_DIR OUT    # grouped Fin-Eva, multi-epoch, early stopping
+    python scripts/sweep_adaptation.py tasks     DATA_DIR OUT    # the chosen classifier on event and SC_2, seeds
     python scripts/sweep_adaptation.py tables    -        OUT    # markdown -> OUT/<sweep>.md
 
 DATA_DIR is the public data folder (``FINBERT2_PUBLIC_DATA``). Every choice is made on validation data and by
 the metric users care about: pretraining recipes by the continued encoder's zero-shot nDCG@10 on the Fin-Eva
 validation split and a linear probe's macro-F1 on CFBenchmark sentiment validation (never by MLM loss alone,
 which is read against the corpus's unigram cross-entropy); classifiers by validation macro-F1; retrievers by
-validation nDCG@10. Test splits are never read. Runs are sequential and skipped when their folder holds
+validation nDCG@10. Test splits are never read, except by ``tasks``: it applies the recipe chosen on
+sentiment, unchanged, to the other two classification tasks and scores their test splits once (the goals). Runs are sequential and skipped when their folder holds
 ``metrics.json``, so an interrupted sweep resumes. Sizes are environment variables (``MLM_STEPS``,
 ``CLS_MAX_LENGTH``, ``RET_EPOCHS``) so the sweep fits a 2-core CPU; on a GPU raise them.
 """
@@ -43,6 +45,7 @@ CLS_MAX_LENGTH = os.environ.get("CLS_MAX_LENGTH", "128")
 CLS_EPOCHS = os.environ.get("CLS_EPOCHS", "6")
 CLS_GRID = [(pooling, init) for pooling in ("cls", "mean") for init in ("random", "probe")]
 CLS_SEEDS = [42, 43, 44]
+CLS_TASKS = os.environ.get("CLS_TASKS", "cfb_event sc2").split()  # `tasks`: the chosen recipe beyond sentiment
 RET_EPOCHS = os.environ.get("RET_EPOCHS", "4")  # one run of up to N epochs; early stopping ends it when flat
 RET_EVAL_STEPS = os.environ.get("RET_EVAL_STEPS", "20")  # half an epoch of Fin-Eva at 16 queries a step
 RET_LRS = os.environ.get("RET_LRS", "1e-5 3e-5 5e-5").split()
@@ -142,6 +145,24 @@ def sweep_classify(data_dir: Path, out: Path) -> None:
             train(pooling, init, seed)
 
 
+def sweep_tasks(data_dir: Path, out: Path) -> None:
+    """configs/classify/e5-small.yaml as chosen on sentiment (pooling from the folder, probe head), unchanged, on
+    the other tasks over seeds, with TF-IDF + LR beside it; each run scores its test split once at the end."""
+    data = prepared(data_dir, out)
+    model = general(out, data)
+    for task in CLS_TASKS:
+        split = {name: str(data / task / f"{name}.jsonl") for name in ("train", "validation", "test")}
+        common = ["--train_data", split["train"], "--eval_data", split["validation"], "--test_data", split["test"]]
+        run(out, f"task_{task}_tfidf", ["finbert2", "classify", "baseline", "configs/classify/tiny.yaml", *common,
+                                        "--output_dir", str(out / f"task_{task}_tfidf")])
+        for seed in CLS_SEEDS:
+            name = f"task_{task}_seed{seed}"
+            run(out, name, ["finbert2", "classify", "train", "configs/classify/e5-small.yaml", *common,
+                            "--model_name_or_path", str(model), "--max_length", CLS_MAX_LENGTH,
+                            "--num_train_epochs", CLS_EPOCHS, "--seed", str(seed), "--disable_tqdm", "false",
+                            "--output_dir", str(out / name)])
+
+
 def sweep_retriever(data_dir: Path, out: Path) -> None:
     data = prepared(data_dir, out)
     model = general(out, data)
@@ -216,6 +237,31 @@ def classify_table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def tasks_table(out: Path) -> str:
+    """Per task: the untrained start (the probe), TF-IDF + LR, each seed and the seed mean +- std, on test."""
+    import statistics
+
+    lines = ["| task | model | seed | val macro-F1 | test macro-F1 | test accuracy | best step | s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for task in CLS_TASKS:
+        runs = [(folder, metrics(folder)) for folder in sorted(out.glob(f"task_{task}_seed*"))]
+        runs = [(folder, m) for folder, m in runs if m]
+        baseline = metrics(out / f"task_{task}_tfidf")
+        if baseline:
+            lines.append(f"| {task} | TF-IDF + LR | - | {fmt(baseline.get('eval_macro_f1'))} | "
+                         f"{fmt(baseline.get('test_macro_f1'))} | {fmt(baseline.get('test_accuracy'))} | - | - |")
+        for folder, m in runs:
+            lines.append(f"| {task} | e5-small (probe start {fmt(m.get('initial_eval_macro_f1'))}) | "
+                         f"{folder.name.rsplit('seed', 1)[1]} | {fmt(m.get('eval_macro_f1'))} | "
+                         f"{fmt(m.get('test_macro_f1'))} | {fmt(m.get('test_accuracy'))} | "
+                         f"{m.get('best_checkpoint_step')} | {fmt(m.get('total_seconds'), 0)} |")
+        scores = [m["test_macro_f1"] for _, m in runs if m.get("test_macro_f1") is not None]
+        if len(scores) > 1:
+            lines.append(f"| {task} | e5-small, seed mean +- std | {len(scores)} | - | "
+                         f"**{statistics.mean(scores):.4f} +- {statistics.stdev(scores):.4f}** | - | - | - |")
+    return "\n".join(lines)
+
+
 def retriever_table(out: Path) -> str:
     lines = ["| lr | group | val nDCG@10 start | best | at step (epoch) | steps run | passage cosine | s/step | peak GB |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -287,19 +333,19 @@ def plot_validation_curves(folders: list[Path], path: Path, title: str, metric: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", choices=["mlm", "retromae", "classify", "retriever", "tables"])
+    parser.add_argument("sweep", choices=["mlm", "retromae", "classify", "retriever", "tasks", "tables"])
     parser.add_argument("data_dir", type=Path, help="public data folder (FINBERT2_PUBLIC_DATA); '-' for tables")
     parser.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.sweep == "tables":
         for name, table in (("mlm", mlm_table), ("retromae", retromae_table), ("classify", classify_table),
-                            ("retriever", retriever_table)):
+                            ("retriever", retriever_table), ("tasks", tasks_table)):
             (args.out / f"{name}.md").write_text(table(args.out) + "\n", encoding="utf-8")
             print(f"## {name}\n\n{table(args.out)}\n")
         return 0
     {"mlm": sweep_mlm, "retromae": sweep_retromae, "classify": sweep_classify,
-     "retriever": sweep_retriever}[args.sweep](args.data_dir, args.out)
+     "retriever": sweep_retriever, "tasks": sweep_tasks}[args.sweep](args.data_dir, args.out)
     return 0
 
 
