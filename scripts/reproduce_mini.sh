@@ -69,6 +69,7 @@ PRETRAIN_EVALS=${PRETRAIN_EVALS:-4}      # validation retrievals (and checkpoint
 PRETRAIN_SEQUENCES=${PRETRAIN_SEQUENCES:-}   # tokenize only the corpus's first N sequences (default: all; smoke runs)
 EVAL_SEQUENCES=${EVAL_SEQUENCES:-256}    # held-out pretraining sequences scored before and after
 MERGE=${MERGE:-auto}                     # --merge_with_start: auto (alpha on validation), ALPHA, or none (no merged rows)
+MERGE_ALPHAS=${MERGE_ALPHAS:-"0.25 0.5 0.75"}  # auto: the alphas scored besides 0 and 1 (each one validation encoding)
 RETROMAE_START=${RETROMAE_START:-}       # RetroMAE's starting folder (default: the MLM stage's kept model, OUT/mlm)
 FINEVA_VALIDATION=${FINEVA_VALIDATION:-0.15}  # share of Fin-Eva contexts held out for checkpoint choice
 SENTIMENT_SEEDS=${SENTIMENT_SEEDS:-"42 43 44 45 46"}  # CFBenchmark sentiment fine-tunings per encoder (mean +- std)
@@ -158,7 +159,7 @@ PRETRAIN_COMMON="--train_data $D/corpus.jsonl --validation_split_percentage 2 --
     --attention_dropout 0 --seed $SEED --logging_steps 5 --disable_tqdm false
     --eval_retrieval_data $VALIDATION --eval_retrieval_max_length $RET_PASSAGE_LEN
     --metric_for_best_model eval_ndcg_at_10 --greater_is_better true --load_best_model_at_end true
-    --merge_with_start $MERGE"
+    --merge_with_start $MERGE --merge_alpha_grid $MERGE_ALPHAS"
 stage "whole-word MLM" "$OUT/mlm" \
     sh FinBERT2/pretrain/run_mlm.sh configs/mlm/e5-small.yaml --model_name_or_path "$GENERAL" \
     --tokenizer_name "$OUT/tokenizer" $PRETRAIN_COMMON --max_steps "$MLM_STEPS" \

@@ -180,6 +180,24 @@ def test_auto_recipe_on_a_headless_checkpoint_and_none_from_scratch(tiny_e5_shap
     assert metrics["prior_bias"] is False and metrics["head_warmup_steps"] == 0
 
 
+def test_merge_auto_scores_only_the_alphas_given(tiny_e5_shaped_dir, tmp_path):
+    """--merge_alpha_grid: auto scores the given alphas (both ends added) on the validation retrieval, no others,
+    and keeps the best one, reported in the run's metrics."""
+    from conftest import small_retrieval_eval
+    from finbert2.pretrain.mlm import main
+
+    eval_dir = small_retrieval_eval(tmp_path / "eval", queries=8, documents=40)
+    assert main(_mlm_args(tiny_e5_shaped_dir, tmp_path / "run", "--max_steps", "4", "--merge_with_start", "auto",
+                          "--merge_alpha_grid", "0.5", "--eval_retrieval_data", str(eval_dir),
+                          "--eval_retrieval_max_length", "64")) == 0
+    merged = json.loads((tmp_path / "run" / "merged_with_start" / "metrics.json").read_text())
+    curve = {point["alpha"]: point["ndcg_at_10"] for point in merged["alpha_curve"]}
+    assert sorted(curve) == [0.0, 0.5, 1.0]
+    assert merged["alpha"] == max(sorted(curve, reverse=True), key=curve.get)  # the best; ties to the larger
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["merge_alpha"] == merged["alpha"] and metrics["merge_alpha_mode"] == "auto"
+
+
 def _fin_eva_validation_sample(folder, out, queries: int = 40, distractors: int = 160):
     """The first ``queries`` validation queries with their relevant contexts plus seeded distractors."""
     import random

@@ -89,6 +89,11 @@ class HeadlessStartArguments:
         metadata={"help": "With merge_with_start auto: labelled texts ({text, label}) for a frozen-vector probe "
                   "that joins nDCG@10 in choosing alpha."},
     )
+    merge_alpha_grid: list[float] | None = field(
+        default=None,
+        metadata={"help": "With merge_with_start auto: the alphas scored (default 0.0 0.1 ... 1.0; 0 and 1 always "
+                  "added). Each costs one encoding of eval_retrieval_data: a coarser grid saves time on a CPU."},
+    )
 
     def __post_init__(self):
         if self.prior_bias not in {"auto", "true", "false"}:

@@ -374,8 +374,8 @@ def merged_with_start(args: HeadlessStartArguments, start: str | None, output_di
     result = merge_with_start(output_dir, start, output_dir / MERGED_FOLDER, args.merge_with_start,
                               eval_retrieval_data=args.eval_retrieval_data,
                               eval_classification_data=args.merge_eval_classification_data,
-                              eval_split=args.eval_retrieval_split, max_length=args.eval_retrieval_max_length,
-                              overwrite=True)
+                              eval_split=args.eval_retrieval_split, alpha_grid=args.merge_alpha_grid,
+                              max_length=args.eval_retrieval_max_length, overwrite=True)
     logger.info("merged with the start: alpha %s -> %s", result.get("alpha"), output_dir / MERGED_FOLDER)
     return {f"merge_{k}": v for k, v in result.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
