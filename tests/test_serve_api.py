@@ -352,6 +352,8 @@ def test_info_metrics_and_page(client, indexed):
     assert kinds["retriever"]["dimension"] == 64 and kinds["retriever"]["max_length"] == 512
     assert kinds["events"]["multi_label"] and kinds["events"]["threshold"] == 0.45
     assert info["limits"]["max_client_batch_size"] == 8 and info["index"]["documents"] >= 3
+    # this test's own requests (the registry is per process, and test order and workers vary)
+    assert client.post("/embed", json={"inputs": ["茅台"]}).status_code == 200
     client.post("/embed", json={"inputs": []})
     text = client.get("/metrics").text
     for name in ('finbert2_requests_total{route="/embed",status="200"}',
