@@ -85,3 +85,25 @@ def test_cli_help_lists_stages(capsys):
     assert cli_main(["no-such-stage"]) == 2
     assert "unknown stage" in capsys.readouterr().err
     assert usage().startswith("finbert2")
+
+
+def _stage_commands():
+    """Every stage, and every subcommand its one-line description names ("...: train | mine | ...")."""
+    from finbert2.cli import STAGES
+
+    for stage, (_, description) in STAGES.items():
+        yield [stage]
+        if ": " in description and " | " in description:
+            for sub in description.rsplit(": ", 1)[1].split(" | "):
+                yield [stage, sub.split()[-1]]
+
+
+@pytest.mark.parametrize("command", list(_stage_commands()), ids=" ".join)
+def test_every_command_prints_its_help(command, capsys):
+    """`--help` works for every command (argparse formats each help string with %: a bare "10%" broke it)."""
+    try:
+        code = cli_main([*command, "--help"])
+    except SystemExit as stop:
+        code = stop.code
+    assert code in (0, None), command
+    assert "usage" in capsys.readouterr().out.lower()

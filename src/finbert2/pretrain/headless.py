@@ -44,7 +44,7 @@ class HeadlessStartArguments:
     head_warmup_steps: float | None = field(
         default=None,
         metadata={"help": "Train only the new head (encoder and word embeddings frozen) for this many steps first "
-                  "(below 1: that share of the steps). Default: 10% of the steps when the checkpoint lacks a head "
+                  "(below 1: that share of the steps). Default: a tenth of the steps when the checkpoint lacks a head "
                   "the stage trains (an MLM head: e5, BGE, GTE; RetroMAE's decoder), else 0."},
     )
     encoder_learning_rate: float | None = field(
