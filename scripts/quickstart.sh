@@ -47,20 +47,22 @@ stage mlm "$OUT/mlm" \
 stage retromae "$OUT/retromae" \
     sh FinBERT2/pretrain/run_retromae.sh configs/retromae/e5-small.yaml --model_name_or_path "$OUT/mlm" \
     $PRETRAIN_SIZES --output_dir "$OUT/retromae"
+# 12 steps of 16 texts (a third of an epoch) from the linear probe's head: the probe alone scores ~0.96 here
 stage classify "$OUT/classify" \
     sh Fin-labeler/runclassify.sh configs/classify/e5-small.yaml --model_name_or_path "$E5" \
-    --max_length 96 --num_train_epochs 1 --output_dir "$OUT/classify"
+    --max_length 96 --max_steps 12 --eval_strategy steps --eval_steps 12 --save_strategy steps --save_steps 12 \
+    --output_dir "$OUT/classify"
 stage classify_baseline "$OUT/classify_baseline" \
     "$PYTHON" -m finbert2 classify baseline configs/classify/tiny.yaml --output_dir "$OUT/classify_baseline"
 stage retriever_mine "$OUT/retriever_mine" \
     "$PYTHON" -m finbert2 retrieve mine --model_name_or_path "$E5" \
     --input_file data/demo/retrieval/queries.jsonl --candidate_pool data/demo/retrieval/candidates.jsonl \
     --range_for_sampling 2-50 --negative_number 7 --max_length 96 --output_dir "$OUT/retriever_mine"
-# 12 steps of 16 queries (192 of the 400 mined; with NumLLM in the job, the budget's share for it)
+# 8 steps of 16 queries (128 of the 400 mined; with NumLLM in the job, the budget's share for it)
 stage retriever "$OUT/retriever" \
     sh Fin-retriever/contrastive_finetune.sh configs/retriever/e5-small.yaml --model_name_or_path "$E5" \
-    --train_data "$OUT/retriever_mine/train.jsonl" --train_group_size 2 --passage_max_len 96 --max_steps 12 \
-    --eval_steps 12 --save_steps 12 --output_dir "$OUT/retriever"
+    --train_data "$OUT/retriever_mine/train.jsonl" --train_group_size 2 --passage_max_len 96 --max_steps 8 \
+    --eval_steps 8 --save_steps 8 --output_dir "$OUT/retriever"
 # BM25, e5 before fine-tuning and after a few FinBERT2-style pretraining steps, the fine-tuned retriever
 stage retriever_eval "$OUT/retriever_eval" \
     "$PYTHON" -m finbert2 retrieve evaluate --eval_data data/demo/retrieval/eval --max_length 96 \
