@@ -139,6 +139,29 @@ def test_writes_keep_rankings_equal(twin_stores):
     assert (milvus.documents, milvus.windows) == (folder.documents, folder.windows)
 
 
+def test_a_bulk_write_ends_sealed_and_ranks_as_the_folder_store(tmp_path, monkeypatch):
+    """write_rows (`retrieve index`, the importer) ends with a flush, so searches read an indexed segment, not a
+    scan of the growing one; in one segment BM25's statistics are the corpus's, so rankings equal the folder's."""
+    folder = DocumentIndex(tmp_path / "folder", DIM, {}, window_chars=120, window_stride=100)
+    milvus = MilvusIndex(str(tmp_path / "index.db"), DIM, {}, window_chars=120, window_stride=100)
+    flushes = []
+    flush = milvus.client.flush
+    monkeypatch.setattr(milvus.client, "flush", lambda *a, **k: (flushes.append(a), flush(*a, **k)))
+    rng = np.random.default_rng(3)
+    records = demo_records(60)
+    vectors = [unit_vectors(rng, len(folder.window_texts(r))) for r in records]
+    folder.add(records, vectors)
+    rows = [row for record, v in zip(records, vectors) for row in milvus.rows(record, v)]
+    assert milvus.write_rows(iter(rows), len(rows), batch_size=50) == len(rows) == folder.windows
+    assert len(flushes) == 1  # once, at the end
+    assert (milvus.documents, milvus.windows) == (folder.documents, folder.windows)
+    q = unit_vectors(rng, 1)[0]
+    for query in demo_queries(5):
+        for mode in ("dense", "bm25", "hybrid"):
+            assert ranking(milvus.search(q, query, 10, mode, None, 60)) == \
+                ranking(folder.search(q, query, 10, mode, None, 60)), (query, mode)
+
+
 HOSTILE_VALUES = ['"', "\\", "\\\"", "' or 1==1 or '", '") or (doc_id != "', "\n", "\x00", "\ud7ff", "𝄞" * 50,
                   "a" * 5000, 10**30, -(10**30), 1e308, True, None, {"$gt": 1}, [[1]], [], ""]
 
