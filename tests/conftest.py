@@ -17,9 +17,9 @@ DEMO_DIR = REPO_ROOT / "data" / "demo"
 # it lands on. tests/test_precision.py exercises the resolution itself and bf16's accuracy where native.
 os.environ.setdefault("FINBERT2_DISABLE_BF16", "1")
 
-# The suite runs on pytest-xdist workers (pyproject's `-n auto`). Most tests are single-threaded Python
-# (process start-up, tokenising, small models), so two workers on two cores nearly halve the wall time;
-# each worker's torch (and every CLI it starts) gets its share of the cores instead of oversubscribing them.
+# The suite runs on pytest-xdist workers (pyproject's `-n auto`): many tests spend much of their time in
+# single-threaded Python (process start-up, tokenising, small models), which a second worker overlaps. Each
+# worker's torch (and every CLI it starts) gets its share of the cores instead of oversubscribing them.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ.setdefault("OMP_NUM_THREADS",
                           str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from finbert2.cache import cache_dir
-from finbert2.pretrained.folders import staged_folder
+from finbert2.pretrained.folders import converted_once, staged_folder
 
 logger = logging.getLogger("finbert2.numllm")
 
@@ -73,15 +73,12 @@ def cached_tiny_causal_lm(texts: Sequence[str], hidden_size: int = 64, num_hidde
     digest = hashlib.sha256(json.dumps(sizes, sort_keys=True).encode("utf-8"))
     for text in texts[:TOKENIZER_TEXTS]:
         digest.update(text.encode("utf-8") + b"\0")
-    folder = cache_dir() / "models" / f"tiny-causal-lm-{digest.hexdigest()[:12]}"
-    if not (folder / "config.json").is_file():
-        try:
-            with staged_folder(folder) as staging:  # all of it appears, or none
-                save_tiny_causal_lm(staging, texts, hidden_size, num_hidden_layers, vocab_size, seed)
-        except OSError:
-            if not (folder / "config.json").is_file():
-                raise
-            return folder  # another process built it first
+
+    def build(folder: Path) -> None:
+        with staged_folder(folder) as staging:  # all of it appears, or none
+            save_tiny_causal_lm(staging, texts, hidden_size, num_hidden_layers, vocab_size, seed)
         logger.info("built a random tiny causal LM (Gemma3, %d layers, hidden %d) in %s", num_hidden_layers,
                     hidden_size, folder)
-    return folder
+
+    return converted_once(cache_dir() / "models" / f"tiny-causal-lm-{digest.hexdigest()[:12]}", build,
+                          marker="config.json")

@@ -49,15 +49,15 @@ def staged_folder(output_dir: Path):
         raise
 
 
-def converted_once(folder: Path, convert: Callable[[Path], object]) -> Path:
-    """The cached conversion ``folder`` (finished when it holds ``metrics.json``), made by ``convert(folder)``
+def converted_once(folder: Path, convert: Callable[[Path], object], marker: str = "metrics.json") -> Path:
+    """The cached conversion ``folder`` (finished when it holds ``marker``), made by ``convert(folder)``
     when absent. A lock beside it makes concurrent processes (two jobs, parallel test workers) wait for one
     conversion instead of racing to write the same folder."""
-    if (folder / "metrics.json").is_file():
+    if (folder / marker).is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{folder}.lock"):
-        if (folder / "metrics.json").is_file():  # another process finished it while this one waited
+        if (folder / marker).is_file():  # another process finished it while this one waited
             return folder
         if folder.exists():  # left by a killed conversion (the rename is the last step, so rare)
             shutil.rmtree(folder)

@@ -47,10 +47,6 @@ MAX_TEXT = 65535  # Milvus's longest VARCHAR
 MAX_ID_BYTES = 65000  # an id (and the JSON of a document's fields) with room for the key's JSON around it
 INT64 = (-2**63, 2**63 - 1)
 COUNT_SECONDS = 5.0  # /info and /metrics counts of another worker's writes may lag this much
-# Milvus Lite searches rows still in its growing (unflushed) segment by a slow scan: measured at 3,000 windows,
-# a dense search took ~200 ms before a flush and ~17 ms after (benchmarks/index_scale). A bulk write therefore
-# ends with a flush. The service's single-document writes do not flush: Milvus Lite 3.2 keeps BM25 statistics per
-# segment, so every extra segment a flush makes would move BM25 rankings away from the folder store's.
 OUTPUT_FIELDS = ["doc_id", "window", "text", "fields"]
 BM25_K1, BM25_B = 1.5, 0.75  # the folder store's (bm25s) parameters
 MAX_LIMIT = 16384  # Milvus's largest search limit
@@ -156,7 +152,11 @@ class MilvusIndex:
         self._counts = (0, 0)
 
     def seal(self) -> None:
-        """Flush the growing segment into a sealed, indexed one (searches over it are scans otherwise)."""
+        """Flush the growing segment into a sealed, indexed one. Milvus Lite scans rows still in the growing
+        segment: at 3,000 windows a dense search took ~200 ms before a flush, ~17 ms after
+        (benchmarks/index_scale). Bulk writes (``write_rows``) end with one; single-document writes do not,
+        since Milvus Lite 3.2 keeps BM25 statistics per segment and each extra segment would move BM25
+        rankings away from the folder store's."""
         self.client.flush(self.collection)
 
     # --- schema ----------------------------------------------------------------------------------------
