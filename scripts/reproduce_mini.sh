@@ -30,14 +30,15 @@
 #                budget per stage, classification (mean +- std over seeds, LP beside fine-tuning), retrieval,
 #                the ablation (general; + domain words; + MLM; + RetroMAE; merged), topics, pretraining
 # A stage whose metrics.json exists is skipped, so a rerun resumes; the first failing stage stops the pipeline,
-# named. Wall time: per-stage seconds in tables.md. The defaults are the recipes' (configs/*/e5-small.yaml and
-# the issue-25 sweeps); their time on an idle 2-core CPU is measured by the full run, not yet known.
+# named. Wall time: per-stage seconds in tables.md. The CPU defaults are the recipes (configs/*/e5-small.yaml,
+# the issue-25 sweeps) at the lengths that fit the 150-minute budget on 2 cores (docs/RESULTS.md has the measured
+# seconds): 1 classifier epoch from the probe head, 1 retriever epoch, 40 MLM and 30 RetroMAE steps.
 #
-# GPU=1 changes sizes only (steps, batch, sequence length, evaluation interval, USE_CPU=false; each still
-# overridable): MLM 2000 and RetroMAE 1000 steps of 64 x 512 tokens, 512-token classifier inputs and passages,
-# 64 queries a retriever step. Expected wall time on one H100/H200 with bf16: about 45-60 minutes, an estimate
-# (pretraining ~10 min at ~200k tokens/s, 33 classifier runs ~20 min mostly model loading, retrievers,
-# evaluation and topics ~15 min), not a measurement.
+# GPU=1 changes sizes only (steps, epochs, batch, sequence length, evaluation interval, USE_CPU=false; each still
+# overridable): MLM 2000 and RetroMAE 1000 steps of 64 x 512 tokens, 4 validations each, up to 8 classifier epochs
+# (early stopping) at 512 tokens, up to 4 retriever epochs of 64 queries at 512-token passages. Expected wall time
+# on one H100/H200 with bf16: about 45-60 minutes, an estimate (pretraining ~10 min at ~200k tokens/s, 22
+# classifier runs ~20 min mostly model loading, retrievers, evaluation and topics ~15 min), not a measurement.
 set -e
 if [ $# -ne 2 ]; then
     echo "usage: sh scripts/reproduce_mini.sh DATA_DIR OUT" >&2

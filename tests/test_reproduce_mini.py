@@ -138,7 +138,8 @@ def test_reproduce_mini_runs_every_stage_on_public_data(tmp_path, tiny_e5_shaped
 
 # The flags whose values are sizes: the only ones GPU=1 may change.
 SIZE_FLAGS = {"--max_steps", "--per_device_train_batch_size", "--max_seq_length", "--max_eval_samples", "--eval_steps",
-              "--save_steps", "--max_length", "--passage_max_len", "--eval_retrieval_max_length", "--use_cpu"}
+              "--save_steps", "--max_length", "--passage_max_len", "--eval_retrieval_max_length", "--use_cpu",
+              "--num_train_epochs"}
 
 
 def stage_commands(tmp_path, **overrides):
