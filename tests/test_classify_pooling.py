@@ -115,3 +115,37 @@ def test_probe_scores_the_test_split_as_the_lp_row(tiny_e5_shaped_dir, tmp_path)
     assert metrics["probe_test_macro_f1"] == pytest.approx(metrics["test_macro_f1"], abs=1e-12)
     assert metrics["probe_test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-12)
     assert metrics["probe_eval_macro_f1"] == pytest.approx(metrics["eval_macro_f1"], abs=1e-12)
+
+
+def test_frozen_features_are_cached_by_encoder_weights_and_token_ids(tmp_path, monkeypatch):
+    """The probe's frozen features come back from the cache for the same encoder and ids whatever the head (another
+    seed's), are recomputed when the encoder's weights or the ids differ, and equal a fresh computation."""
+    from transformers import BertConfig
+
+    from finbert2.classify import pooling
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32, num_labels=3)
+    torch.manual_seed(0)
+    model = BertForMeanPooledSequenceClassification(config)
+    ids = [[2, 5, 7, 3], [2, 9, 3], [2, 11, 12, 13, 14, 3]]
+    calls = []
+    real = pooling.classifier_inputs
+    monkeypatch.setattr(pooling, "classifier_inputs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache = tmp_path / "features"
+
+    first = pooling.cached_classifier_inputs(model, ids, 0, 2, cache, pooling.encoder_digest(model))
+    assert len(calls) == 1 and len(list(cache.glob("*.npy"))) == 1
+    with torch.no_grad():
+        model.classifier.weight.normal_()  # another seed's head: the features (its inputs) are the same
+    again = pooling.cached_classifier_inputs(model, ids, 0, 2, cache, pooling.encoder_digest(model))
+    assert len(calls) == 1 and np.array_equal(first, again)
+    assert np.allclose(first, real(model, ids, 0, 2), atol=1e-6)
+
+    pooling.cached_classifier_inputs(model, ids[:2], 0, 2, cache, pooling.encoder_digest(model))  # other ids
+    assert len(calls) == 2
+    with torch.no_grad():
+        model.bert.embeddings.word_embeddings.weight[5].add_(torch.randn(16))  # another encoder (token 5: first text)
+    changed = pooling.cached_classifier_inputs(model, ids, 0, 2, cache, pooling.encoder_digest(model))
+    assert len(calls) == 3 and not np.allclose(changed, first)
+    assert not list(cache.glob("*.partial"))

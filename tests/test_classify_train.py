@@ -76,9 +76,31 @@ def test_model_is_selected_on_validation_only(demo_run):
     assert [e["step"] for e in evals] == [60, 120]
     best = max(evals, key=lambda e: e["eval_macro_f1"])
     assert state["best_metric"] == pytest.approx(best["eval_macro_f1"])
-    assert metrics["best_checkpoint_step"] == best["step"]
+    assert metrics["best_checkpoint_step"] == best["step"] and metrics["kept"] == "fine-tuned"
     assert metrics["eval_macro_f1"] == pytest.approx(best["eval_macro_f1"], abs=1e-6)
     assert not any(key.startswith("test_") for e in state["log_history"] for key in e)
+
+
+@pytest.mark.parametrize("keep_start", [True, False])
+def test_a_start_that_beats_every_checkpoint_is_kept(tmp_path, keep_start):
+    """A probe head whose fine-tuning is wrecked (Adam at lr 1.0): with --keep_start_if_better the validation-chosen
+    model is the start itself (its predictions, hence its macro-F1, recomputed from the restored weights); without
+    it the wrecked checkpoint ships."""
+    out = tmp_path / "run"
+    code = classify("train", "--train_data", SENTIMENT / "train.jsonl", "--eval_data", SENTIMENT / "validation.jsonl",
+                    "--output_dir", out, *TINY_MODEL, *FAST, "--head_init", "probe", "--learning_rate", "1.0",
+                    "--warmup_steps", "0", "--max_steps", "6", "--eval_steps", "3", "--save_steps", "3",
+                    "--keep_start_if_better", str(keep_start))
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text(encoding="utf-8"))
+    assert metrics["initial_eval_macro_f1"] > state["best_metric"] + 0.1  # the probe start beats every checkpoint
+    if keep_start:
+        assert metrics["kept"] == "start" and "best_checkpoint_step" not in metrics
+        assert metrics["eval_macro_f1"] == pytest.approx(metrics["initial_eval_macro_f1"], abs=1e-9)
+    else:
+        assert metrics["kept"] == "fine-tuned" and metrics["best_checkpoint_step"] in (3, 6)
+        assert metrics["eval_macro_f1"] == pytest.approx(state["best_metric"], abs=1e-6)
 
 
 def test_saved_model_reloads_with_auto_class_and_gives_equal_outputs(demo_run):

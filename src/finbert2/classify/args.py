@@ -110,6 +110,17 @@ class DataArguments(LongTextArguments):
                   "frozen features of the training split (linear probing, then fine-tuning)."},
     )
     probe_c: float = field(default=1.0, metadata={"help": "Inverse L2 strength of the probe's logistic regression."})
+    probe_feature_cache: bool = field(
+        default=True,
+        metadata={"help": "--head_init probe: keep the frozen features in the user cache (classifier_features/), keyed "
+                  "by the encoder's weights and the token ids, so other seeds and reruns skip the forward pass."},
+    )
+    keep_start_if_better: bool = field(
+        default=True,
+        metadata={"help": "With load_best_model_at_end: the starting model (encoder + the probe's or the seed's head) "
+                  "is a candidate too, kept when no evaluated checkpoint beats its validation metric (fine-tuning "
+                  "that lands below its linear probe is not shipped as an improvement)."},
+    )
 
     def __post_init__(self):
         self.check_long_text()

@@ -16,7 +16,11 @@ BERT's [CLS] pooler, which it never trained with.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -118,6 +122,46 @@ def classifier_inputs(model, input_ids: list[list[int]], pad_id: int, batch_size
     finally:
         hook.remove()
         model.train(was_training)
+    return features
+
+
+FEATURE_CACHE_VERSION = 1  # part of every key: bump when classifier_inputs changes what it returns
+
+
+def encoder_digest(model) -> str:
+    """A content hash of everything but the classification layer (the frozen features' source), with the model
+    class (which vector the head reads) and dtype: two runs from the same folder share it whatever their seed."""
+    digest = hashlib.sha256(f"{type(model).__name__}|v{FEATURE_CACHE_VERSION}".encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith("classifier."):
+            continue
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")
+    return digest.hexdigest()
+
+
+def cached_classifier_inputs(model, input_ids: list[list[int]], pad_id: int, batch_size: int,
+                             cache: Path | None, model_key: str = "") -> np.ndarray:
+    """``classifier_inputs``, read from ``cache/<key>.npy`` when an earlier run computed them for the same encoder
+    weights (``model_key``, from ``encoder_digest``) and the same token ids; computed and stored otherwise.
+    ``cache`` None computes without storing."""
+    if cache is None:
+        return classifier_inputs(model, input_ids, pad_id, batch_size)
+    digest = hashlib.sha256(f"{model_key}|{pad_id}|{len(input_ids)}".encode())
+    for ids in input_ids:
+        digest.update(np.asarray(ids, dtype=np.int64).tobytes() + b"|")
+    path = cache / f"{digest.hexdigest()}.npy"
+    if path.is_file():
+        features = np.load(path)
+        if features.shape == (len(input_ids), model.classifier.in_features):
+            return features
+    features = classifier_inputs(model, input_ids, pad_id, batch_size)
+    cache.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(dir=cache, suffix=".npy.partial")
+    with os.fdopen(handle, "wb") as stream:
+        np.save(stream, features)
+    os.replace(staging, path)  # a reader sees a whole file or none
     return features
 
 

@@ -32,11 +32,13 @@ from finbert2.classify.data import PadCollator, class_weights, encode_split, lab
 from finbert2.classify.inference import CONFIG_KEY, Predictions, SequenceClassifier
 from finbert2.classify.longtext import LongTextSettings
 from finbert2.classify.metrics import majority_macro_f1, summary_metrics, write_split_report
+from finbert2.cache import cache_dir
 from finbert2.classify.pooling import (
+    cached_classifier_inputs,
     check_mean_pooling_supported,
     classifier_class,
-    classifier_inputs,
     default_pooling,
+    encoder_digest,
     fit_probe,
     probe_logits,
     set_head_from_probe,
@@ -91,6 +93,21 @@ def tune_threshold(probabilities: np.ndarray, targets: np.ndarray, num_labels: i
     return best
 
 
+def metric_name(training_args: TrainingArguments) -> str:
+    """``metric_for_best_model`` without the Trainer's ``eval_`` prefix (the key of ``summary_metrics``)."""
+    return (training_args.metric_for_best_model or "loss").removeprefix("eval_")
+
+
+def start_better_than_best(initial: dict[str, float], best_metric: float | None,
+                           training_args: TrainingArguments) -> bool:
+    """Whether the start's validation metric beats the best evaluated checkpoint's (strictly: a tie keeps the
+    fine-tuned model). False when the metric is not one the start was scored on (e.g. the loss)."""
+    start = initial.get(metric_name(training_args))
+    if start is None or best_metric is None:
+        return False
+    return start > best_metric if training_args.greater_is_better is not False else start < best_metric
+
+
 def prediction_rows(texts, gold, predictions: Predictions) -> list[dict]:
     probabilities = predictions.probabilities
     return [
@@ -108,7 +125,11 @@ def initialise_head_from_probe(model, tokenizer, train_set, num_labels: int, mul
     untrained row; the test scores are only recorded, never used for a choice."""
     pad_id = tokenizer.pad_token_id or 0
     started = time.perf_counter()
-    train_features = classifier_inputs(model, train_set.input_ids, pad_id, training_args.per_device_eval_batch_size)
+    # seeds and reruns from the same encoder share the frozen features (the slow part on a CPU)
+    cache = cache_dir() / "classifier_features" if data_args.probe_feature_cache else None
+    model_key = encoder_digest(model) if cache is not None else ""
+    batch_size = training_args.per_device_eval_batch_size
+    train_features = cached_classifier_inputs(model, train_set.input_ids, pad_id, batch_size, cache, model_key)
     window_targets = train_set.targets[train_set.owners]
     if not multi_label:
         window_targets = window_targets.astype(np.int64)
@@ -116,7 +137,7 @@ def initialise_head_from_probe(model, tokenizer, train_set, num_labels: int, mul
     set_head_from_probe(model, probe, num_labels, multi_label)
     scores = {}
     for split, (encoded, targets) in scored.items():
-        features = classifier_inputs(model, encoded.input_ids, pad_id, training_args.per_device_eval_batch_size)
+        features = cached_classifier_inputs(model, encoded.input_ids, pad_id, batch_size, cache, model_key)
         logits = pool_by_owner(probe_logits(probe, features, num_labels, multi_label), encoded.owners, len(targets))
         predicted = Predictions([str(i) for i in range(num_labels)], multi_label, data_args.threshold,
                                 logits).predicted()
@@ -216,10 +237,21 @@ def run_train(model_args: ModelArguments, data_args: DataArguments, training_arg
         splits.validation.texts, training_args.per_device_eval_batch_size)
     initial = summary_metrics(val_targets, initial_pred.predicted(), num_labels)
     logger.info("validation before fine-tuning: %s", {k: round(v, 4) for k, v in initial.items()})
+    # the start's weights, a model-selection candidate (restored below when validation prefers it)
+    start_state = ({k: v.detach().clone() for k, v in model.state_dict().items()}
+                   if data_args.keep_start_if_better and training_args.load_best_model_at_end else None)
     model.train()
     train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(output_dir,
                                                                           training_args.resume_from_checkpoint))
     best_checkpoint = trainer.state.best_model_checkpoint
+    kept_start = start_state is not None and start_better_than_best(initial, trainer.state.best_metric, training_args)
+    if kept_start:
+        trainer.model.load_state_dict(start_state)
+        best_checkpoint = None
+        logger.warning("validation %s of the start (%.4f) beats every fine-tuned checkpoint (best %.4f): the start "
+                       "is kept (--keep_start_if_better)", training_args.metric_for_best_model,
+                       initial[metric_name(training_args)], trainer.state.best_metric)
+    del start_state
 
     # ---- everything below uses the selected (best-on-validation) model
     classifier = SequenceClassifier(trainer.model, tokenizer, settings, data_args.threshold)
@@ -244,6 +276,7 @@ def run_train(model_args: ModelArguments, data_args: DataArguments, training_arg
         "eval_rows": len(splits.validation.texts),
         "threshold": threshold if multi_label else None,
         "best_checkpoint_step": checkpoint_step(best_checkpoint) if best_checkpoint else None,
+        "kept": "start" if kept_start else "fine-tuned",
     }
     metrics.update({f"initial_eval_{k}": v for k, v in initial.items()})
     metrics.update(probe_metrics)
