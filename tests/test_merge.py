@@ -205,3 +205,27 @@ def test_auto_with_a_probe_scores_the_mean_and_keeps_the_best(tiny_pair, tmp_pat
         merge_with_start(a_dir, b_dir, tmp_path / "o", "auto", eval_retrieval_data=str(eval_dir),
                          eval_classification_data=str(bad_probe))
     assert not (tmp_path / "o").exists()
+
+
+def test_auto_reuses_the_callers_scores_where_the_merge_is_that_model(tiny_pair, tmp_path, monkeypatch):
+    """known_scores (a pretraining run's own validation scores) stand in for alpha 1 (model A as saved); alpha 0 is
+    scored anyway when A grew rows (the merge takes them from A, so it is not the start); the curve and the choice are
+    those of scoring every alpha."""
+    from finbert2.merge.select import AlphaScorer
+
+    a_dir, b_dir, _, _ = tiny_pair
+    eval_dir = small_retrieval_eval(tmp_path / "eval")
+    scored = merge_with_start(a_dir, b_dir, tmp_path / "scored", "auto", eval_retrieval_data=str(eval_dir),
+                              alpha_grid=[0.5], max_length=128)
+    points = {p["alpha"]: p for p in scored["alpha_curve"]}
+    known = {alpha: {k: points[alpha][k] for k in ("ndcg_at_10", "recall_at_10")} for alpha in (0.0, 1.0)}
+    calls = []
+    score = AlphaScorer.score
+    monkeypatch.setattr(AlphaScorer, "score", lambda self, alpha: calls.append(alpha) or score(self, alpha))
+    reused = merge_with_start(a_dir, b_dir, tmp_path / "reused", "auto", eval_retrieval_data=str(eval_dir),
+                              alpha_grid=[0.5], max_length=128, known_scores=known)
+    assert calls == [0.0, 0.5]  # alpha 1 reused; alpha 0 holds A's grown rows, so it is scored
+    assert [p.get("measured_by") for p in reused["alpha_curve"]] == [None, None, "the run"]
+    for point in reused["alpha_curve"]:
+        assert point["ndcg_at_10"] == pytest.approx(points[point["alpha"]]["ndcg_at_10"], abs=1e-9)
+    assert reused["alpha"] == scored["alpha"]

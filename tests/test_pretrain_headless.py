@@ -196,6 +196,16 @@ def test_merge_auto_scores_only_the_alphas_given(tiny_e5_shaped_dir, tmp_path):
     assert merged["alpha"] == max(sorted(curve, reverse=True), key=curve.get)  # the best; ties to the larger
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["merge_alpha"] == merged["alpha"] and metrics["merge_alpha_mode"] == "auto"
+    # The ends are the run's own validation scores (its saved model; its start, no rows grown), not encoded again,
+    # and equal what scoring them gives.
+    from finbert2.merge import merge_with_start
+
+    assert [p.get("measured_by") for p in merged["alpha_curve"]] == ["the run", None, "the run"]
+    assert curve[1.0] == metrics["eval_ndcg_at_10"] and curve[0.0] == metrics["initial_eval_ndcg_at_10"]
+    rescored = merge_with_start(tmp_path / "run", tiny_e5_shaped_dir, tmp_path / "rescored", "auto",
+                                eval_retrieval_data=str(eval_dir), alpha_grid=[0.5], max_length=64)
+    for point in rescored["alpha_curve"]:
+        assert point["ndcg_at_10"] == pytest.approx(curve[point["alpha"]], abs=1e-6), point["alpha"]
 
 
 def _fin_eva_validation_sample(folder, out, queries: int = 40, distractors: int = 160):

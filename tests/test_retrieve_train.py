@@ -95,7 +95,7 @@ def test_training_writes_the_run_contract(trained_dir):
 def test_the_kept_models_scores_are_read_from_the_log():
     from types import SimpleNamespace
 
-    from finbert2.retrieve.trainer import logged_evaluation
+    from finbert2.training import logged_evaluation
 
     history = [{"loss": 3.0, "step": 2}, {"eval_ndcg_at_10": 0.4, "eval_map": 0.3, "epoch": 1.0, "step": 18},
                {"loss": 2.0, "step": 36}, {"eval_ndcg_at_10": 0.35, "eval_map": 0.2, "epoch": 2.0, "step": 36}]

@@ -41,6 +41,23 @@ def checkpoint_step(path: str | Path) -> int:
     return int(match.group(1)) if match else -1
 
 
+def logged_evaluation(state, training_args, key: str | None = None) -> dict[str, float] | None:
+    """The validation scores logged at the step whose weights the model holds after training.
+
+    With ``load_best_model_at_end`` that is the best checkpoint, else the last step. Reusing the logged
+    scores saves encoding the validation data once more; None if that step was not evaluated. ``key``:
+    the entry must hold it (a stage that logs several evaluation entries per step picks one).
+    """
+    if training_args.load_best_model_at_end and state.best_model_checkpoint:
+        step = checkpoint_step(state.best_model_checkpoint)
+    else:
+        step = state.global_step
+    for entry in reversed(state.log_history):
+        if entry.get("step") == step and (key in entry if key else any(k.startswith("eval_") for k in entry)):
+            return {k: v for k, v in entry.items() if k.startswith("eval_") or k == "epoch"}
+    return None
+
+
 def resume_checkpoint(output_dir: str | Path, resume_from_checkpoint: str | bool | None = None) -> str | None:
     """The checkpoint to resume from: an explicit one, else the latest complete one in ``output_dir``."""
     if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint not in {"", "True", "False"}:

@@ -104,6 +104,23 @@ class Evaluation:
     alphas: list[float] | None = None
     max_length: int = 512
     batch_size: int = 32
+    # Retrieval scores ({"ndcg_at_10", "recall_at_10"}) the caller already measured on the same data and length:
+    # 1.0 for model A as saved, 0.0 for model B. Used instead of encoding again when that alpha's merge is exactly
+    # that model (0.0 only without grown rows, which come from A) and no classification probe joins the score.
+    known: dict[float, dict[str, float]] | None = None
+
+
+def known_point(evaluation: Evaluation, alpha: float, plan: MergePlan, probe) -> dict | None:
+    """The curve point for ``alpha`` from ``evaluation.known`` when that alpha's merge is exactly the model it was
+    measured on; None when it must be scored."""
+    known = (evaluation.known or {}).get(alpha)
+    if known is None or probe is not None or (alpha == 0.0 and plan.grown) or alpha not in (0.0, 1.0):
+        return None
+    point = {"alpha": alpha, "ndcg_at_10": known["ndcg_at_10"], "recall_at_10": known["recall_at_10"],
+             "score": known["ndcg_at_10"], "measured_by": "the run"}
+    logger.info("alpha %.2f: %s (the run's own validation score of that model)", alpha,
+                {k: round(v, 4) for k, v in point.items() if isinstance(v, float) and k != "alpha"})
+    return point
 
 
 def merge_checkpoints(model_a: str, model_b: str, output_dir: str | Path, alpha, evaluation: Evaluation | None = None,
@@ -145,7 +162,7 @@ def merge_checkpoints(model_a: str, model_b: str, output_dir: str | Path, alpha,
         if alpha == AUTO:
             scorer = AlphaScorer(a, b, plan, sentence_source(a, b), retrieval, probe,
                                  max_length=evaluation.max_length, batch_size=evaluation.batch_size)
-            curve = [scorer.score(value) for value in grid]
+            curve = [known_point(evaluation, value, plan, probe) or scorer.score(value) for value in grid]
             chosen = best_point(curve)
             alpha = chosen["alpha"]
             by_alpha = {p["alpha"]: p for p in curve}
@@ -174,7 +191,8 @@ def merge_checkpoints(model_a: str, model_b: str, output_dir: str | Path, alpha,
 def merge_with_start(model_dir: str | Path, start_dir: str | Path, out_dir: str | Path, alpha,
                      eval_retrieval_data: str | None = None, eval_classification_data: str | None = None,
                      eval_split: str = "test", alpha_grid: list[float] | None = None, max_length: int = 512,
-                     batch_size: int = 32, overwrite: bool = False) -> dict:
+                     batch_size: int = 32, overwrite: bool = False,
+                     known_scores: dict[float, dict[str, float]] | None = None) -> dict:
     """Merge a continued-pretraining run's encoder with the model it started from (``--merge_with_start``).
 
     Contract for the pretraining stages:
@@ -206,5 +224,5 @@ def merge_with_start(model_dir: str | Path, start_dir: str | Path, out_dir: str 
         return {}
     evaluation = Evaluation(retrieval_data=eval_retrieval_data, retrieval_split=eval_split,
                             classification_data=eval_classification_data, alphas=alpha_grid,
-                            max_length=max_length, batch_size=batch_size)
+                            max_length=max_length, batch_size=batch_size, known=known_scores)
     return merge_checkpoints(str(model_dir), str(start_dir), out_dir, alpha, evaluation, overwrite=overwrite)

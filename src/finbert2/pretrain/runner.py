@@ -47,6 +47,7 @@ from finbert2.run import (
 from finbert2.training import (
     LossLogCallback,
     NonFiniteGuardCallback,
+    logged_evaluation,
     plot_loss_curves,
     resume_checkpoint,
 )
@@ -310,8 +311,11 @@ def run_pretraining(
     session_seconds = time.perf_counter() - started
     final = evaluate_losses(trainer, eval_masked, loss_components)
     if probe is not None:
-        final.update({f"eval_{k}": v
-                      for k, v in probe(trainer.model.bert, training_args.device, training_args.bf16).items()})
+        # the kept model's retrieval score was logged when it was evaluated: encoding the validation folder again
+        # would give the same numbers
+        logged = logged_evaluation(trainer.state, training_args, key="eval_ndcg_at_10")
+        final.update({k: v for k, v in logged.items() if k.startswith("eval_")} if logged else {
+            f"eval_{k}": v for k, v in probe(trainer.model.bert, training_args.device, training_args.bf16).items()})
     logger.info("held-out losses after training: %s", final)
 
     metrics: dict = {
@@ -354,7 +358,9 @@ def run_pretraining(
         inherit_sentence_settings(model_args.model_name_or_path, output_dir, pooling=sentence_pooling,
                                   max_seq_length=min(tokenizer.model_max_length, model.config.max_position_embeddings))
         plot_loss_curves(output_dir, title=f"{stage}: {output_dir.name}")
-        metrics.update(merged_with_start(headless_args, model_args.model_name_or_path, output_dir))
+        known = {alpha: {k.removeprefix("eval_"): v for k, v in scores.items()}
+                 for alpha, scores in ((1.0, final), (0.0, initial)) if "eval_ndcg_at_10" in scores}
+        metrics.update(merged_with_start(headless_args, model_args.model_name_or_path, output_dir, known))
     training_args.distributed_state.wait_for_everyone()
     return metrics
 
@@ -362,9 +368,12 @@ def run_pretraining(
 MERGED_FOLDER = "merged_with_start"
 
 
-def merged_with_start(args: HeadlessStartArguments, start: str | None, output_dir: Path) -> dict:
+def merged_with_start(args: HeadlessStartArguments, start: str | None, output_dir: Path,
+                      known_scores: dict[float, dict[str, float]] | None = None) -> dict:
     """``--merge_with_start``: the saved encoder interpolated with its start into ``output_dir/merged_with_start``;
-    the merge's scalar metrics, prefixed ``merge_`` (the curve stays in that folder's metrics.json)."""
+    the merge's scalar metrics, prefixed ``merge_`` (the curve stays in that folder's metrics.json).
+    ``known_scores``: the run's validation retrieval scores of its saved model (alpha 1) and its start (alpha 0),
+    which ``auto`` reuses where the merge at that alpha is that model."""
     from finbert2.merge.runner import merge_with_start, parse_alpha
 
     if parse_alpha(args.merge_with_start) is None:
@@ -375,7 +384,7 @@ def merged_with_start(args: HeadlessStartArguments, start: str | None, output_di
                               eval_retrieval_data=args.eval_retrieval_data,
                               eval_classification_data=args.merge_eval_classification_data,
                               eval_split=args.eval_retrieval_split, alpha_grid=args.merge_alpha_grid,
-                              max_length=args.eval_retrieval_max_length, overwrite=True)
+                              max_length=args.eval_retrieval_max_length, overwrite=True, known_scores=known_scores)
     logger.info("merged with the start: alpha %s -> %s", result.get("alpha"), output_dir / MERGED_FOLDER)
     return {f"merge_{k}": v for k, v in result.items() if isinstance(v, (int, float, str, bool)) or v is None}
 

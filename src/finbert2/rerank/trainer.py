@@ -32,7 +32,8 @@ from finbert2.rerank.modeling import CrossEncoderScorer, listwise_loss, score_co
 from finbert2.retrieve.data import ContrastiveGroupDataset
 from finbert2.retrieve.evaluate import bm25_evaluation
 from finbert2.retrieve.metrics import evaluate_run
-from finbert2.retrieve.trainer import EpochCallback, RetrievalValidation, logged_evaluation, with_validation
+from finbert2.retrieve.trainer import EpochCallback, RetrievalValidation, with_validation
+from finbert2.training import logged_evaluation
 
 logger = logging.getLogger("finbert2.rerank")
 

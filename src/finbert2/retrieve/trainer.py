@@ -39,7 +39,7 @@ from finbert2.retrieve.encoder import (
 )
 from finbert2.retrieve.evaluate import dense_evaluation
 from finbert2.retrieve.modeling import BiEncoder, grad_cache_step
-from finbert2.training import checkpoint_step
+from finbert2.training import logged_evaluation
 
 logger = logging.getLogger("finbert2.retrieve")
 
@@ -114,23 +114,6 @@ class RetrieverTrainer(RetrievalValidation, Trainer):
         mean, _, _ = dense_evaluation(encoder, data, self.eval_k)
         bi_encoder.train(was_training)
         return mean
-
-
-def logged_evaluation(state, training_args) -> dict[str, float] | None:
-    """The validation scores logged at the step whose weights the model holds after training.
-
-    With ``load_best_model_at_end`` that is the best checkpoint, else the last step. Reusing
-    the logged scores saves encoding the validation corpus once more; None if that step was
-    not evaluated.
-    """
-    if training_args.load_best_model_at_end and state.best_model_checkpoint:
-        step = checkpoint_step(state.best_model_checkpoint)
-    else:
-        step = state.global_step
-    for entry in reversed(state.log_history):
-        if entry.get("step") == step and any(key.startswith("eval_") for key in entry):
-            return {k: v for k, v in entry.items() if k.startswith("eval_") or k == "epoch"}
-    return None
 
 
 class EpochCallback(TrainerCallback):
