@@ -108,6 +108,12 @@ def test_report_leads_with_headline_tables_and_lists_changed_arguments_only(tmp_
     assert "[full config: run_config.json](../runs/classify/run_config.json)" in detail
     page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
     assert page.index("<h2>Results</h2>") < page.index("<h2>Runs</h2>")
+    # a run whose validation preferred its start says so in the headline
+    _run(tmp_path / "runs2" / "classify", "classify train", {"eval_macro_f1": 0.95, "test_macro_f1": 0.93,
+                                                             "kept": "start", "initial_eval_macro_f1": 0.95})
+    build_report([tmp_path / "runs2"], tmp_path / "report2")
+    md = (tmp_path / "report2" / "report.md").read_text(encoding="utf-8")
+    assert "| fine-tuned (best) (validation kept the start) | classify | 0.9500 | 0.9300 |" in md
     assert '<p class="warning"><b>WARNING</b> retromae: collapsed' in page
     assert '<a href="../runs/classify/run_config.json">' in page
 

@@ -197,7 +197,9 @@ def classification_headline(runs: list[tuple[Path, str, dict, dict]]) -> list[Bl
 
     model, baseline = best(models), best(baselines)
     reference = baseline[2].get(f"{split}_macro_f1") if baseline else None
-    rows = [["fine-tuned (best)", model[0].name, _score(model[2].get("eval_macro_f1")),
+    # validation may keep the start (--keep_start_if_better): say so, the row is then the untrained start's model
+    kept_start = " (validation kept the start)" if model[2].get("kept") == "start" else ""
+    rows = [[f"fine-tuned (best){kept_start}", model[0].name, _score(model[2].get("eval_macro_f1")),
              _score(model[2].get("test_macro_f1")), _difference(model[2].get(f"{split}_macro_f1"), reference)]]
     if baseline:
         rows.append(["baseline: TF-IDF + LR", baseline[0].name, _score(baseline[2].get("eval_macro_f1")),
