@@ -198,13 +198,21 @@ def test_bad_training_row_stops_before_any_output(tiny_bert_dir, tmp_path, run_c
 
 
 def test_evaluate_cli_compares_models_and_bm25(trained_dir, tiny_bert_dir, tmp_path, run_cli):
+    import shutil
+
     out, eval_dir = trained_dir
-    result = run_cli("retrieve", "evaluate", "--eval_data", eval_dir, "--models", "bm25", tiny_bert_dir, out,
-                     "--labels", "bm25", "before", "after", "--max_length", "80", "--output_dir", tmp_path / "ev")
+    copy = shutil.copytree(out, tmp_path / "copy")  # the same encoder in another folder: scored once, reused
+    result = run_cli("retrieve", "evaluate", "--eval_data", eval_dir, "--models", "bm25", tiny_bert_dir, out, copy,
+                     "--labels", "bm25", "before", "after", "copy", "--max_length", "80", "--output_dir", tmp_path / "ev")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     table = (tmp_path / "ev" / "results.md").read_text()
-    for label in ("bm25", "before", "after"):
+    log = (tmp_path / "ev" / "run.log").read_text()
+    assert "copy: the same weights, tokenizer and settings as after; its scores reused" in log
+    assert "before: the same" not in log and "after: the same" not in log
+    assert {k[len("copy_"):]: v for k, v in metrics.items() if k.startswith("copy_") and k != "copy_seconds"} == \
+        {k[len("after_"):]: v for k, v in metrics.items() if k.startswith("after_") and k != "after_seconds"}
+    for label in ("bm25", "before", "after", "copy"):
         assert f"| {label} |" in table
         assert 0 <= metrics[f"{label}_ndcg_at_10"] <= 1
         rows = (tmp_path / "ev" / "per_query" / f"{label}.jsonl").read_text().splitlines()

@@ -7,6 +7,7 @@ tokenizer (the offline demo path). Weights load from safetensors with remote cod
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,21 @@ class ModelArguments:
 
 # ModelArguments option -> the BERT config attribute it sets
 DROPOUT_CONFIG_KEYS = {"hidden_dropout": "hidden_dropout_prob", "attention_dropout": "attention_probs_dropout_prob"}
+
+
+def weights_digest(model, exclude: tuple[str, ...] = (), salt: str = "") -> str:
+    """A content hash of a model's state dict (names, dtypes, shapes, bytes), leaving out the keys that start with
+    any of ``exclude``: equal digests mean equal weights, whatever folder they came from."""
+    import torch
+
+    digest = hashlib.sha256(salt.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith(exclude):
+            continue
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")
+    return digest.hexdigest()
 
 
 def load_tokenizer(name_or_path: str, cache_dir: str | None = None,

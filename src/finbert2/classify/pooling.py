@@ -130,15 +130,10 @@ FEATURE_CACHE_VERSION = 1  # part of every key: bump when classifier_inputs chan
 
 def encoder_digest(model) -> str:
     """A content hash of everything but the classification layer (the frozen features' source), with the model
-    class (which vector the head reads) and dtype: two runs from the same folder share it whatever their seed."""
-    digest = hashlib.sha256(f"{type(model).__name__}|v{FEATURE_CACHE_VERSION}".encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        if name.startswith("classifier."):
-            continue
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")
-    return digest.hexdigest()
+    class (which vector the head reads): two runs from the same folder share it whatever their seed."""
+    from finbert2.modeling import weights_digest
+
+    return weights_digest(model, exclude=("classifier.",), salt=f"{type(model).__name__}|v{FEATURE_CACHE_VERSION}")
 
 
 def cached_classifier_inputs(model, input_ids: list[list[int]], pad_id: int, batch_size: int,

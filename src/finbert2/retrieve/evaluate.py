@@ -68,6 +68,18 @@ def chance_evaluation(data: RetrievalEvalData, k: int = 100, seed: int = 0) -> t
     return mean_metrics(per_query), per_query, run
 
 
+def encoder_fingerprint(encoder: DenseEncoder) -> str:
+    """Equal for two encoders that embed every text alike: weights, tokenizer, pooling, prompts and lengths."""
+    from finbert2.modeling import weights_digest
+
+    tokenizer = encoder.tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocabulary = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    settings = (encoder.pooling, encoder.normalize, encoder.query_instruction, encoder.passage_instruction,
+                encoder.max_length, encoder.query_max_length, encoder.bf16, vocabulary)
+    return weights_digest(encoder.model, salt=repr(settings))
+
+
 def model_label(name: str, taken: set[str]) -> str:
     """A short unique label for a model: ``bm25``, the folder name, or the hub id's last part."""
     base = BM25 if name == BM25 else re.sub(r"[^\w.-]+", "_", Path(name.rstrip("/")).name) or "model"
@@ -153,13 +165,21 @@ def run_evaluation(args, run_args) -> dict[str, Any]:
         first_runs[label] = run
 
     bm25_run, dense_runs = None, {}
+    scored: dict[str, tuple[str, tuple]] = {}  # encoder fingerprint -> (label, its results)
     for name, label in zip(args.models, labels):
         t0 = time.perf_counter()
         if name == BM25:
             mean, per_query, run = bm25_evaluation(data, args.k)
             bm25_run = run
         else:
-            mean, per_query, run = dense_evaluation(encoders[name], data, args.k, show_progress=True)
+            # two folders holding the same encoder (a merge that chose alpha 1, a copy) are scored once
+            fingerprint = encoder_fingerprint(encoders[name])
+            if fingerprint in scored:
+                same, (mean, per_query, run) = scored[fingerprint]
+                logger.info("%s: the same weights, tokenizer and settings as %s; its scores reused", label, same)
+            else:
+                mean, per_query, run = dense_evaluation(encoders[name], data, args.k, show_progress=True)
+                scored[fingerprint] = (label, (mean, per_query, run))
             dense_runs[label] = run
         record(label, mean, per_query, run, time.perf_counter() - t0)
     if args.hybrid:
