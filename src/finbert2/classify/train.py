@@ -238,7 +238,7 @@ def run_train(model_args: ModelArguments, data_args: DataArguments, training_arg
     initial = summary_metrics(val_targets, initial_pred.predicted(), num_labels)
     logger.info("validation before fine-tuning: %s", {k: round(v, 4) for k, v in initial.items()})
     # the start's weights, a model-selection candidate (restored below when validation prefers it)
-    start_state = ({k: v.detach().clone() for k, v in model.state_dict().items()}
+    start_state = ({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}  # off the GPU
                    if data_args.keep_start_if_better and training_args.load_best_model_at_end else None)
     model.train()
     train_result = trainer.train(resume_from_checkpoint=resume_checkpoint(output_dir,
