@@ -148,4 +148,4 @@ def test_frozen_features_are_cached_by_encoder_weights_and_token_ids(tmp_path, m
         model.bert.embeddings.word_embeddings.weight[5].add_(torch.randn(16))  # another encoder (token 5: first text)
     changed = pooling.cached_classifier_inputs(model, ids, 0, 2, cache, pooling.encoder_digest(model))
     assert len(calls) == 3 and not np.allclose(changed, first)
-    assert not list(cache.glob("*.partial"))
+    assert [p.suffix for p in cache.iterdir()] == [".npy"] * 3  # three keys stored, no staging file left

@@ -17,9 +17,8 @@ BERT's [CLS] pooler, which it never trained with.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from torch import nn
 from transformers import BertForSequenceClassification
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from finbert2.data.writers import atomic_write_bytes
 from finbert2.errors import ConfigError
 
 logger = logging.getLogger("finbert2.classify")
@@ -152,11 +152,9 @@ def cached_classifier_inputs(model, input_ids: list[list[int]], pad_id: int, bat
         if features.shape == (len(input_ids), model.classifier.in_features):
             return features
     features = classifier_inputs(model, input_ids, pad_id, batch_size)
-    cache.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(dir=cache, suffix=".npy.partial")
-    with os.fdopen(handle, "wb") as stream:
-        np.save(stream, features)
-    os.replace(staging, path)  # a reader sees a whole file or none
+    buffer = io.BytesIO()
+    np.save(buffer, features)
+    atomic_write_bytes(path, buffer.getvalue())  # a reader sees a whole file or none
     return features
 
 
