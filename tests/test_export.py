@@ -4,6 +4,7 @@ check gate, a rejected export leaving no model, and the exported folders run by 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -186,12 +187,17 @@ def test_bad_arguments_and_check_sets_are_one_line_errors(exported, tmp_path, ca
     assert not (tmp_path / "x").exists()
 
 
-def test_retrieve_evaluate_and_classify_predict_take_the_exported_folder(exported, tmp_path):
-    assert finbert2_main(["retrieve", "evaluate", "--eval_data", str(exported["check_retrieval"]),
-                          "--models", str(exported["retriever"]), str(exported["retriever_onnx"]),
-                          "--output_dir", str(tmp_path / "eval")]) == 0
+def test_retrieve_evaluate_and_classify_predict_take_the_exported_folder(exported, tmp_path, caplog):
+    # a copy of the exported folder is the same encoder: scored once, its scores reused
+    copy = shutil.copytree(exported["retriever_onnx"], tmp_path / "onnx_copy")
+    with caplog.at_level("INFO", logger="finbert2"):
+        assert finbert2_main(["retrieve", "evaluate", "--eval_data", str(exported["check_retrieval"]),
+                              "--models", str(exported["retriever"]), str(exported["retriever_onnx"]), str(copy),
+                              "--output_dir", str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["retriever_onnx_ndcg_at_10"] == pytest.approx(metrics["retriever_ndcg_at_10"], abs=1e-9)
+    assert "onnx_copy: the same weights, tokenizer and settings as retriever_onnx; its scores reused" in caplog.text
+    assert "retriever_onnx: the same weights" not in caplog.text  # torch and ONNX are different encoders
     rows = {}
     for name in ("classifier", "classifier_onnx"):
         out = tmp_path / f"{name}.jsonl"

@@ -11,6 +11,7 @@ serve) takes the exported folder as it is.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -85,6 +86,17 @@ class ExportedModel:
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The graph's outputs, in ``output_names`` order."""
         raise NotImplementedError
+
+    def weights_digest(self, salt: str = "") -> str:
+        """A content hash of the graph's files (the model file and its same-named sidecars such as OpenVINO's
+        ``.bin`` or ONNX external data): equal digests mean the same exported weights."""
+        digest = hashlib.sha256(f"{self.backend}|{salt}".encode())
+        for path in sorted(p for p in self.folder.glob(f"{self.file.stem}.*") if p.is_file()):
+            digest.update(f"{path.name}|".encode())
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        return digest.hexdigest()
 
     # The module-like calls DenseEncoder and SequenceClassifier make: an exported graph stays on the CPU.
     def to(self, *args, **kwargs) -> "ExportedModel":
