@@ -121,6 +121,11 @@ def test_reproduce_mini_runs_every_stage_on_public_data(tmp_path, tiny_e5_shaped
     for row in ["| finetuned_general+bm25 |", "| finetuned_finbert2-mini-merged+bm25 |", "| chance |",
                 "| TF-IDF / LSA |", "| RetroMAE |", "| whole-word MLM |"]:
         assert row in tables, row
+    # each adaptation step and the goals' comparisons with their paired bootstrap interval on the test queries
+    paired = tables.split("### Paired differences")[1].split("###")[0]
+    for pair in ("| domain-words | general |", "| finbert2-mini-merged | general |", "| finetuned_general | general |",
+                 "| finetuned_finbert2-mini-merged+bm25 | bm25 |"):
+        assert pair in paired, pair
     ablation = tables.split("## Ablation")[1].split("## Topics")[0]
     for row in ("| general (e5-small, pruned): the untrained start |", "| + domain words", "| + whole-word MLM |",
                 "| + whole-word MLM, merged with its start |", "| + RetroMAE (= finbert2-mini) |",

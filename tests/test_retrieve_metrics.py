@@ -133,3 +133,22 @@ def test_query_source_must_be_a_string(tmp_path):
     (tmp_path / "test_qrels.jsonl").write_text('{"qid": "q1", "docid": "d1"}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"test_queries\.jsonl:1: field 'source' must be a non-empty string"):
         read_retrieval_eval(tmp_path)
+
+
+def test_paired_bootstrap_against_hand_computed_values():
+    from finbert2.retrieve.metrics import paired_bootstrap
+
+    # differences +0.5, 0, -0.5 (q4 is scored by one side only and left out): mean 0, one win, one loss
+    diff = paired_bootstrap({"q1": 1.0, "q2": 0.5, "q3": 0.0, "q4": 1.0}, {"q1": 0.5, "q2": 0.5, "q3": 0.5})
+    assert diff["mean"] == pytest.approx(0.0) and diff["queries"] == 3
+    assert (diff["wins"], diff["losses"]) == (1, 1)
+    # a resampled mean of three values from {-0.5, 0, 0.5} lies within [-0.5, 0.5], and 10,000 draws reach past +-1/3
+    assert -0.5 <= diff["low"] < -1 / 3 + 1e-9 and 1 / 3 - 1e-9 < diff["high"] <= 0.5
+    # every query gains 0.2: each resample's mean is 0.2, so the interval is that point
+    same = paired_bootstrap({f"q{i}": 0.7 for i in range(5)}, {f"q{i}": 0.5 for i in range(5)})
+    assert same["low"] == pytest.approx(0.2) and same["high"] == pytest.approx(0.2) and same["wins"] == 5
+    # the seed fixes the interval
+    assert paired_bootstrap({"a": 1.0, "b": 0.0}, {"a": 0.0, "b": 0.5}, seed=3) == \
+        paired_bootstrap({"a": 1.0, "b": 0.0}, {"a": 0.0, "b": 0.5}, seed=3)
+    with pytest.raises(ValueError, match="share no query"):
+        paired_bootstrap({"a": 1.0}, {"b": 1.0})

@@ -241,6 +241,7 @@ def retrieval_tables(out: Path) -> list[str]:
         sources = sorted({s for row in by_source.values() for s in row})
         rows = [[label, *(_number(row.get(s)) for s in sources)] for label, row in by_source.items() if label in labels]
         lines += ["### nDCG@10 per source file", "", *_table(["model", *sources], rows)]
+    lines += paired_differences(folder, evaluated)
     trainings = []
     for encoder in ENCODERS:
         metrics = _metrics(out / "retrieve" / f"finetuned_{encoder}")
@@ -252,14 +253,51 @@ def retrieval_tables(out: Path) -> list[str]:
                               _number(metrics.get("initial_eval_ndcg_at_10")), _number(metrics.get("best_metric")),
                               _number(metrics.get("train_loss")), _number(metrics.get("passage_mean_cosine")),
                               "yes" if metrics.get("collapsed") else "no", _number(metrics.get("total_seconds"), 0),
-                              json.dumps({k: v for k, v in (mined or {}).items()
-                                          if k in ("queries", "negatives", "skipped_by_margin", "mean_negatives")},
-                                         ensure_ascii=False)])
+                              _number((mined or {}).get("queries"), 0), _number((mined or {}).get("mean_negatives"), 2),
+                              _number((mined or {}).get("random_negatives"), 0)])
     if trainings:
         lines += ["### Fine-tuning runs", "",
                   *_table(["from", "epochs", "kept step", "validation nDCG@10 start", "kept", "train loss",
-                           "passage mean cosine", "collapsed", "seconds", "mining"], trainings)]
+                           "passage mean cosine", "collapsed", "seconds", "mined queries", "negatives per query",
+                           "of them random fill"], trainings)]
     return lines
+
+
+# (A, B) pairs whose test nDCG@10 difference the reproduction reports with its bootstrap interval: each
+# adaptation step against the one before, fine-tuning against its start, and the goals' comparisons
+DIFFERENCE_PAIRS = [
+    ("domain-words", "general"), ("mlm", "domain-words"), ("finbert2-mini", "mlm"),
+    ("finbert2-mini-merged", "general"), ("finetuned_general", "general"),
+    ("finetuned_finbert2-mini-merged", "finbert2-mini-merged"), ("finetuned_finbert2-mini-merged", "general"),
+    ("finetuned_finbert2-mini-merged", "finetuned_general"), ("finetuned_general" + HYBRID_SUFFIX, "bm25"),
+    ("finetuned_finbert2-mini-merged" + HYBRID_SUFFIX, "bm25"),
+]
+
+
+def _per_query_ndcg(path: Path) -> dict[str, float]:
+    return {row["qid"]: row["ndcg_at_10"] for _, row in iter_jsonl(path)}
+
+
+def paired_differences(folder: Path, evaluated: list[str]) -> list[str]:
+    """The per-query paired bootstrap of ``DIFFERENCE_PAIRS`` present in the evaluation (one run, no seeds:
+    the interval says whether a difference outlives the choice of test queries)."""
+    from finbert2.retrieve.metrics import paired_bootstrap
+
+    rows = []
+    for a, b in DIFFERENCE_PAIRS:
+        files = [folder / "per_query" / f"{label}.jsonl" for label in (a, b)]
+        if a not in evaluated or b not in evaluated or not all(f.is_file() for f in files):
+            continue
+        diff = paired_bootstrap(*(_per_query_ndcg(f) for f in files))
+        verdict = "A higher" if diff["low"] > 0 else "B higher" if diff["high"] < 0 else "not distinguishable"
+        rows.append([a, b, f"{diff['mean']:+.4f}", f"[{diff['low']:+.4f}, {diff['high']:+.4f}]",
+                     f"{diff['wins']} / {diff['losses']}", verdict])
+    if not rows:
+        return []
+    return ["### Paired differences (test nDCG@10, A - B)", "",
+            "Mean per-query difference with a 95% percentile bootstrap interval over the test queries (10,000 "
+            "resamples, seed 0); wins / losses count the queries where A scores above / below B.", "",
+            *_table(["A", "B", "difference", "95% interval", "wins / losses", "verdict"], rows)]
 
 
 def ablation_table(out: Path) -> list[str]:

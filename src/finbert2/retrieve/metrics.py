@@ -64,3 +64,25 @@ def markdown_table(results: dict[str, dict[str, float]], metrics: list[str] | No
                  for m in metrics]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def paired_bootstrap(a: dict[str, float], b: dict[str, float], resamples: int = 10000, confidence: float = 0.95,
+                     seed: int = 0) -> dict[str, float]:
+    """The mean of ``a - b`` over the queries both score, with a percentile bootstrap interval.
+
+    One retrieval run has no seed spread: resampling the queries (paired, so per-query difficulty cancels) is
+    how IR papers say whether a difference outlives the choice of test queries. Also counts the queries
+    each side wins. Raises ValueError when the two share no query.
+    """
+    import numpy as np
+
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        raise ValueError("paired_bootstrap: the two runs share no query")
+    diffs = np.array([a[q] - b[q] for q in shared], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(0, len(diffs), size=(resamples, len(diffs)))].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    return {"mean": float(diffs.mean()), "low": float(np.percentile(means, tail)),
+            "high": float(np.percentile(means, 100 - tail)), "queries": len(shared),
+            "wins": int((diffs > 0).sum()), "losses": int((diffs < 0).sum())}
