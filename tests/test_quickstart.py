@@ -56,7 +56,7 @@ def test_quickstart_runs_every_stage(tmp_path):
         assert module_metrics["global_step"] == 2 and module_metrics["eval_loss"] is not None, module_metrics
     assert (out / "numllm_merged" / "model.safetensors").is_file()
     numllm = json.loads((out / "numllm_eval" / "metrics.json").read_text())
-    assert numllm["heldout_questions"] == 12
+    assert numllm["heldout_questions"] == 8
     for model in ("base", "domain", "numeric", "merged"):
         assert 0 <= numllm[f"{model}_heldout_0shot_accuracy"] <= 1 and numllm[f"{model}_perplexity"] > 1, model
     numllm_table = report[report.index("### NumLLM"):report.index("## Runs")]
