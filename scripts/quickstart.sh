@@ -26,7 +26,7 @@ TOTAL=$((10 + 6 * NUMLLM))
 # and the retriever are fine-tuned from the converted e5 itself, so their scores say what
 # fine-tuning does, not what a few pretraining steps did.
 E5="$OUT/e5-small"
-# 8 steps of 8 sequences and a 64-passage held-out set: the mechanics, not the quality, of pretraining
+# 8 steps of 8 sequences and a 32-passage held-out set: the mechanics, not the quality, of pretraining
 PRETRAIN_SIZES="--max_seq_length 128 --per_device_train_batch_size 8 --max_steps 8 --eval_steps 8 --save_steps 8
     --logging_steps 2 --max_eval_samples 32"
 GEMMA="$OUT/gemma-3-270m"

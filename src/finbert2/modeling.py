@@ -86,10 +86,9 @@ def weights_digest(model, exclude: tuple[str, ...] = (), salt: str = "") -> str:
     """A content hash of a model's state dict (names, dtypes, shapes, bytes), leaving out the keys that start with
     any of ``exclude``: equal digests mean equal weights, whatever folder they came from. An exported graph
     (``finbert2.export.runtime``) has no state dict and hashes its own files."""
-    import torch
-
     if not hasattr(model, "state_dict"):
         return model.weights_digest(salt=salt)
+    import torch
 
     digest = hashlib.sha256(salt.encode())
     for name, tensor in sorted(model.state_dict().items()):

