@@ -25,6 +25,9 @@ MINIMUM_ROWS = {
     "retrieval/eval/corpus.jsonl": 800,
     "retrieval/eval/test_queries.jsonl": 150,
     "retrieval/eval/test_qrels.jsonl": 150,
+    "retrieval/validation/corpus.jsonl": 1100,
+    "retrieval/validation/test_queries.jsonl": 100,
+    "retrieval/validation/test_qrels.jsonl": 100,
     "topics/titles.jsonl": 1500,
 }
 
@@ -109,10 +112,11 @@ def test_retrieval_training_rows_have_a_positive_and_hard_negatives():
     assert [{"query": r["query"], "pos": r["pos"]} for r in rows] == mining_input
 
 
-def test_retrieval_qrels_point_at_existing_queries_and_documents():
-    corpus_ids = [row["id"] for row in read_jsonl("retrieval/eval/corpus.jsonl")]
-    query_ids = [row["id"] for row in read_jsonl("retrieval/eval/test_queries.jsonl")]
-    qrels = read_jsonl("retrieval/eval/test_qrels.jsonl")
+@pytest.mark.parametrize("folder", ["eval", "validation"])
+def test_retrieval_qrels_point_at_existing_queries_and_documents(folder):
+    corpus_ids = [row["id"] for row in read_jsonl(f"retrieval/{folder}/corpus.jsonl")]
+    query_ids = [row["id"] for row in read_jsonl(f"retrieval/{folder}/test_queries.jsonl")]
+    qrels = read_jsonl(f"retrieval/{folder}/test_qrels.jsonl")
     assert len(set(corpus_ids)) == len(corpus_ids) and len(set(query_ids)) == len(query_ids)
     assert all(q["qid"] in set(query_ids) and q["docid"] in set(corpus_ids) and q["relevance"] == 1 for q in qrels)
     assert {q["qid"] for q in qrels} == set(query_ids), "every query needs a relevant document"
@@ -126,6 +130,20 @@ def test_retrieval_training_and_evaluation_are_disjoint():
     assert not train_passages & eval_passages
     eval_queries = {row["text"] for row in read_jsonl("retrieval/eval/test_queries.jsonl")}
     assert not {row["query"] for row in train_rows} & eval_queries
+
+
+def test_retrieval_validation_asks_no_training_question_and_shares_nothing_with_the_test():
+    """Validation passages are the training facts no training query asks (mining candidates), so only its
+    questions are new; the test folder's passages and questions appear in neither."""
+    train_queries = {row["query"] for row in read_jsonl("retrieval/train.jsonl")}
+    train_positives = {p for row in read_jsonl("retrieval/train.jsonl") for p in row["pos"]}
+    candidates = {row["text"] for row in read_jsonl("retrieval/candidates.jsonl")}
+    passages = {row["text"] for row in read_jsonl("retrieval/validation/corpus.jsonl")}
+    queries = {row["text"] for row in read_jsonl("retrieval/validation/test_queries.jsonl")}
+    assert passages <= candidates and not passages & train_positives
+    assert not queries & train_queries
+    assert not passages & {row["text"] for row in read_jsonl("retrieval/eval/corpus.jsonl")}
+    assert not queries & {row["text"] for row in read_jsonl("retrieval/eval/test_queries.jsonl")}
 
 
 def test_topic_titles_are_short_and_dated_in_2023_2024():

@@ -32,6 +32,7 @@ RETRIEVAL_TRAIN_FACTS = 1500  # every one is a candidate passage for hard-negati
 RETRIEVAL_TRAIN_QUERIES = 400  # the first facts of the training pool get a query
 RETRIEVAL_EVAL_FACTS = 800  # the evaluation corpus, disjoint from the training facts
 RETRIEVAL_EVAL_QUERIES = 150
+RETRIEVAL_VALIDATION_QUERIES = 100  # asked of training facts no training query asks (model selection, not test)
 NEGATIVES_PER_QUERY = (3, 7)
 TITLES_PER_THEME = 150
 TITLE_LENGTH = (10, 30)
@@ -1024,7 +1025,26 @@ def hard_negatives(rng: random.Random, fact: Fact, pool: list[Fact], index: dict
     return [pool[i].passage for i in chosen]
 
 
-def generate_retrieval(rng: random.Random, world: World) -> dict[str, list[dict]]:
+def retrieval_folder(rng: random.Random, facts: list[Fact], queries: int, prefix: str) -> dict[str, list[dict]]:
+    """A BEIR-style folder (corpus, test_queries, test_qrels) over ``facts``, ``queries`` of them asked."""
+    # Ids are given in shuffled order so an id says nothing about being queried.
+    order = list(range(len(facts)))
+    rng.shuffle(order)
+    doc_id = {fact_i: f"doc{rank:04d}" for rank, fact_i in enumerate(order)}
+    corpus = sorted(
+        ({"id": doc_id[i], "title": f.title, "text": f.passage} for i, f in enumerate(facts)),
+        key=lambda row: row["id"],
+    )
+    test_queries, qrels = [], []
+    for q, fact_i in enumerate(sorted(rng.sample(range(len(facts)), queries))):
+        qid = f"q{q:04d}"
+        test_queries.append({"id": qid, "text": facts[fact_i].query})
+        qrels.append({"qid": qid, "docid": doc_id[fact_i], "relevance": 1})
+    return {f"{prefix}/corpus.jsonl": corpus, f"{prefix}/test_queries.jsonl": test_queries,
+            f"{prefix}/test_qrels.jsonl": qrels}
+
+
+def generate_retrieval(rng: random.Random, world: World, validation_rng: random.Random) -> dict[str, list[dict]]:
     pool = build_fact_pool(rng, world, RETRIEVAL_TRAIN_FACTS + RETRIEVAL_EVAL_FACTS)
     train_facts, eval_facts = pool[:RETRIEVAL_TRAIN_FACTS], pool[RETRIEVAL_TRAIN_FACTS:]
 
@@ -1043,26 +1063,16 @@ def generate_retrieval(rng: random.Random, world: World) -> dict[str, list[dict]
     candidates = [{"text": f.passage} for f in train_facts]
     rng.shuffle(candidates)  # so the positives are not all at the top
 
-    # Evaluation ids are given in shuffled order so an id says nothing about being queried.
-    eval_order = list(range(len(eval_facts)))
-    rng.shuffle(eval_order)
-    doc_id = {fact_i: f"doc{rank:04d}" for rank, fact_i in enumerate(eval_order)}
-    corpus = sorted(
-        ({"id": doc_id[i], "title": f.title, "text": f.passage} for i, f in enumerate(eval_facts)),
-        key=lambda row: row["id"],
-    )
-    test_queries, qrels = [], []
-    for q, fact_i in enumerate(sorted(rng.sample(range(len(eval_facts)), RETRIEVAL_EVAL_QUERIES))):
-        qid = f"q{q:04d}"
-        test_queries.append({"id": qid, "text": eval_facts[fact_i].query})
-        qrels.append({"qid": qid, "docid": doc_id[fact_i], "relevance": 1})
+    # The validation folder: the training facts no training query asks (their passages are mining
+    # candidates, their questions never trained), drawn from its own generator so the other files do not
+    # depend on it.
     return {
         "retrieval/train.jsonl": train,
         "retrieval/queries.jsonl": queries,
         "retrieval/candidates.jsonl": candidates,
-        "retrieval/eval/corpus.jsonl": corpus,
-        "retrieval/eval/test_queries.jsonl": test_queries,
-        "retrieval/eval/test_qrels.jsonl": qrels,
+        **retrieval_folder(rng, eval_facts, RETRIEVAL_EVAL_QUERIES, "retrieval/eval"),
+        **retrieval_folder(validation_rng, train_facts[RETRIEVAL_TRAIN_QUERIES:], RETRIEVAL_VALIDATION_QUERIES,
+                           "retrieval/validation"),
     }
 
 
@@ -1242,6 +1252,12 @@ FILE_DESCRIPTIONS = {
     "retrieval/eval/corpus.jsonl": ("`id`, `title`, `text`", "retrieval evaluation corpus"),
     "retrieval/eval/test_queries.jsonl": ("`id`, `text`", "retrieval evaluation queries"),
     "retrieval/eval/test_qrels.jsonl": ("`qid`, `docid`, `relevance`", "one relevant document per query"),
+    "retrieval/validation/corpus.jsonl": (
+        "`id`, `title`, `text`",
+        "retrieval validation corpus: the training facts no training query asks",
+    ),
+    "retrieval/validation/test_queries.jsonl": ("`id`, `text`", "retrieval validation queries (model selection)"),
+    "retrieval/validation/test_qrels.jsonl": ("`qid`, `docid`, `relevance`", "one relevant document per query"),
     "topics/titles.jsonl": ("`text`, `date` (YYYY-MM-DD)", "topic modeling: news titles from ten themes, sorted by date"),
 }
 
@@ -1307,7 +1323,7 @@ def generate_demo_data(output_dir: str | Path, seed: int = 42) -> dict[str, int]
     files: dict[str, list[dict]] = {"corpus.jsonl": generate_corpus(rng, world)}
     for split, rows in generate_sentiment(rng, world).items():
         files[f"sentiment/{split}.jsonl"] = rows
-    files.update(generate_retrieval(rng, world))
+    files.update(generate_retrieval(rng, world, random.Random(f"{seed}-validation")))
     files["topics/titles.jsonl"] = generate_titles(rng, world)
 
     counts = {}
