@@ -184,6 +184,17 @@ def test_evaluate_adds_a_reranked_row_per_first_stage(tmp_path, reranker_dir, ti
         assert metrics[f"{first}+rerank_p95_ms_per_query"] >= metrics[f"{first}+rerank_ms_per_query"] > 0
     results = (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
     assert "| bm25+rerank |" in results and "Reranking latency (top 3" in results
+    # rerank_first_stages picks the first stages reranked (a CPU evaluation's time is mostly reranking)
+    chosen = run_evaluation(EvaluateArguments(output_dir=str(tmp_path / "chosen"), eval_data=str(folder),
+                                              models=["bm25", str(retriever)], hybrid=True,
+                                              rerank=[str(reranker_dir)], rerank_top_k=3,
+                                              rerank_first_stages=["retriever+bm25"]), RunArguments())
+    assert "retriever+bm25+rerank_ndcg_at_10" in chosen and "bm25+rerank_ndcg_at_10" not in chosen
+    assert chosen["retriever+bm25+rerank_ndcg_at_10"] == metrics["retriever+bm25+rerank_ndcg_at_10"]
+    with pytest.raises(ConfigError, match="rerank_first_stages e5 name no first stage"):
+        run_evaluation(EvaluateArguments(output_dir=str(tmp_path / "never"), eval_data=str(folder), models=["bm25"],
+                                         rerank=[str(reranker_dir)], rerank_first_stages=["e5"]), RunArguments())
+    assert not (tmp_path / "never").exists()
 
 
 @pytest.mark.slow

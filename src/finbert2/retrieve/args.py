@@ -184,6 +184,9 @@ class EvaluateArguments:
                 "'<first>+rerank' row per first stage (BM25, each dense model, each hybrid), its top "
                 "rerank_top_k reordered."})
     rerank_top_k: int = field(default=100, metadata={"help": "First-stage documents reranked per query."})
+    rerank_first_stages: list[str] | None = field(default=None, metadata={
+        "help": "Row labels of the first stages to rerank (e.g. bm25 e5+bm25); default: every first stage. "
+                "Reranking is most of an evaluation's time on a CPU."})
     rerank_dtype: str = field(default="fp32", metadata={"help": "Reranker precision: fp32, bf16, int8 or auto."})
 
     def __post_init__(self):
@@ -193,6 +196,8 @@ class EvaluateArguments:
             raise ConfigError("retrieve evaluate: rerank_top_k must be at least 1")
         if self.rerank_dtype not in {"auto", "fp32", "bf16", "int8"}:
             raise ConfigError("retrieve evaluate: rerank_dtype must be fp32, bf16, int8 or auto")
+        if self.rerank_first_stages and not self.rerank:
+            raise ConfigError("retrieve evaluate: rerank_first_stages needs --rerank MODEL")
         if self.labels and len(self.labels) > len(self.models):
             raise ConfigError("more labels than models")
         if self.labels and len(set(self.labels)) != len(self.labels):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from finbert2.data import RetrievalEvalData, atomic_write_text, read_retrieval_eval, write_jsonl
+from finbert2.errors import ConfigError
 from finbert2.retrieve.encoder import DenseEncoder
 from finbert2.retrieve.metrics import markdown_table, mean_metrics, per_query_metrics, top_k
 from finbert2.retrieve.search import BM25Retriever, dense_run, format_document, fuse_runs
@@ -139,6 +140,12 @@ def run_evaluation(args, run_args) -> dict[str, Any]:
         from finbert2.rerank.evaluate import latency_table, load_rerankers, rerank_rows
 
         rerankers = load_rerankers(args.rerank, args.rerank_dtype)
+        first_stages = labels + ([f"{label}+bm25" for name, label in zip(args.models, labels) if name != BM25]
+                                 if args.hybrid else [])
+        unknown = sorted(set(args.rerank_first_stages or []) - set(first_stages))
+        if unknown:
+            raise ConfigError(f"retrieve evaluate: rerank_first_stages {', '.join(unknown)} name no first stage "
+                              f"(the rows are: {', '.join(first_stages)})")
 
     output_dir = prepare_output_dir(args.output_dir, overwrite=run_args.overwrite_output_dir)
     setup_logging(output_dir)
@@ -191,7 +198,9 @@ def run_evaluation(args, run_args) -> dict[str, Any]:
             per_query = per_query_metrics(data.qrels, top_k(fused, args.k))
             record(f"{label}+bm25", mean_metrics(per_query), per_query, fused, time.perf_counter() - t0)
     if rerankers:
-        for label, run, seconds, latency in rerank_rows(rerankers, data, dict(first_runs), args.rerank_top_k):
+        chosen = {label: run for label, run in first_runs.items()
+                  if not args.rerank_first_stages or label in args.rerank_first_stages}
+        for label, run, seconds, latency in rerank_rows(rerankers, data, chosen, args.rerank_top_k):
             per_query = per_query_metrics(data.qrels, run)
             record(label, mean_metrics(per_query), per_query, run, seconds)
             flat.update({f"{label}_{k}": v for k, v in latency.items()})

@@ -1,0 +1,127 @@
+"""Reranking latency: finbert2's CrossEncoderScorer vs sentence-transformers' CrossEncoder.predict.
+
+    python benchmarks/rerank_latency/run.py --size e5-small --eval_data RUN/data/fineva/eval \\
+        --model runs/reranker_e5 --queries 30 --top_k 20 50 100
+
+Both score the same pairs of the same model folder (``--model``: a trained reranker; else ``--size``'s
+encoder with a seeded random one-logit head, where the nDCG columns mean nothing) with the same
+truncation (``--max_length``): each of ``--queries`` queries of ``--eval_data`` (a BEIR-style folder;
+the demo evaluation folder by default) with BM25's top K passages, one query at a time as a service
+reranks. Ours sorts the pairs by length and cuts them into token-budget batches; the peer runs
+``CrossEncoder.predict(pairs, batch_size=32)`` (its default). Precisions: fp32, int8 (dynamic
+quantisation of the linear layers, both sides) and bf16 where the CPU has native bf16 (autocast).
+Reports mean and p95 milliseconds per query, ours / peer speed ratios and the nDCG@10 of BM25's
+top K reranked at each precision (the accuracy cost of int8 and bf16 against fp32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common
+
+
+def reranker_folder(size: str, work: Path) -> Path:
+    """``size``'s encoder with a seeded random one-logit head (latency only)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    source = common.model_folder(size, work, "encoder")
+    folder = work / f"{size}-reranker"
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_pretrained(source, num_labels=1).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return folder
+
+
+def peer_model(folder: Path, precision: str, max_length: int):
+    from sentence_transformers import CrossEncoder
+
+    from finbert2.serve.models import quantize_linear_layers
+
+    peer = CrossEncoder(str(folder), device="cpu", max_length=max_length)
+    if precision == "int8":
+        peer = quantize_linear_layers(peer)  # the whole CrossEncoder module: its predict stays
+    return peer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common.add_common_args(parser)
+    parser.add_argument("--model", type=Path, default=None, help="a reranker folder (default: --size, random head)")
+    parser.add_argument("--eval_data", type=Path, default=common.REPO / "data" / "demo" / "retrieval" / "eval")
+    parser.add_argument("--queries", type=int, default=30, help="queries sampled (seed 0) from eval_data")
+    parser.add_argument("--top_k", type=int, nargs="+", default=[20, 50, 100])
+    parser.add_argument("--max_length", type=int, default=256, help="longest query + passage pair in tokens")
+    parser.add_argument("--peer_batch_size", type=int, default=32)
+    args = parser.parse_args()
+
+    info = common.print_header()
+    from finbert2.data import RetrievalEvalData, read_retrieval_eval
+    from finbert2.rerank.evaluate import latency_summary, rerank_run
+    from finbert2.rerank.modeling import CrossEncoderScorer
+    from finbert2.retrieve.evaluate import bm25_evaluation
+    from finbert2.retrieve.metrics import evaluate_run, top_k
+    from finbert2.retrieve.search import format_document
+
+    full = read_retrieval_eval(str(args.eval_data), "test")
+    picked = sorted(random.Random(0).sample(sorted(full.qrels), min(args.queries, len(full.qrels))))
+    data = RetrievalEvalData(corpus=full.corpus, queries={q: full.queries[q] for q in picked},
+                             qrels={q: full.qrels[q] for q in picked})
+    first = bm25_evaluation(data, max(args.top_k))[2]
+    work = common.work_dir("rerankbench_")
+    try:
+        folder = args.model or reranker_folder(args.size, work)
+        precisions = ["fp32", "int8"] + [p for p in common.precisions(args.bf16) if p == "bf16"]
+        rows = []
+        for precision in precisions:
+            ours = CrossEncoderScorer.from_pretrained(str(folder), dtype=precision, max_length=args.max_length)
+            peer = peer_model(folder, precision, args.max_length)
+            for k in args.top_k:
+                ours.score(data.queries[picked[0]], ["暖机"] * 4)  # warm-up (allocator, oneDNN kernels), untimed
+                ours_run, ours_seconds = rerank_run(ours, data, first, k)
+                peer_seconds, peer_run = [], {}
+                for qid, ranked in top_k(first, k).items():
+                    ids = list(ranked)
+                    pairs = [(data.queries[qid], format_document(data.corpus[d])) for d in ids]
+                    started = time.perf_counter()
+                    with common.autocast(precision):
+                        scores = peer.predict(pairs, batch_size=args.peer_batch_size, show_progress_bar=False)
+                    peer_seconds.append(time.perf_counter() - started)
+                    peer_run[qid] = {d: float(s) for d, s in zip(ids, np.asarray(scores, dtype=np.float64))}
+                row = {"precision": precision, "top_k": k,
+                       "ours": {**latency_summary(ours_seconds), "ndcg_at_10": evaluate_run(data.qrels, ours_run)["ndcg_at_10"]},
+                       "peer": {**latency_summary(peer_seconds), "ndcg_at_10": evaluate_run(data.qrels, peer_run)["ndcg_at_10"]}}
+                row["speed_ratio_mean"] = row["peer"]["ms_per_query"] / row["ours"]["ms_per_query"]
+                row["speed_ratio_p95"] = row["peer"]["p95_ms_per_query"] / row["ours"]["p95_ms_per_query"]
+                print(row, flush=True)
+                rows.append(row)
+        bm25_ndcg = evaluate_run(data.qrels, first)["ndcg_at_10"]
+        record = {"benchmark": "rerank_latency", "machine": info, "model": str(folder) if args.model else
+                  common.size_description(args.size) + ", seeded random one-logit head",
+                  "eval_data": str(args.eval_data), "queries": len(picked), "max_length": args.max_length,
+                  "peer": f"sentence_transformers.CrossEncoder.predict(batch_size={args.peer_batch_size})",
+                  "bm25_ndcg_at_10": bm25_ndcg, "rows": rows}
+        common.write_record(args.output, record)
+        print(f"\nBM25 alone nDCG@10 on these {len(picked)} queries: {bm25_ndcg:.4f}\n")
+        print("| top K | precision | ours mean / p95 ms | CrossEncoder mean / p95 ms | ours / peer speed (mean, p95) "
+              "| nDCG@10 ours | nDCG@10 CrossEncoder |\n|---:|---|---:|---:|---:|---:|---:|")
+        for r in rows:
+            o, p = r["ours"], r["peer"]
+            print(f"| {r['top_k']} | {r['precision']} | {o['ms_per_query']:.0f} / {o['p95_ms_per_query']:.0f} | "
+                  f"{p['ms_per_query']:.0f} / {p['p95_ms_per_query']:.0f} | **{r['speed_ratio_mean']:.2f}x**, "
+                  f"{r['speed_ratio_p95']:.2f}x | {o['ndcg_at_10']:.4f} | {p['ndcg_at_10']:.4f} |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
