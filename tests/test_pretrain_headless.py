@@ -12,13 +12,14 @@ import torch
 from finbert2.errors import ConfigError
 from finbert2.pretrain.headless import (
     HeadlessStartArguments,
-    grouped_parameters,
+    is_head_parameter,
     per_group_schedule,
     retrieval_damage,
     unigram_cross_entropy,
     unigram_log_prior,
 )
 from finbert2.pretrain.whole_word_masking import IGNORE_INDEX
+from finbert2.training import grouped_parameters
 from tests.conftest import DEMO_DIR
 
 
@@ -39,7 +40,8 @@ def test_per_group_schedule_holds_the_encoder_until_the_head_warmup_ends():
     from transformers import TrainingArguments
 
     model = torch.nn.ModuleDict({"bert": torch.nn.Linear(2, 2), "cls": torch.nn.Linear(2, 2)})
-    groups = grouped_parameters(model, {"bert.weight", "cls.weight"}, 0.01, head_lr=1e-3, encoder_lr=2e-5)
+    groups = grouped_parameters(model, {"bert.weight", "cls.weight"}, 0.01, head_lr=1e-3, encoder_lr=2e-5,
+                                is_head=is_head_parameter)
     assert sorted((g["part"], g["lr"], g["weight_decay"], len(g["params"])) for g in groups) == [
         ("encoder", 2e-5, 0.0, 1), ("encoder", 2e-5, 0.01, 1), ("head", 1e-3, 0.0, 1), ("head", 1e-3, 0.01, 1)]
     optimizer = torch.optim.AdamW(groups)

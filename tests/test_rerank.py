@@ -253,3 +253,37 @@ def test_a_tiny_cross_encoder_trained_on_bm25_mined_demo_triples_beats_its_untra
     ours = CrossEncoderScorer.from_pretrained(str(out)).score(query, texts)
     np.testing.assert_allclose(CrossEncoder(str(out), device="cpu").predict([(query, t) for t in texts]), ours,
                                atol=1e-5)
+
+
+def test_the_new_head_trains_at_head_learning_rate_and_the_encoder_at_learning_rate(tmp_path, tiny_tokenizer_dir):
+    """From a headless encoder folder the pooler and one-logit head are new: with head_learning_rate they
+    move at that rate (Adam moves a weight by about its rate a step) while the encoder keeps its own."""
+    from transformers import AutoModelForSequenceClassification, set_seed
+
+    from finbert2.modeling import ModelArguments, load_model, tokenizer_for
+    from finbert2.rerank.args import RerankerDataArguments, RerankerTrainingArguments
+    from finbert2.rerank.trainer import run_training
+    from finbert2.run import RunArguments
+
+    encoder = make_retriever(tiny_tokenizer_dir, tmp_path / "encoder")
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"query": NEWS[i][:6], "pos": [NEWS[i]], "neg": [NEWS[(i + 1) % len(NEWS)]]},
+                                        ensure_ascii=False) + "\n" for i in range(len(NEWS))), encoding="utf-8")
+    steps, head_lr, encoder_lr = 3, 1e-2, 1e-5
+    model_args = ModelArguments(model_name_or_path=str(encoder))
+    run_training(model_args, RerankerDataArguments(train_data=[str(train)], train_group_size=2, max_len=64),
+                 RerankerTrainingArguments(output_dir=str(tmp_path / "out"), max_steps=steps, learning_rate=encoder_lr,
+                                           head_learning_rate=head_lr, lr_scheduler_type="constant", weight_decay=0.0,
+                                           per_device_train_batch_size=2, save_strategy="no", report_to="none",
+                                           use_cpu=True, seed=5),
+                 RunArguments())
+    set_seed(5)  # the start as the trainer built it
+    start = load_model(AutoModelForSequenceClassification, model_args, tokenizer_for(model_args), num_labels=1)
+    assert start.new_module_names == ["bert.pooler.dense", "classifier"]
+    trained = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
+    before, after = start.state_dict(), trained.state_dict()
+    moved = {name: (after[name] - before[name]).abs().max().item() for name in before}
+    head = max(v for k, v in moved.items() if k.startswith(("bert.pooler.", "classifier.")))
+    body = max(v for k, v in moved.items() if not k.startswith(("bert.pooler.", "classifier.")))
+    assert 0.5 * head_lr < head <= steps * head_lr * 1.01
+    assert 0 < body <= steps * encoder_lr * 1.01

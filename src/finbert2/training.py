@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -215,3 +216,17 @@ def plot_validation_curve(output_dir: str | Path, metric: str, start: float | No
         ax.axhline(start, color="grey", linestyle="--", label="untrained start")
     return _finish_step_plot(fig, ax, metric, f"{Path(output_dir).name}: validation",
                              Path(output_dir) / VALIDATION_PLOT_FILE)
+
+
+def grouped_parameters(model, decay_names: set[str], weight_decay: float, head_lr: float, encoder_lr: float,
+                       is_head: Callable[[str], bool]) -> list[dict]:
+    """Optimizer groups: head / encoder x decay / no decay, each with its learning rate and a ``part`` key
+    (``per_group_schedule`` reads it). Only parameters that train now are included (frozen embeddings stay out)."""
+    groups: dict[tuple[str, bool], list] = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            part = "head" if is_head(name) else "encoder"
+            groups.setdefault((part, name in decay_names), []).append(parameter)
+    return [{"params": params, "weight_decay": weight_decay if decays else 0.0,
+             "lr": head_lr if part == "head" else encoder_lr, "part": part}
+            for (part, decays), params in sorted(groups.items())]

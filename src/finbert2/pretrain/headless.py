@@ -189,20 +189,6 @@ def uses_prior_bias(args: HeadlessStartArguments, model) -> bool:
     return args.prior_bias == "true" or (args.prior_bias == "auto" and has_untrained_mlm_head(model))
 
 
-def grouped_parameters(model, decay_names: set[str], weight_decay: float, head_lr: float,
-                       encoder_lr: float) -> list[dict]:
-    """Optimizer groups: head / encoder x decay / no decay, each with its learning rate and a ``part`` key
-    that ``per_group_schedule`` reads. Only parameters that train now are included (frozen embeddings stay out)."""
-    groups: dict[tuple[str, bool], list] = {}
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            part = "head" if is_head_parameter(name) else "encoder"
-            groups.setdefault((part, name in decay_names), []).append(parameter)
-    return [{"params": params, "weight_decay": weight_decay if decays else 0.0,
-             "lr": head_lr if part == "head" else encoder_lr, "part": part}
-            for (part, decays), params in sorted(groups.items())]
-
-
 def schedule_multiplier(training_args, num_training_steps: int) -> Callable[[int], float]:
     """The Trainer's learning-rate multiplier (its scheduler type, warm-up and kwargs) over ``num_training_steps``."""
     probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)

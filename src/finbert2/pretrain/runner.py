@@ -24,7 +24,7 @@ from finbert2.pretrain.headless import (
     HeadlessStartArguments,
     HeadWarmupCallback,
     RetrievalProbe,
-    grouped_parameters,
+    is_head_parameter,
     per_group_schedule,
     planned_steps,
     resolve_head_warmup,
@@ -47,6 +47,7 @@ from finbert2.run import (
 from finbert2.training import (
     LossLogCallback,
     NonFiniteGuardCallback,
+    grouped_parameters,
     logged_evaluation,
     plot_loss_curves,
     resume_checkpoint,
@@ -91,7 +92,7 @@ class PretrainTrainer(Trainer):
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         encoder_lr = self.args.learning_rate if self.encoder_learning_rate is None else self.encoder_learning_rate
         groups = grouped_parameters(opt_model, set(self.get_decay_parameter_names(opt_model)), self.args.weight_decay,
-                                    self.args.learning_rate, encoder_lr)
+                                    self.args.learning_rate, encoder_lr, is_head_parameter)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 

@@ -41,11 +41,18 @@ class RerankerTrainingArguments(PrecisionTrainingArguments):
 
     early_stopping_patience: int = field(
         default=0, metadata={"help": "Stop after this many evaluations without a better validation score (0: never)."})
+    head_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the modules the checkpoint lacks (the new pooler and one-logit "
+                                "head of an encoder checkpoint); default: learning_rate. At an encoder's rate "
+                                "(2e-5..5e-5) a new head barely moves in a small run: every pair keeps one score "
+                                "and the loss sits at ln(group size)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the raw groups for the collator."})
 
     def __post_init__(self):
         if self.early_stopping_patience < 0:
             raise ConfigError("rerank train: early_stopping_patience must be >= 0")
+        if self.head_learning_rate is not None and self.head_learning_rate <= 0:
+            raise ConfigError("rerank train: head_learning_rate must be > 0")
         super().__post_init__()
 
 

@@ -33,7 +33,7 @@ from finbert2.retrieve.data import ContrastiveGroupDataset
 from finbert2.retrieve.evaluate import bm25_evaluation
 from finbert2.retrieve.metrics import evaluate_run
 from finbert2.retrieve.trainer import EpochCallback, RetrievalValidation, with_validation
-from finbert2.training import logged_evaluation
+from finbert2.training import grouped_parameters, logged_evaluation
 
 logger = logging.getLogger("finbert2.rerank")
 
@@ -62,6 +62,24 @@ class RerankerTrainer(RetrievalValidation, Trainer):
         super().__init__(*args, **kwargs)
         self.eval_top_k, self.max_len = eval_top_k, max_len
         self._first_stage: dict[int, dict] = {}  # id(eval data) -> BM25's run on it, computed once
+        # modules the checkpoint lacked (from_pretrained_quietly records them; none for a from-scratch model)
+        self.new_modules = tuple(getattr(self.model, "new_module_names", None) or ())
+
+    def is_new_parameter(self, name: str) -> bool:
+        return any(name == module or name.startswith(module + ".") for module in self.new_modules)
+
+    def create_optimizer(self, model=None):
+        """The new head at ``head_learning_rate``, the encoder at ``learning_rate`` (one schedule scales both)."""
+        if self.args.head_learning_rate is None or not self.new_modules or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        groups = grouped_parameters(opt_model, set(self.get_decay_parameter_names(opt_model)), self.args.weight_decay,
+                                    self.args.head_learning_rate, self.args.learning_rate, self.is_new_parameter)
+        logger.info("learning rate %g for the new %s, %g for the encoder", self.args.head_learning_rate,
+                    ", ".join(self.new_modules), self.args.learning_rate)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         group_size = inputs.pop("group_size")
