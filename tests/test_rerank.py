@@ -161,7 +161,7 @@ def test_predict_orders_passages_and_rejects_bad_rows(run_cli, reranker_dir, tmp
     assert not (tmp_path / "never.jsonl").exists()
 
 
-def test_evaluate_adds_a_reranked_row_per_first_stage(tmp_path, reranker_dir, tiny_tokenizer_dir):
+def test_evaluate_adds_a_reranked_row_per_first_stage(tmp_path, reranker_dir, tiny_tokenizer_dir, monkeypatch):
     from finbert2.retrieve.args import EvaluateArguments
     from finbert2.retrieve.evaluate import run_evaluation
     from finbert2.run import RunArguments
@@ -191,6 +191,23 @@ def test_evaluate_adds_a_reranked_row_per_first_stage(tmp_path, reranker_dir, ti
                                               rerank_first_stages=["retriever+bm25"]), RunArguments())
     assert "retriever+bm25+rerank_ndcg_at_10" in chosen and "bm25+rerank_ndcg_at_10" not in chosen
     assert chosen["retriever+bm25+rerank_ndcg_at_10"] == metrics["retriever+bm25+rerank_ndcg_at_10"]
+    # rerank_max_length: the pairs cut where the reranker was trained, as a scorer at that length cuts them
+    from finbert2.data import read_retrieval_eval
+    from finbert2.rerank.evaluate import rerank_run
+    from finbert2.retrieve.evaluate import bm25_evaluation
+    from finbert2.retrieve.metrics import evaluate_run
+
+    loaded_at, load = [], CrossEncoderScorer.from_pretrained
+    monkeypatch.setattr(CrossEncoderScorer, "from_pretrained",
+                        lambda name, **kwargs: loaded_at.append(kwargs.get("max_length")) or load(name, **kwargs))
+    short = run_evaluation(EvaluateArguments(output_dir=str(tmp_path / "short"), eval_data=str(folder),
+                                             models=["bm25"], rerank=[str(reranker_dir)], rerank_top_k=3,
+                                             rerank_max_length=12), RunArguments())
+    data = read_retrieval_eval(str(folder))
+    expected, _ = rerank_run(CrossEncoderScorer.from_pretrained(str(reranker_dir), max_length=12), data,
+                             bm25_evaluation(data)[2], 3)
+    assert short["bm25+rerank_map"] == pytest.approx(evaluate_run(data.qrels, expected)["map"])
+    assert loaded_at[0] == 12  # the evaluation loaded its reranker at that length
     with pytest.raises(ConfigError, match="rerank_first_stages e5 name no first stage"):
         run_evaluation(EvaluateArguments(output_dir=str(tmp_path / "never"), eval_data=str(folder), models=["bm25"],
                                          rerank=[str(reranker_dir)], rerank_first_stages=["e5"]), RunArguments())

@@ -188,6 +188,9 @@ class EvaluateArguments:
         "help": "Row labels of the first stages to rerank (e.g. bm25 e5+bm25); default: every first stage. "
                 "Reranking is most of an evaluation's time on a CPU."})
     rerank_dtype: str = field(default="fp32", metadata={"help": "Reranker precision: fp32, bf16, int8 or auto."})
+    rerank_max_length: int | None = field(default=None, metadata={
+        "help": "Longest query + passage pair the reranker reads, in tokens (default: the model's, <= 512; "
+                "the rerank train max_len it learned at is the usual choice)."})
 
     def __post_init__(self):
         if self.rrf_k < 1:
@@ -196,6 +199,8 @@ class EvaluateArguments:
             raise ConfigError("retrieve evaluate: rerank_top_k must be at least 1")
         if self.rerank_dtype not in {"auto", "fp32", "bf16", "int8"}:
             raise ConfigError("retrieve evaluate: rerank_dtype must be fp32, bf16, int8 or auto")
+        if self.rerank_max_length is not None and self.rerank_max_length < 8:
+            raise ConfigError("retrieve evaluate: rerank_max_length must be at least 8")
         if self.rerank_first_stages and not self.rerank:
             raise ConfigError("retrieve evaluate: rerank_first_stages needs --rerank MODEL")
         if self.labels and len(self.labels) > len(self.models):

@@ -139,7 +139,7 @@ def run_evaluation(args, run_args) -> dict[str, Any]:
     if args.rerank:
         from finbert2.rerank.evaluate import latency_table, load_rerankers, rerank_rows
 
-        rerankers = load_rerankers(args.rerank, args.rerank_dtype)
+        rerankers = load_rerankers(args.rerank, args.rerank_dtype, args.rerank_max_length)
         first_stages = labels + ([f"{label}+bm25" for name, label in zip(args.models, labels) if name != BM25]
                                  if args.hybrid else [])
         unknown = sorted(set(args.rerank_first_stages or []) - set(first_stages))
