@@ -25,3 +25,4 @@ run contrastive_throughput python $B/contrastive_throughput/bench.py --size e5-s
 run retromae_vs_mlm        python $B/retromae_vs_mlm/bench.py        --size e5-small  --steps 20 --output $B/retromae_vs_mlm/e5-small.json  --profile_out $B/retromae_vs_mlm/profile-e5-small.md
 run retromae_vs_mlm        python $B/retromae_vs_mlm/loss_bench.py   --output $B/retromae_vs_mlm/loss.json
 run retromae_vs_mlm        python $B/retromae_vs_mlm/bench.py        --size bert-base --steps 10 --output $B/retromae_vs_mlm/bert-base.json --profile_out $B/retromae_vs_mlm/profile-bert-base.md
+run rerank_latency         python $B/rerank_latency/run.py           --size e5-small  --output $B/rerank_latency/e5-small.json
