@@ -20,7 +20,6 @@ import argparse
 import random
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,15 +41,24 @@ def reranker_folder(size: str, work: Path) -> Path:
     return folder
 
 
-def peer_model(folder: Path, precision: str, max_length: int):
-    from sentence_transformers import CrossEncoder
+class PeerScorer:
+    """``CrossEncoder.predict`` behind ``CrossEncoderScorer.score``'s signature, so ``rerank_run`` times both."""
 
-    from finbert2.serve.models import quantize_linear_layers
+    def __init__(self, folder: Path, precision: str, max_length: int, batch_size: int):
+        from sentence_transformers import CrossEncoder
 
-    peer = CrossEncoder(str(folder), device="cpu", max_length=max_length)
-    if precision == "int8":
-        peer = quantize_linear_layers(peer)  # the whole CrossEncoder module: its predict stays
-    return peer
+        from finbert2.serve.models import quantize_linear_layers
+
+        self.model = CrossEncoder(str(folder), device="cpu", max_length=max_length)
+        if precision == "int8":
+            self.model = quantize_linear_layers(self.model)  # the whole CrossEncoder module: its predict stays
+        self.precision, self.batch_size = precision, batch_size
+
+    def score(self, query: str, passages: list[str], raw: bool = False) -> np.ndarray:
+        with common.autocast(self.precision):
+            # its default activation (sigmoid) is monotone: the ranking is the logits' either way
+            return np.asarray(self.model.predict([(query, p) for p in passages], batch_size=self.batch_size,
+                                                 show_progress_bar=False))
 
 
 def main() -> None:
@@ -69,8 +77,7 @@ def main() -> None:
     from finbert2.rerank.evaluate import latency_summary, rerank_run
     from finbert2.rerank.modeling import CrossEncoderScorer
     from finbert2.retrieve.evaluate import bm25_evaluation
-    from finbert2.retrieve.metrics import evaluate_run, top_k
-    from finbert2.retrieve.search import format_document
+    from finbert2.retrieve.metrics import evaluate_run
 
     full = read_retrieval_eval(str(args.eval_data), "test")
     picked = sorted(random.Random(0).sample(sorted(full.qrels), min(args.queries, len(full.qrels))))
@@ -84,19 +91,11 @@ def main() -> None:
         rows = []
         for precision in precisions:
             ours = CrossEncoderScorer.from_pretrained(str(folder), dtype=precision, max_length=args.max_length)
-            peer = peer_model(folder, precision, args.max_length)
+            peer = PeerScorer(folder, precision, args.max_length, args.peer_batch_size)
             for k in args.top_k:
                 ours.score(data.queries[picked[0]], ["暖机"] * 4)  # warm-up (allocator, oneDNN kernels), untimed
                 ours_run, ours_seconds = rerank_run(ours, data, first, k)
-                peer_seconds, peer_run = [], {}
-                for qid, ranked in top_k(first, k).items():
-                    ids = list(ranked)
-                    pairs = [(data.queries[qid], format_document(data.corpus[d])) for d in ids]
-                    started = time.perf_counter()
-                    with common.autocast(precision):
-                        scores = peer.predict(pairs, batch_size=args.peer_batch_size, show_progress_bar=False)
-                    peer_seconds.append(time.perf_counter() - started)
-                    peer_run[qid] = {d: float(s) for d, s in zip(ids, np.asarray(scores, dtype=np.float64))}
+                peer_run, peer_seconds = rerank_run(peer, data, first, k)
                 row = {"precision": precision, "top_k": k,
                        "ours": {**latency_summary(ours_seconds), "ndcg_at_10": evaluate_run(data.qrels, ours_run)["ndcg_at_10"]},
                        "peer": {**latency_summary(peer_seconds), "ndcg_at_10": evaluate_run(data.qrels, peer_run)["ndcg_at_10"]}}

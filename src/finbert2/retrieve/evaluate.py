@@ -119,6 +119,11 @@ def per_source_table(by_source: dict[str, dict[str, float]], data: RetrievalEval
     return "\n".join(lines) + "\n"
 
 
+def hybrid_label(label: str) -> str:
+    """The row of a dense model's run fused with BM25's."""
+    return f"{label}+bm25"
+
+
 def run_evaluation(args, run_args) -> dict[str, Any]:
     from finbert2.run import prepare_output_dir, setup_logging, write_metrics, write_run_config
 
@@ -140,7 +145,7 @@ def run_evaluation(args, run_args) -> dict[str, Any]:
         from finbert2.rerank.evaluate import latency_table, load_rerankers, rerank_rows
 
         rerankers = load_rerankers(args.rerank, args.rerank_dtype, args.rerank_max_length)
-        first_stages = labels + ([f"{label}+bm25" for name, label in zip(args.models, labels) if name != BM25]
+        first_stages = labels + ([hybrid_label(label) for name, label in zip(args.models, labels) if name != BM25]
                                  if args.hybrid else [])
         unknown = sorted(set(args.rerank_first_stages or []) - set(first_stages))
         if unknown:
@@ -196,7 +201,7 @@ def run_evaluation(args, run_args) -> dict[str, Any]:
             t0 = time.perf_counter()
             fused = fuse_runs([dense_run_of_label, bm25_run], args.rrf_k)
             per_query = per_query_metrics(data.qrels, top_k(fused, args.k))
-            record(f"{label}+bm25", mean_metrics(per_query), per_query, fused, time.perf_counter() - t0)
+            record(hybrid_label(label), mean_metrics(per_query), per_query, fused, time.perf_counter() - t0)
     if rerankers:
         chosen = {label: run for label, run in first_runs.items()
                   if not args.rerank_first_stages or label in args.rerank_first_stages}
