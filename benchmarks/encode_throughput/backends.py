@@ -1,16 +1,21 @@
-"""Our exported backends against sentence-transformers torch fp32 on the same passages and machine.
+"""Our exported backends against sentence-transformers torch fp32 and its own ONNX / OpenVINO backends.
 
-    PYTHONPATH=src python benchmarks/encode_throughput/backends.py --passages 256 --rounds 3 \\
-        --output benchmarks/encode_throughput/e5-small-backends.json
+    sh benchmarks/encode_throughput/peers_env.sh VENV_ROOT      # once: the peers' own environments
+    PYTHONPATH=src python benchmarks/encode_throughput/backends.py --rounds 3 \\
+        --passages_file ../shared/data/cfbenchmark-basic/data/sentiment.jsonl --text_field input \\
+        --eval_data FIN_EVA_EVAL_FOLDER --peer_venvs VENV_ROOT --output benchmarks/encode_throughput/e5-small-backends.json
 
 e5-small (vocab pruned as in ``bench.py``) is exported by ``finbert2 export`` to ONNX fp32 and int8-dynamic
-and OpenVINO fp32 and int8-static (calibrated on 100 demo corpus texts); each round times, in this order,
-``SentenceTransformer.encode`` (torch fp32, the reference), then our ``DenseEncoder`` on the torch folder
-and on each export, over the same passages
-(passage prompt, batch 32, max length 512). Reported: the median passages/s over the rounds, its ratio to
-sentence-transformers in the same round, and the min / mean cosine of each row's vectors to our torch fp32
-vectors. The ONNX peers that need optimum (sentence-transformers' own ONNX/OpenVINO backends) run in
-their own environment: see ``CPU_INFERENCE_PEERS.md`` in the shared folder for their numbers here.
+and OpenVINO fp32 and int8-static (calibrated on 100 demo corpus texts). Each round times, in this
+order, ``SentenceTransformer.encode`` (torch fp32, the reference), our ``DenseEncoder`` on the torch folder
+(fp32, and bf16 autocast where the CPU has native bf16) and on each export, then each peer environment
+(``peers.py``: sentence-transformers torch fp32 again as that process's reference, then its ONNX fp32 and
+int8-dynamic, or OpenVINO fp32 and int8-static, exported by sentence-transformers from the same folder and
+calibrated on the same texts). Same passages (cut at 512 tokens), the same short queries, batch 32, the
+folder's prompts. Reported per row: the median passages/s and queries/s over the rounds, the median of
+each round's ratio to the sentence-transformers torch fp32 of the same process, the median single-query
+latency (batch of one), the min / mean cosine of its passage vectors to our torch fp32 vectors, and with
+``--eval_data`` our rows' nDCG@10 on that retrieval folder (the accuracy gate: drop <= 0.005).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,14 +31,67 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import demo_documents, demo_passages, e5_small_folder, print_header, work_dir, write_record  # noqa: E402
+from common import (demo_documents, demo_passages, e5_small_folder, print_header, read_jsonl_texts,  # noqa: E402
+                    work_dir, write_record)
+
+REFERENCE = "sentence-transformers torch fp32"
+PEERS = ("onnx", "openvino")
+EXPORTS = (("onnx fp32", "onnx", "none"), ("onnx int8-dynamic", "onnx", "int8-dynamic"),
+           ("openvino fp32", "openvino", "none"), ("openvino int8-static", "openvino", "int8-static"))
+
+
+def texts_for(args) -> tuple[list[str], list[str]]:
+    """(passages, queries): the passages file's first N texts (default the demo pool), the retrieval folder's
+    queries (default the demo questions)."""
+    if args.passages_file:
+        texts = [t for t in read_jsonl_texts(args.passages_file, args.text_field) if t.strip()]
+        passages = [texts[i % len(texts)] for i in range(args.passages)]
+    else:
+        passages = demo_passages(args.passages)
+    from finbert2.data import read_retrieval_eval
+
+    folder = args.eval_data or Path(__file__).resolve().parents[2] / "data" / "demo" / "retrieval" / "eval"
+    queries = list(read_retrieval_eval(folder).queries.values())
+    return passages, [queries[i % len(queries)] for i in range(args.queries)]
+
+
+def time_encoder(encode_passages, encode_queries, passages, queries, single_queries: int) -> dict:
+    start = time.perf_counter()
+    vectors = encode_passages(passages)
+    passages_per_second = len(passages) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    encode_queries(queries)
+    queries_per_second = len(queries) / (time.perf_counter() - start)
+    single = []
+    for query in queries[:single_queries]:
+        start = time.perf_counter()
+        encode_queries([query])
+        single.append((time.perf_counter() - start) * 1000)
+    return {"passages_per_second": passages_per_second, "queries_per_second": queries_per_second,
+            "single_query_ms_p50": statistics.median(single), "vectors": vectors}
+
+
+def run_peer(python: Path, backend: str, base: list[str], output: Path) -> list[dict]:
+    """One peers.py round; its rows with their vectors."""
+    subprocess.run([str(python), *base, "--output", str(output)], check=True)
+    record = json.loads(output.read_text(encoding="utf-8"))
+    vectors = np.load(output.with_suffix(".npz"))
+    return [row | {"vectors": vectors[f"v{i}"], "process": backend} for i, row in enumerate(record["results"])]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--passages", type=int, default=256)
+    parser.add_argument("--passages_file", type=Path, default=None, help="JSONL of passages (default: the demo pool)")
+    parser.add_argument("--text_field", default="text")
+    parser.add_argument("--queries", type=int, default=256)
+    parser.add_argument("--single_queries", type=int, default=50, help="queries timed one at a time")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--max_length", type=int, default=512)
+    parser.add_argument("--eval_data", default=None, help="a retrieval folder: nDCG@10 of each of our rows")
+    parser.add_argument("--peer_venvs", type=Path, default=None,
+                        help="peers_env.sh's folder: time sentence-transformers' ONNX/OpenVINO backends too")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     info = print_header()
@@ -40,6 +99,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from finbert2.export.cli import ExportArguments, run_export
+    from finbert2.precision import cpu_bf16_flags
     from finbert2.retrieve.encoder import DenseEncoder
 
     source = e5_small_folder()
@@ -48,43 +108,95 @@ def main() -> None:
     calibration.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in demo_documents(100)),
                            encoding="utf-8")
     exports = {}
-    for name, fmt, quantize in (("onnx fp32", "onnx", "none"), ("onnx int8-dynamic", "onnx", "int8-dynamic"),
-                                ("openvino fp32", "openvino", "none"), ("openvino int8-static", "openvino", "int8-static")):
+    for name, fmt, quantize in EXPORTS:
         started = time.perf_counter()
         run_export(ExportArguments(str(source), str(work / name.replace(" ", "_")), format=fmt, quantize=quantize,
                                    calibration_data=str(calibration) if quantize == "int8-static" else None))
         exports[name] = (work / name.replace(" ", "_"), time.perf_counter() - started)
-    passages = demo_passages(args.passages)
+    passages, queries = texts_for(args)
+    kwargs = {"max_length": args.max_length, "batch_size": args.batch_size}
+    ours = {"ours torch fp32": DenseEncoder.from_pretrained(str(source), device="cpu", bf16=False, **kwargs)}
+    if cpu_bf16_flags():
+        ours["ours torch bf16"] = DenseEncoder.from_pretrained(str(source), device="cpu", bf16=True, **kwargs)
+    ours |= {f"ours {name}": DenseEncoder.from_pretrained(str(folder), **kwargs) for name, (folder, _) in exports.items()}
+    prompts = {"passage": ours["ours torch fp32"].passage_instruction, "query": ours["ours torch fp32"].query_instruction}
     peer = SentenceTransformer(str(source), device="cpu")
-    ours = {"ours torch fp32": DenseEncoder.from_pretrained(str(source), device="cpu", bf16=False)}
-    ours |= {f"ours {name}": DenseEncoder.from_pretrained(str(folder)) for name, (folder, _) in exports.items()}
-    prompt = ours["ours torch fp32"].passage_instruction
-    rows = {"sentence-transformers torch fp32": []} | {name: [] for name in ours}
-    vectors = {}
+    peer.max_seq_length = args.max_length
+
+    def peer_encode(items, prompt):
+        return peer.encode([prompt + t for t in items], batch_size=args.batch_size, normalize_embeddings=True)
+
+    peer_pythons = {}
+    if args.peer_venvs:
+        texts = work / "texts.json"
+        texts.write_text(json.dumps({"passages": passages, "queries": queries, "prompts": prompts}, ensure_ascii=False),
+                         encoding="utf-8")
+        for backend in PEERS:
+            python = args.peer_venvs / backend / "bin" / "python"
+            if not python.is_file():
+                sys.exit(f"backends.py: {python} not found: run peers_env.sh {args.peer_venvs} first")
+            base = [str(Path(__file__).with_name("peers.py")), "--backend", backend, "--model", str(source),
+                    "--work", str(work / "peers"), "--batch_size", str(args.batch_size)]
+            subprocess.run([str(python), *base, "--prepare", "--calibration", str(calibration)], check=True)
+            peer_pythons[backend] = (python, base + ["--texts", str(texts), "--single_queries", str(args.single_queries)])
+
     for encoder in ours.values():  # warm-up
-        encoder.encode_passages(passages[:8], batch_size=args.batch_size)
-    peer.encode([prompt + p for p in passages[:8]], batch_size=args.batch_size)
-    for _ in range(args.rounds):
-        start = time.perf_counter()
-        vectors["sentence-transformers torch fp32"] = peer.encode([prompt + p for p in passages],
-                                                                  batch_size=args.batch_size, normalize_embeddings=True)
-        rows["sentence-transformers torch fp32"].append(len(passages) / (time.perf_counter() - start))
+        encoder.encode_passages(passages[:8])
+    peer_encode(passages[:8], prompts["passage"])
+    rounds: list[list[dict]] = []
+    for round_number in range(args.rounds):
+        rows = [{"path": REFERENCE, "process": "ours"}
+                | time_encoder(lambda p: peer_encode(p, prompts["passage"]), lambda q: peer_encode(q, prompts["query"]),
+                               passages, queries, args.single_queries)]
         for name, encoder in ours.items():
-            start = time.perf_counter()
-            vectors[name] = encoder.encode_passages(passages, batch_size=args.batch_size)
-            rows[name].append(len(passages) / (time.perf_counter() - start))
-    reference = vectors["ours torch fp32"]
+            rows.append({"path": name, "process": "ours"}
+                        | time_encoder(encoder.encode_passages, encoder.encode_queries, passages, queries,
+                                       args.single_queries))
+        for backend, (python, base) in peer_pythons.items():
+            rows += run_peer(python, backend, base, work / f"peer_{backend}_{round_number}.json")
+        rounds.append(rows)
+        print(f"round {round_number + 1}/{args.rounds} done", flush=True)
+
+    reference = rounds[-1][[r["path"] for r in rounds[-1]].index("ours torch fp32")]["vectors"]
+    quality = {}
+    if args.eval_data:
+        from finbert2.data import read_retrieval_eval
+        from finbert2.retrieve.evaluate import dense_evaluation
+
+        data = read_retrieval_eval(args.eval_data)
+        for name, encoder in ours.items():
+            quality[name] = dense_evaluation(encoder, data)[0]["ndcg_at_10"]
+            print(f"{name}: nDCG@10 {quality[name]:.4f}", flush=True)
+
     results = []
-    for name, speeds in rows.items():
-        ratios = [s / p for s, p in zip(speeds, rows["sentence-transformers torch fp32"])]
-        cos = (vectors[name] * reference).sum(1) / (np.linalg.norm(vectors[name], axis=1) * np.linalg.norm(reference, axis=1))
-        results.append({"path": name, "passages_per_second": statistics.median(speeds),
-                        "x_st_torch_fp32": statistics.median(ratios), "min_cosine": float(cos.min()),
-                        "mean_cosine": float(cos.mean())})
-        print(f"| {name} | {statistics.median(speeds):.1f} | {statistics.median(ratios):.2f} | "
-              f"{cos.min():.5f} | {cos.mean():.5f} |", flush=True)
-    write_record(args.output, {"header": info, "passages": len(passages), "rounds": args.rounds,
-                               "batch_size": args.batch_size, "export_seconds": {k: v[1] for k, v in exports.items()},
+    print("\n| path | passages/s | x ST torch fp32 | queries/s | x ST | single query ms (p50) | min cosine | mean cosine"
+          " | nDCG@10 |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    keys = [(r["process"], r["path"]) for r in rounds[0]]
+    for process, path in keys:
+        per_round = [next(r for r in rows if (r["process"], r["path"]) == (process, path)) for rows in rounds]
+        refs = [next(r for r in rows if (r["process"], r["path"]) == (process, REFERENCE)) for rows in rounds]
+        vectors = per_round[-1]["vectors"]
+        cos = (vectors * reference).sum(1) / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(reference, axis=1))
+        row = {"path": path, "process": process,
+               "passages_per_second": statistics.median(r["passages_per_second"] for r in per_round),
+               "x_st_torch_fp32": statistics.median(r["passages_per_second"] / f["passages_per_second"]
+                                                    for r, f in zip(per_round, refs)),
+               "queries_per_second": statistics.median(r["queries_per_second"] for r in per_round),
+               "queries_x_st_torch_fp32": statistics.median(r["queries_per_second"] / f["queries_per_second"]
+                                                            for r, f in zip(per_round, refs)),
+               "single_query_ms_p50": statistics.median(r["single_query_ms_p50"] for r in per_round),
+               "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()), "ndcg_at_10": quality.get(path)}
+        results.append(row)
+        label = path if process == "ours" else f"{path} [{process} env]"
+        ndcg = f"{row['ndcg_at_10']:.4f}" if row["ndcg_at_10"] is not None else ""
+        print(f"| {label} | {row['passages_per_second']:.1f} | {row['x_st_torch_fp32']:.2f} | "
+              f"{row['queries_per_second']:.1f} | {row['queries_x_st_torch_fp32']:.2f} | {row['single_query_ms_p50']:.2f} | "
+              f"{row['min_cosine']:.5f} | {row['mean_cosine']:.5f} | {ndcg} |", flush=True)
+    write_record(args.output, {"header": info, "passages": len(passages),
+                               "passages_file": str(args.passages_file) if args.passages_file else "demo pool",
+                               "queries": len(queries), "rounds": args.rounds, "batch_size": args.batch_size,
+                               "max_length": args.max_length, "eval_data": args.eval_data,
+                               "export_seconds": {k: v[1] for k, v in exports.items()},
                                "model_bytes": {k: sum(f.stat().st_size for d in ("onnx", "openvino") if (v[0] / d).is_dir()
                                                       for f in (v[0] / d).iterdir()) for k, v in exports.items()},
                                "results": results})
