@@ -131,6 +131,34 @@ def test_openvino_exports_equal_torch_fp32_and_pass_the_gate_in_int8(exported):
     np.testing.assert_allclose(int8_logits, torch_logits, atol=0.05)
 
 
+def test_openvino_inference_precision_is_recorded_checked_and_served(exported, tmp_path):
+    from finbert2.export.runtime import load_exported
+    from finbert2.precision import cpu_bf16_flags
+    from finbert2.retrieve.encoder import DenseEncoder
+
+    out = tmp_path / "retriever_openvino_bf16"
+    assert finbert2_main(["export", str(exported["retriever"]), str(out), "--format", "openvino",
+                          "--inference_precision", "bf16", "--check", str(exported["check_retrieval"])]) == 0
+    report = report_of(out)
+    assert report["passed"] and report["inference_precision"] == "bf16"
+    assert report_of(exported["retriever_openvino"])["inference_precision"] == "f32"
+    served, exact = load_exported(out), load_exported(exported["retriever_openvino"])
+    assert served.inference_precision == "bf16" and exact.inference_precision == "f32"
+    assert exact.compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
+    if cpu_bf16_flags():  # where the CPU has no bf16, OpenVINO keeps f32 whatever the hint
+        assert served.compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "bf16"
+        vectors = DenseEncoder.from_pretrained(str(out)).encode_queries(NEWS)
+        reference = DenseEncoder.from_pretrained(str(exported["retriever_openvino"])).encode_queries(NEWS)
+        # bf16 moves the vectors a little (1e-5 on this tiny model)
+        assert cosines(vectors, reference).min() > 0.99 and np.abs(vectors - reference).max() > 1e-6
+    # the same graph files at another precision are another encoder to the evaluation's score cache
+    same, other = tmp_path / "same", tmp_path / "other"
+    shutil.copytree(out, same)
+    shutil.copytree(out, other)
+    (other / "export_report.json").write_text(json.dumps(report | {"inference_precision": "f32"}), encoding="utf-8")
+    assert load_exported(same).weights_digest() == served.weights_digest() != load_exported(other).weights_digest()
+
+
 def test_a_check_that_fails_exits_non_zero_and_leaves_no_model(exported, tmp_path, capsys):
     out = tmp_path / "rejected"
     # int8 moves vectors (min cosine < 1 on this model, see the test above): a gate it cannot meet.
@@ -171,6 +199,7 @@ def test_bad_arguments_and_check_sets_are_one_line_errors(exported, tmp_path, ca
         (["--format", "openvino", "--quantize", "int8-dynamic"], "openvino must be one of none, int8-static"),
         (["--format", "openvino", "--quantize", "int8-static"], "--calibration_data goes with --quantize int8-static"),
         (["--format", "tflite"], "--format must be one of onnx, openvino"),
+        (["--inference_precision", "bf16"], "--inference_precision for --format onnx must be one of f32"),
         (["--max_drop", "-0.1"], "need --max_drop >= 0"),
     ]
     for extra, message in cases:

@@ -6,7 +6,8 @@
         --eval_data FIN_EVA_EVAL_FOLDER --peer_venvs VENV_ROOT --output benchmarks/encode_throughput/e5-small-backends.json
 
 e5-small (vocab pruned as in ``bench.py``) is exported by ``finbert2 export`` to ONNX fp32 and int8-dynamic
-and OpenVINO fp32 and int8-static (calibrated on 100 demo corpus texts). Each round times, in this
+and OpenVINO fp32 and int8-static (calibrated on 100 demo corpus texts), the OpenVINO ones also with
+``--inference_precision bf16`` where the CPU has native bf16. Each round times, in this
 order, ``SentenceTransformer.encode`` (torch fp32, the reference), our ``DenseEncoder`` on the torch folder
 (fp32, and bf16 autocast where the CPU has native bf16) and on each export, then each peer environment
 (``peers.py``: sentence-transformers torch fp32 again as that process's reference, then its ONNX fp32 and
@@ -36,8 +37,10 @@ from common import (demo_documents, demo_passages, e5_small_folder, print_header
 
 REFERENCE = "sentence-transformers torch fp32"
 PEERS = ("onnx", "openvino")
-EXPORTS = (("onnx fp32", "onnx", "none"), ("onnx int8-dynamic", "onnx", "int8-dynamic"),
-           ("openvino fp32", "openvino", "none"), ("openvino int8-static", "openvino", "int8-static"))
+# (row, --format, --quantize, --inference_precision); the bf16 rows only where the CPU has native bf16
+EXPORTS = (("onnx fp32", "onnx", "none", "f32"), ("onnx int8-dynamic", "onnx", "int8-dynamic", "f32"),
+           ("openvino fp32", "openvino", "none", "f32"), ("openvino int8-static", "openvino", "int8-static", "f32"),
+           ("openvino bf16", "openvino", "none", "bf16"), ("openvino int8-static bf16", "openvino", "int8-static", "bf16"))
 
 
 def texts_for(args) -> tuple[list[str], list[str]]:
@@ -108,9 +111,12 @@ def main() -> None:
     calibration.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in demo_documents(100)),
                            encoding="utf-8")
     exports = {}
-    for name, fmt, quantize in EXPORTS:
+    for name, fmt, quantize, precision in EXPORTS:
+        if precision == "bf16" and not cpu_bf16_flags():
+            continue
         started = time.perf_counter()
         run_export(ExportArguments(str(source), str(work / name.replace(" ", "_")), format=fmt, quantize=quantize,
+                                   inference_precision=precision,
                                    calibration_data=str(calibration) if quantize == "int8-static" else None))
         exports[name] = (work / name.replace(" ", "_"), time.perf_counter() - started)
     passages, queries = texts_for(args)

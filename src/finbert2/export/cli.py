@@ -33,6 +33,8 @@ logger = logging.getLogger("finbert2.export")
 FORMATS = ("onnx", "openvino")
 # ONNX Runtime: dynamic int8 (scales per batch, no data needed); OpenVINO: NNCF's static int8 (calibrated).
 QUANTIZATIONS = {"onnx": ("none", "int8-dynamic"), "openvino": ("none", "int8-static")}
+# OpenVINO's INFERENCE_PRECISION_HINT; ONNX Runtime's CPU provider runs the graph as exported.
+INFERENCE_PRECISIONS = {"onnx": ("f32",), "openvino": ("f32", "bf16")}
 # The files a model folder holds besides its weights that an exported folder keeps.
 ST_MODULE_FILES = ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json")
 
@@ -49,6 +51,9 @@ class ExportArguments:
                 "openvino: int8-static (NNCF, activation scales calibrated on --calibration_data)."})
     calibration_data: str | None = field(default=None, metadata={
         "help": "Texts (JSONL with --text_field, CSV, or .txt one per line) calibrating int8-static; up to 300 used."})
+    inference_precision: str = field(default="f32", metadata={
+        "help": "openvino: the precision OpenVINO runs the graph's float ops in, f32 or bf16 (where the CPU has "
+                "AVX512-BF16/AMX; elsewhere OpenVINO keeps f32); recorded in the report, checked and served."})
     check: str | None = field(default=None, metadata={
         "help": "Retrieval evaluation folder (retrievers: nDCG@10, vector cosines) or labelled classification "
                 "file (classifiers: macro-F1, label agreement) scoring the export against the source model."})
@@ -70,6 +75,9 @@ class ExportArguments:
                               f"{', '.join(QUANTIZATIONS[self.format])}, not '{self.quantize}'")
         if (self.quantize == "int8-static") != bool(self.calibration_data):
             raise ConfigError("finbert2 export: --calibration_data goes with --quantize int8-static, and only with it")
+        if self.inference_precision not in INFERENCE_PRECISIONS[self.format]:
+            raise ConfigError(f"finbert2 export: --inference_precision for --format {self.format} must be one of "
+                              f"{', '.join(INFERENCE_PRECISIONS[self.format])}, not '{self.inference_precision}'")
         if self.max_drop < 0 or not 0 <= self.min_cosine <= 1 or not 0 <= self.min_agreement <= 1:
             raise ConfigError("finbert2 export: need --max_drop >= 0 and --min_cosine, --min_agreement in [0, 1]")
         if Path(self.output_dir).resolve() == Path(self.model_name_or_path).resolve():
@@ -156,8 +164,9 @@ def export_model_file(args: ExportArguments, kind: str, runner, staging: Path, c
 
 
 def run_export(args: ExportArguments) -> dict:
+    from finbert2.data import write_json
     from finbert2.export.check import Gate, check_classifier, check_retriever, gate_failures, load_check_data
-    from finbert2.export.runtime import exported_backend
+    from finbert2.export.runtime import REPORT_FILE, exported_backend
 
     started = time.perf_counter()
     source, out = Path(args.model_name_or_path), Path(args.output_dir)
@@ -178,11 +187,13 @@ def run_export(args: ExportArguments) -> dict:
         write_non_weight_files(source, runner, staging)
         model_file = export_model_file(args, kind, runner, staging, calibration)
         report = {"source": str(source), "kind": kind, "format": args.format, "quantize": args.quantize,
+                  "inference_precision": args.inference_precision,
                   "model_file": model_file.relative_to(staging).as_posix(),
                   "model_bytes": sum(f.stat().st_size for f in model_file.parent.glob(model_file.stem + ".*")),
                   "gate": asdict(Gate(args.max_drop, args.min_cosine, args.min_agreement))}
         failures: list[str] = []
         if check_data is not None:
+            write_json(staging / REPORT_FILE, report)  # the runtime reads the model file and precision from it
             exported = load_runner(kind, staging)
             result = (check_classifier if kind == "classifier" else check_retriever)(runner, exported, check_data)
             report["check"] = {"data": args.check, **result}

@@ -37,17 +37,23 @@ def exported_backend(name_or_path: str | Path) -> str:
     return next((backend for backend, pattern in MODEL_GLOBS.items() if any(folder.glob(pattern))), "torch")
 
 
+def export_report(folder: str | Path) -> dict:
+    """The folder's ``export_report.json`` ({} where it has none)."""
+    report = Path(folder) / REPORT_FILE
+    if not report.is_file():
+        return {}
+    try:
+        return json.loads(report.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ConfigError(f"{report}: unreadable export report ({err})") from None
+
+
 def exported_model_file(folder: str | Path, backend: str) -> Path:
     """The model file of an exported folder: the one its export report names, else its only one."""
     folder = Path(folder)
-    report = folder / REPORT_FILE
-    if report.is_file():
-        try:
-            name = json.loads(report.read_text(encoding="utf-8")).get("model_file")
-        except ValueError as err:
-            raise ConfigError(f"{report}: unreadable export report ({err})") from None
-        if name and (folder / name).is_file():
-            return folder / name
+    name = export_report(folder).get("model_file")
+    if name and (folder / name).is_file():
+        return folder / name
     files = sorted(folder.glob(MODEL_GLOBS[backend]))
     if len(files) != 1:
         raise ConfigError(f"{folder}: expected one {MODEL_GLOBS[backend]} model file, found "
@@ -63,6 +69,7 @@ class ExportedModel:
     """
 
     backend = ""
+    inference_precision = "f32"
 
     def __init__(self, folder: str | Path):
         from transformers import AutoConfig
@@ -90,7 +97,8 @@ class ExportedModel:
     def weights_digest(self, salt: str = "") -> str:
         """A content hash of the graph's files (the model file and its same-named sidecars such as OpenVINO's
         ``.bin`` or ONNX external data): equal digests mean the same exported weights."""
-        digest = hashlib.sha256(f"{self.backend}|{salt}".encode())
+        # the precision the runtime runs the graph at is part of what an encoding depends on
+        digest = hashlib.sha256(f"{self.backend}|{self.inference_precision}|{salt}".encode())
         for path in sorted(p for p in self.folder.glob(f"{self.file.stem}.*") if p.is_file()):
             with open(path, "rb") as handle:
                 digest.update(f"{path.name}|{hashlib.file_digest(handle, 'sha256').hexdigest()}|".encode())
@@ -140,9 +148,11 @@ class OpenVinoModel(ExportedModel):
     def load(self):
         import openvino
 
-        # Without the hint OpenVINO runs an fp32 graph in bf16 on CPUs that have it: the checked
-        # precision is the one served.
-        self.compiled = openvino.Core().compile_model(str(self.file), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        # Without a hint OpenVINO runs an fp32 graph's float ops in bf16 on CPUs that have it: the export
+        # records the precision its check ran at (f32 unless asked), and that is the one served.
+        self.inference_precision = export_report(self.folder).get("inference_precision", "f32")
+        self.compiled = openvino.Core().compile_model(str(self.file), "CPU",
+                                                      {"INFERENCE_PRECISION_HINT": self.inference_precision})
         self.request = self.compiled.create_infer_request()
         return ([i.get_any_name() for i in self.compiled.inputs],
                 [o.get_any_name() for o in self.compiled.outputs])
