@@ -92,6 +92,27 @@ def test_rerank_run_reorders_the_top_k_and_keeps_the_tail():
     assert len(seconds) == 1 and seconds[0] >= 0
 
 
+def test_interpolation_mixes_min_max_normalised_reranker_and_first_stage_scores():
+    from finbert2.data import RetrievalEvalData
+    from finbert2.rerank.evaluate import interpolated, rerank_runs
+    from finbert2.retrieve.metrics import top_k
+
+    corpus = {"a": {"text": "无关"}, "b": {"text": "加息"}, "c": {"text": "加息加息"}, "d": {"text": "加息" * 3}}
+    data = RetrievalEvalData(corpus=corpus, queries={"q": "加息"}, qrels={"q": {"c": 1}})
+    first = {"q": {"a": 4.0, "b": 3.9, "c": 1.0, "d": 0.5}}
+    # head a, b, c: reranker 0, 1, 2 -> 0, 0.5, 1; first stage 4, 3.9, 1 -> 1, 29/30, 0
+    np.testing.assert_allclose(interpolated(np.array([0.0, 1.0, 2.0]), np.array([4.0, 3.9, 1.0]), 0.5),
+                               [0.5, 0.5 * 0.5 + 0.5 * 29 / 30, 0.5])
+    runs, seconds = rerank_runs(ScriptedScorer(), data, first, k=3, alphas=(1.0, 0.8, 0.5, 0.0))
+    assert len(seconds) == 1  # one scoring serves every alpha
+    orders = {alpha: list(top_k(run, 10)["q"]) for alpha, run in runs.items()}
+    assert orders[1.0] == ["c", "b", "a", "d"]  # the reranker alone
+    assert orders[0.8] == ["c", "b", "a", "d"]  # 0.2, 0.593, 0.8
+    assert orders[0.5] == ["b", "a", "c", "d"]  # 0.5, 0.733, 0.5: the tie keeps the first-stage order
+    assert orders[0.0] == ["a", "b", "c", "d"]  # the first stage's order
+    np.testing.assert_array_equal(interpolated(np.array([3.0, 3.0]), np.array([1.0, 1.0]), 0.5), [0.0, 0.0])
+
+
 def test_mining_with_bm25_excludes_every_positive_of_the_query_text():
     from finbert2.retrieve.mine_first_stage import mine_with_first_stage
     from finbert2.retrieve.search import BM25Retriever
@@ -184,6 +205,16 @@ def test_evaluate_adds_a_reranked_row_per_first_stage(tmp_path, reranker_dir, ti
         assert metrics[f"{first}+rerank_p95_ms_per_query"] >= metrics[f"{first}+rerank_ms_per_query"] > 0
     results = (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
     assert "| bm25+rerank |" in results and "Reranking latency (top 3" in results
+    # interpolated rows: alpha 1 is the rerank row, alpha 0 the first stage's order, scored in one pass
+    mixed = run_evaluation(EvaluateArguments(output_dir=str(tmp_path / "mixed"), eval_data=str(folder),
+                                             models=["bm25"], rerank=[str(reranker_dir)], rerank_top_k=3,
+                                             rerank_interpolation=[0.0, 0.5, 1.0]), RunArguments())
+    assert mixed["bm25+rerank@0_ndcg_at_10"] == mixed["bm25_ndcg_at_10"]
+    assert mixed["bm25+rerank_ndcg_at_10"] == metrics["bm25+rerank_ndcg_at_10"] and "bm25+rerank@1_ndcg_at_10" not in mixed
+    assert "bm25+rerank@0.5_ndcg_at_10" in mixed
+    with pytest.raises(ConfigError, match="alphas must lie in"):
+        EvaluateArguments(output_dir=str(tmp_path / "x"), eval_data=str(folder), models=["bm25"],
+                          rerank=[str(reranker_dir)], rerank_interpolation=[1.5])
     # rerank_first_stages picks the first stages reranked (a CPU evaluation's time is mostly reranking)
     chosen = run_evaluation(EvaluateArguments(output_dir=str(tmp_path / "chosen"), eval_data=str(folder),
                                               models=["bm25", str(retriever)], hybrid=True,

@@ -4,8 +4,11 @@
         --rerank runs/reranker --rerank_top_k 50 --output_dir runs/eval_rerank
 
 adds a ``<first>+rerank`` row per first stage (BM25, each dense model, each hybrid) to the table, with
-its added latency per query in ``metrics.json`` and ``results.md``. Documents below the top K keep
-their first-stage order after the reranked ones, so recall@100 is the first stage's.
+its added latency per query in ``metrics.json`` and ``results.md``; ``--rerank_interpolation 0.3 0.5``
+adds ``<first>+rerank@0.3`` ... rows whose top K is ordered by 0.3 x the reranker's scores + 0.7 x the
+first stage's (each min-max normalised per query; the logits are computed once for all alphas), so the
+alpha can be chosen on a validation folder and then applied to the test folder. Documents below the
+top K keep their first-stage order after the reranked ones, so recall@100 is the first stage's.
 """
 
 from __future__ import annotations
@@ -20,24 +23,51 @@ from finbert2.retrieve.metrics import top_k
 from finbert2.retrieve.search import format_document
 
 
-def rerank_run(scorer: CrossEncoderScorer, data: RetrievalEvalData, first_run: dict[str, dict[str, float]],
-               k: int) -> tuple[dict[str, dict[str, float]], list[float]]:
-    """``(run, seconds per query)``: each query's top ``k`` of ``first_run`` scored by ``scorer`` and put
-    ahead of the rest of its first-stage ranking."""
-    reranked, seconds = {}, []
+def minmax(scores: np.ndarray) -> np.ndarray:
+    """Scores mapped onto [0, 1] within one query's list (all zeros when they are all equal)."""
+    low, span = float(scores.min()), float(scores.max() - scores.min())
+    return (scores - low) / span if span > 0 else np.zeros_like(scores)
+
+
+def interpolated(logits: np.ndarray, first_scores: np.ndarray, alpha: float) -> np.ndarray:
+    """``alpha`` x the reranker's scores + (1 - ``alpha``) x the first stage's, each min-max normalised over the
+    reranked list (the score interpolation of BM25 with a cross-encoder, as in Pyserini's hybrid runs):
+    alpha 1 is the reranker alone, alpha 0 the first stage's order."""
+    if alpha == 1.0:
+        return logits
+    return alpha * minmax(np.asarray(logits, dtype=np.float64)) + (1 - alpha) * minmax(np.asarray(first_scores, dtype=np.float64))
+
+
+def rerank_runs(scorer: CrossEncoderScorer, data: RetrievalEvalData, first_run: dict[str, dict[str, float]],
+                k: int, alphas: tuple[float, ...] = (1.0,)) -> tuple[dict[float, dict[str, dict[str, float]]], list[float]]:
+    """``({alpha: run}, seconds per query)``: each query's top ``k`` of ``first_run`` scored once by ``scorer``,
+    ordered by ``interpolated(logits, first-stage scores, alpha)`` for every alpha, and put ahead of the rest
+    of its first-stage ranking."""
+    runs: dict[float, dict[str, dict[str, float]]] = {alpha: {} for alpha in alphas}
+    seconds = []
     for qid, ranked in top_k(first_run, len(data.corpus)).items():
         ids = list(ranked)
         head, tail = ids[:k], ids[k:]
         started = time.perf_counter()
         logits = scorer.score(data.queries[qid], [format_document(data.corpus[d]) for d in head], raw=True)
         seconds.append(time.perf_counter() - started)
-        # Reranked documents score above every tail document: logits shifted above the tail's rank scores.
+        first_scores = np.array([ranked[d] for d in head], dtype=np.float64)
+        # Reranked documents score above every tail document: their ranks shifted above the tail's rank scores.
         base = float(len(tail)) + 1.0
-        order = np.argsort(-logits, kind="stable")
-        run = {head[i]: base + float(len(head) - rank) for rank, i in enumerate(order)}
-        run.update({doc: float(len(tail) - rank) for rank, doc in enumerate(tail)})
-        reranked[qid] = run
-    return reranked, seconds
+        tail_run = {doc: float(len(tail) - rank) for rank, doc in enumerate(tail)}
+        for alpha in alphas:
+            order = np.argsort(-interpolated(logits, first_scores, alpha), kind="stable")
+            run = {head[i]: base + float(len(head) - rank) for rank, i in enumerate(order)}
+            run.update(tail_run)
+            runs[alpha][qid] = run
+    return runs, seconds
+
+
+def rerank_run(scorer: CrossEncoderScorer, data: RetrievalEvalData, first_run: dict[str, dict[str, float]],
+               k: int) -> tuple[dict[str, dict[str, float]], list[float]]:
+    """``(run, seconds per query)``: each query's top ``k`` of ``first_run`` reordered by ``scorer`` alone."""
+    runs, seconds = rerank_runs(scorer, data, first_run, k)
+    return runs[1.0], seconds
 
 
 def latency_summary(seconds: list[float]) -> dict[str, float]:
@@ -70,14 +100,23 @@ def load_rerankers(names: list[str], dtype: str, max_length: int | None = None) 
             for name, label in reranker_labels(names).items()}
 
 
+def interpolation_label(row: str, alpha: float) -> str:
+    """``bm25+rerank@0.7``: the row of the reranker interpolated with its first stage at that alpha."""
+    return row if alpha == 1.0 else f"{row}@{alpha:g}"
+
+
 def rerank_rows(rerankers: dict[str, CrossEncoderScorer], data: RetrievalEvalData,
-                first_runs: dict[str, dict[str, dict[str, float]]], k: int):
-    """``(row label, run, seconds, latency summary)`` for every first stage reranked by every reranker."""
+                first_runs: dict[str, dict[str, dict[str, float]]], k: int, interpolations: tuple[float, ...] = ()):
+    """``(row label, run, seconds, latency summary)`` for every first stage reranked by every reranker, alone and
+    interpolated with the first stage at each alpha of ``interpolations`` (scored once, ordered per alpha)."""
+    alphas = (1.0, *[a for a in interpolations if a != 1.0])
     for first, run in first_runs.items():
         for suffix, scorer in rerankers.items():
             started = time.perf_counter()
-            reranked, seconds = rerank_run(scorer, data, run, k)
-            yield f"{first}+{suffix}", reranked, time.perf_counter() - started, latency_summary(seconds)
+            runs, seconds = rerank_runs(scorer, data, run, k, alphas)
+            elapsed, latency = time.perf_counter() - started, latency_summary(seconds)
+            for alpha in alphas:
+                yield interpolation_label(f"{first}+{suffix}", alpha), runs[alpha], elapsed, latency
 
 
 def latency_table(flat: dict, k: int) -> str:

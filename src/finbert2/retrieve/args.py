@@ -187,6 +187,10 @@ class EvaluateArguments:
     rerank_first_stages: list[str] | None = field(default=None, metadata={
         "help": "Row labels of the first stages to rerank (e.g. bm25 e5+bm25); default: every first stage. "
                 "Reranking is most of an evaluation's time on a CPU."})
+    rerank_interpolation: list[float] | None = field(default=None, metadata={
+        "help": "Alphas in [0, 1]: a '<first>+rerank@ALPHA' row each, the top K ordered by ALPHA x the reranker's "
+                "score + (1 - ALPHA) x the first stage's (min-max normalised per query); choose ALPHA on a "
+                "validation folder."})
     rerank_dtype: str = field(default="fp32", metadata={"help": "Reranker precision: fp32, bf16, int8 or auto."})
     rerank_max_length: int | None = field(default=None, metadata={
         "help": "Longest query + passage pair the reranker reads, in tokens (default: the model's, <= 512; "
@@ -201,6 +205,10 @@ class EvaluateArguments:
             raise ConfigError("retrieve evaluate: rerank_dtype must be fp32, bf16, int8 or auto")
         if self.rerank_max_length is not None and self.rerank_max_length < 8:
             raise ConfigError("retrieve evaluate: rerank_max_length must be at least 8")
+        if self.rerank_interpolation and not self.rerank:
+            raise ConfigError("retrieve evaluate: rerank_interpolation needs --rerank MODEL")
+        if any(not 0.0 <= alpha <= 1.0 for alpha in self.rerank_interpolation or []):
+            raise ConfigError("retrieve evaluate: rerank_interpolation alphas must lie in [0, 1]")
         if self.rerank_first_stages and not self.rerank:
             raise ConfigError("retrieve evaluate: rerank_first_stages needs --rerank MODEL")
         if self.labels and len(self.labels) > len(self.models):
