@@ -59,6 +59,18 @@ RETROMAE_GRID = [
 ]
 
 
+# CELLS="mlm_new_enc5e-6 retromae_new_enc5e-6": run only the named cells of a pretraining grid (the rest of a
+# sweep run elsewhere); BF16=false pins a precision, so cells added on a CPU with native bf16 are compared in the
+# fp32 the earlier cells ran in on an AVX2 CPU (default: the configs' --bf16 auto).
+CELLS = set(os.environ.get("CELLS", "").split())
+BF16 = os.environ.get("BF16")
+
+
+def chosen(grid: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+    """The grid's cells that CELLS names (all of them when CELLS is unset), each with the BF16 flag if set."""
+    return [(name, flags + (["--bf16", BF16] if BF16 else [])) for name, flags in grid if not CELLS or name in CELLS]
+
+
 def prepared(data_dir: Path, out: Path) -> Path:
     """Converted data: the pretraining corpus (no test text), Fin-Eva with a validation split, CFBenchmark."""
     data = out / "data"
@@ -110,7 +122,7 @@ def sweep_mlm(data_dir: Path, out: Path) -> None:
     data = prepared(data_dir, out)
     model = general(out, data)
     probe_macro_f1(model, data)
-    for name, flags in MLM_GRID:
+    for name, flags in chosen(MLM_GRID):
         folder = run(out, name, [
             "finbert2", "mlm", "configs/mlm/e5-small.yaml", "--model_name_or_path", str(model),
             "--train_data", str(data / "corpus.jsonl"), "--validation_split_percentage", "2",
@@ -192,7 +204,7 @@ def sweep_retromae(data_dir: Path, out: Path) -> None:
     """RetroMAE's new heads (encoder MLM head and decoder) from e5, scored by the encoder's zero-shot retrieval."""
     data = prepared(data_dir, out)
     model = general(out, data)
-    for name, flags in RETROMAE_GRID:
+    for name, flags in chosen(RETROMAE_GRID):
         folder = run(out, name, [
             "finbert2", "retromae", "configs/retromae/e5-small.yaml", "--model_name_or_path", str(model),
             "--train_data", str(data / "corpus.jsonl"), "--validation_split_percentage", "2",
