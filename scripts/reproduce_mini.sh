@@ -31,8 +31,9 @@
 #                the ablation (general; + domain words; + MLM; + RetroMAE; merged), topics, pretraining
 # A stage whose metrics.json exists is skipped, so a rerun resumes; the first failing stage stops the pipeline,
 # named. Wall time: per-stage seconds in tables.md. The CPU defaults are the recipes (configs/*/e5-small.yaml,
-# the issue-25 sweeps) at the lengths that fit the 150-minute budget on 2 cores (docs/RESULTS.md has the measured
-# seconds): 1 classifier epoch from the probe head, 1 retriever epoch, 40 MLM and 30 RetroMAE steps.
+# the issue-25 sweeps) at the lengths sized for the 150-minute budget on 2 cores: 1 classifier epoch from the probe
+# head, 1 retriever epoch, 40 MLM and 30 RetroMAE steps. Measured (docs/RESULTS.md): 76 min where bf16 is native
+# (AVX512-BF16), 167 min on an AVX2-only CPU (fp32).
 #
 # GPU=1 changes sizes only (steps, epochs, batch, sequence length, evaluation interval, USE_CPU=false; each still
 # overridable): MLM 2000 and RetroMAE 1000 steps of 64 x 512 tokens, 4 validations each, up to 8 classifier epochs
