@@ -72,16 +72,24 @@ def chosen(grid: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
 
 
 def prepared(data_dir: Path, out: Path) -> Path:
-    """Converted data: the pretraining corpus (no test text), Fin-Eva with a validation split, CFBenchmark."""
+    """Converted data as the mini reproduction's data step writes it (the same converters and seeds): the
+    pretraining corpus (every classification test text and Fin-Eva held-out context left out), Fin-Eva with a
+    validation split, CFBenchmark sentiment and event, SC_2, the JINGEWU headlines."""
     data = out / "data"
     if not (data / "metrics.json").is_file():
         data.mkdir(parents=True, exist_ok=True)
-        subprocess.check_call(["finbert2", "convert", "cfbenchmark-sentiment",
-                               str(data_dir / "cfbenchmark-basic" / "data" / "sentiment.jsonl"), str(data / "cfb_sentiment"),
-                               "--test_fraction", "0.2", "--validation_fraction", "0.1", "--seed", "42"], cwd=REPO)
-        subprocess.check_call(["finbert2", "convert", "fin-eva", "--input_dir", str(data_dir / "fin-eva"),
-                               "--output_dir", str(data / "fineva"), "--validation_fraction", "0.15", "--seed", "42"],
-                              cwd=REPO)
+        cfb = data_dir / "cfbenchmark-basic" / "data"
+        split = ["--test_fraction", "0.2", "--validation_fraction", "0.1", "--seed", "42"]
+        for command in (
+                ["cfbenchmark-sentiment", str(cfb / "sentiment.jsonl"), str(data / "cfb_sentiment"), *split],
+                ["cfbenchmark-event", str(cfb / "event.jsonl"), str(data / "cfb_event"), "--level", "1", *split],
+                ["sc2", str(data_dir / "finbert2-upstream" / "Fin-labeler" / "SC_2" / "test_SC_2.csv"),
+                 str(data / "sc2_all.jsonl")],
+                ["fin-eva", "--input_dir", str(data_dir / "fin-eva"), "--output_dir", str(data / "fineva"),
+                 "--validation_fraction", "0.15", "--seed", "42"],
+                ["jingewu", str(data_dir / "jingewu-financial-sentiment-analysis" / "data" / "CH.csv"),
+                 "--output_file", str(data / "jingewu.jsonl")]):
+            subprocess.check_call(["finbert2", "convert", *command], cwd=REPO)
         subprocess.check_call([sys.executable, "-m", "finbert2.report.reproduction", "prepare-corpus", str(data_dir),
                                str(data), "--seed", "42"], cwd=REPO)
     return data
