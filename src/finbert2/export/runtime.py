@@ -48,10 +48,11 @@ def export_report(folder: str | Path) -> dict:
         raise ConfigError(f"{report}: unreadable export report ({err})") from None
 
 
-def exported_model_file(folder: str | Path, backend: str) -> Path:
-    """The model file of an exported folder: the one its export report names, else its only one."""
+def exported_model_file(folder: str | Path, backend: str, report: dict | None = None) -> Path:
+    """The model file of an exported folder: the one its export report (read here unless given) names, else its
+    only one."""
     folder = Path(folder)
-    name = export_report(folder).get("model_file")
+    name = (export_report(folder) if report is None else report).get("model_file")
     if name and (folder / name).is_file():
         return folder / name
     files = sorted(folder.glob(MODEL_GLOBS[backend]))
@@ -75,7 +76,8 @@ class ExportedModel:
         from transformers import AutoConfig
 
         self.folder = Path(folder)
-        self.file = exported_model_file(self.folder, self.backend)
+        self.report = export_report(self.folder)  # read once: the model file and (OpenVINO) the precision
+        self.file = exported_model_file(self.folder, self.backend, self.report)
         try:
             self.config = AutoConfig.from_pretrained(self.folder)
         except (OSError, ValueError) as err:
@@ -150,7 +152,7 @@ class OpenVinoModel(ExportedModel):
 
         # Without a hint OpenVINO runs an fp32 graph's float ops in bf16 on CPUs that have it: the export
         # records the precision its check ran at (f32 unless asked), and that is the one served.
-        self.inference_precision = export_report(self.folder).get("inference_precision", "f32")
+        self.inference_precision = self.report.get("inference_precision", "f32")
         self.compiled = openvino.Core().compile_model(str(self.file), "CPU",
                                                       {"INFERENCE_PRECISION_HINT": self.inference_precision})
         self.request = self.compiled.create_infer_request()
