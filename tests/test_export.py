@@ -304,13 +304,16 @@ def test_prune_distils_to_the_source_vectors_behind_the_check(exported, tmp_path
 
     corpus = tmp_path / "corpus.jsonl"
     write_jsonl(corpus, [{"text": t[:k]} for t in NEWS for k in (10, 20, 40)])
-    common = ["--keep_layers", "1", "--train_data", str(corpus), "--max_steps", "20", "--learning_rate", "1e-3",
+    questions = tmp_path / "questions.jsonl"
+    write_jsonl(questions, [{"query": t[:8] + "？"} for t in NEWS])
+    common = ["--keep_layers", "1", "--train_data", str(corpus), "--query_data", str(questions), "--max_steps", "20", "--learning_rate", "1e-3",
               "--per_device_train_batch_size", "6", "--max_length", "48", "--check", str(exported["check_retrieval"])]
     out = tmp_path / "pruned"
     assert finbert2_main(["prune", str(exported["retriever"]), str(out), *common, "--max_drop", "1"]) == 0
     report = report_of(out)
     assert report["passed"] and report["pruned_layers"] == [1] and report["source_layers"] == 2
     assert report["last_loss"] < report["first_loss"]  # the student moved toward the teacher's vectors
+    assert (report["distillation_texts"], report["distillation_queries"]) == (3 * len(NEWS), len(NEWS))
     student = DenseEncoder.from_pretrained(str(out))
     assert student.model.config.num_hidden_layers == 1 and len(student.model.encoder.layer) == 1
     assert (student.pooling, student.passage_instruction) == ("mean", "passage: ")  # the source's settings

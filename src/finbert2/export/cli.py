@@ -131,7 +131,7 @@ def read_texts(path: str, text_field: str) -> list[str]:
 
     texts = [get_text(obj, text_field, Path(path), lineno) for lineno, obj in iter_records(Path(path))]
     if not texts:
-        raise DataError(path, None, "no calibration texts")
+        raise DataError(path, None, f"no texts (field '{text_field}')")
     return texts
 
 

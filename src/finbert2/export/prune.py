@@ -1,11 +1,12 @@
 """``finbert2 prune MODEL_DIR OUT --keep_layers 0,2,4,6,8,10 --train_data CORPUS [--check EVAL]``.
 
     finbert2 prune runs/retriever runs/retriever-6l --keep_layers 0,2,4,6,8,10 \\
-        --train_data data/demo/corpus.jsonl --max_steps 400 --check data/demo/retrieval/eval --max_drop 0.02
+        --train_data data/demo/corpus.jsonl --query_data data/demo/retrieval/train.jsonl --max_steps 400 --check data/demo/retrieval/eval --max_drop 0.02
 
 Layer pruning of a retriever followed by distillation: the student is the source model with only the
 layers kept (their weights copied), trained so its pooled vectors match the source model's on the user's
-corpus (MSE, sentence-transformers' model-compression recipe), then scored against the source model with
+corpus and, with ``--query_data``, on its questions under the query prompt (MSE, sentence-transformers'
+model-compression recipe), then scored against the source model with
 the same ``--check`` gate as ``finbert2 export``. OUT is a torch retriever folder (safetensors, tokenizer,
 the source's prompts, pooling and normalisation) that every command, and ``finbert2 export``, takes; a
 failed check leaves no model (as for export). Vocabulary pruning stays where it is
@@ -37,6 +38,12 @@ class PruneArguments:
     keep_layers: str = field(metadata={"help": "Comma-separated indices of the encoder layers kept, e.g. 0,2,4,6,8,10."})
     train_data: str = field(metadata={"help": "Distillation corpus: JSONL with --text_field, CSV, or .txt one text per line."})
     text_field: str = field(default="text", metadata={"help": "Text field of --train_data."})
+    query_data: str | None = field(default=None, metadata={
+        "help": "Queries to distil too (JSONL with --query_field, CSV or .txt), encoded with the query prompt: "
+                "a retriever embeds short questions as well as passages, and passages alone teach the student "
+                "nothing about them."})
+    query_field: str = field(default="query", metadata={"help": "Text field of --query_data."})
+    query_share: float = field(default=0.25, metadata={"help": "Share of each batch drawn from --query_data."})
     max_steps: int = field(default=300, metadata={"help": "Distillation steps."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Texts per step."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (linear decay to 0)."})
@@ -61,6 +68,8 @@ class PruneArguments:
         for name in ("max_steps", "per_device_train_batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"finbert2 prune: {name} must be at least 1")
+        if not 0 <= self.query_share < 1:
+            raise ConfigError("finbert2 prune: --query_share must be in [0, 1)")
         if self.max_drop < 0 or not 0 <= self.min_cosine <= 1:
             raise ConfigError("finbert2 prune: need --max_drop >= 0 and --min_cosine in [0, 1]")
 
@@ -79,28 +88,47 @@ def keep_layers(model: torch.nn.Module, layers: list[int]) -> torch.nn.Module:
     return student
 
 
-def distill(teacher, student: torch.nn.Module, texts: list[str], args: PruneArguments) -> list[float]:
-    """MSE between the student's and the teacher's pooled vectors of the passages; the loss of every step."""
+class _Shuffled:
+    """Endless draws without replacement from ``rows``, reshuffled each pass."""
+
+    def __init__(self, rows: list[list[int]], rng: random.Random):
+        self.rows, self.rng, self.order = rows, rng, []
+
+    def take(self, n: int) -> list[list[int]]:
+        while len(self.order) < n:
+            self.order += self.rng.sample(range(len(self.rows)), len(self.rows))
+        batch, self.order = self.order[:n], self.order[n:]
+        return [self.rows[i] for i in batch]
+
+
+def distill(teacher, student: torch.nn.Module, texts: list[str], args: PruneArguments,
+            queries: list[str] | None = None) -> list[float]:
+    """MSE between the student's and the teacher's pooled vectors of the passages (and of the queries, each
+    with its own prompt, ``args.query_share`` of every batch); the loss of every step."""
     from finbert2.retrieve.encoder import pad_batch, pool
 
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
-    rows = teacher.tokenizer([teacher.passage_instruction + t for t in texts], truncation=True,
-                             max_length=args.max_length, return_attention_mask=False,
-                             return_token_type_ids=False)["input_ids"]
+
+    def tokenized(prompt: str, items: list[str]) -> list[list[int]]:
+        return teacher.tokenizer([prompt + t for t in items], truncation=True, max_length=args.max_length,
+                                 return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+    passages = _Shuffled(tokenized(teacher.passage_instruction, texts), rng)
+    questions = _Shuffled(tokenized(teacher.query_instruction, queries), rng) if queries else None
+    per_batch = round(args.query_share * args.per_device_train_batch_size) if questions else 0
     pad_id = teacher.tokenizer.pad_token_id or 0
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / args.max_steps)
-    order: list[int] = []
     losses = []
     student.train()
     for _ in range(args.max_steps):
-        if len(order) < args.per_device_train_batch_size:
-            order += rng.sample(range(len(rows)), len(rows))
-        batch, order = order[:args.per_device_train_batch_size], order[args.per_device_train_batch_size:]
-        input_ids, attention_mask = pad_batch([rows[i] for i in batch], pad_id)
+        rows = passages.take(args.per_device_train_batch_size - per_batch)
+        if per_batch:
+            rows += questions.take(per_batch)
+        input_ids, attention_mask = pad_batch(rows, pad_id)
         with torch.no_grad():
-            target = teacher.pooled([rows[i] for i in batch]).clone()  # out of inference mode, for autograd
+            target = teacher.pooled(rows).clone()  # out of inference mode, for autograd
         states = student(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         loss = torch.nn.functional.mse_loss(pool(states, attention_mask, teacher.pooling), target)
         loss.backward()
@@ -126,12 +154,13 @@ def run_prune(args: PruneArguments) -> dict:
         raise OutputDirError(f"{out}: holds an earlier model; pass --overwrite_output_dir True or choose another folder")
     check_data = load_check_data("retriever", args.check, args.check_split, "text", "label") if args.check else None
     texts = read_texts(args.train_data, args.text_field)
+    queries = read_texts(args.query_data, args.query_field) if args.query_data else None
     teacher = DenseEncoder.from_pretrained(str(source), device="cpu", bf16=False)
     # The student starts from the plain model (the teacher's may run its last layer at [CLS] only).
     student = keep_layers(load_encoder_model(str(source)), args.layers)
-    logger.info("pruning %s to layers %s, distilling on %d texts for %d steps", source, args.layers, len(texts),
-                args.max_steps)
-    losses = distill(teacher, student, texts, args)
+    logger.info("pruning %s to layers %s, distilling on %d texts and %d queries for %d steps", source, args.layers,
+                len(texts), len(queries or ()), args.max_steps)
+    losses = distill(teacher, student, texts, args, queries)
 
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -142,6 +171,7 @@ def run_prune(args: PruneArguments) -> dict:
         gate = Gate(args.max_drop, args.min_cosine)
         report = {"source": str(source), "kind": "retriever", "pruned_layers": args.layers,
                   "source_layers": teacher.model.config.num_hidden_layers, "distillation_steps": args.max_steps,
+                  "distillation_texts": len(texts), "distillation_queries": len(queries or ()),
                   "first_loss": losses[0], "last_loss": sum(losses[-10:]) / len(losses[-10:]), "gate": asdict(gate)}
         failures: list[str] = []
         if check_data is not None:
