@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from finbert2.data import RetrievalEvalData
 from finbert2.rerank.modeling import CrossEncoderScorer
@@ -45,7 +46,9 @@ def rerank_runs(scorer: CrossEncoderScorer, data: RetrievalEvalData, first_run: 
     of its first-stage ranking."""
     runs: dict[float, dict[str, dict[str, float]]] = {alpha: {} for alpha in alphas}
     seconds = []
-    for qid, ranked in top_k(first_run, len(data.corpus)).items():
+    # A CPU pass over a validation split takes minutes: show it, also inside the Trainer's evaluation.
+    for qid, ranked in tqdm(top_k(first_run, len(data.corpus)).items(), desc=f"reranking top {k}", unit="query",
+                            mininterval=5):
         ids = list(ranked)
         head, tail = ids[:k], ids[k:]
         started = time.perf_counter()
