@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from finbert2.errors import ConfigError, OutputDirError
 
@@ -122,7 +123,8 @@ def distill(teacher, student: torch.nn.Module, texts: list[str], args: PruneArgu
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / args.max_steps)
     losses = []
     student.train()
-    for _ in range(args.max_steps):
+    progress = tqdm(range(args.max_steps), desc="distilling", unit="step", mininterval=5)
+    for _ in progress:
         rows = passages.take(args.per_device_train_batch_size - per_batch)
         if per_batch:
             rows += questions.take(per_batch)
@@ -135,7 +137,8 @@ def distill(teacher, student: torch.nn.Module, texts: list[str], args: PruneArgu
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
+        progress.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
     student.eval()
     return losses
 
