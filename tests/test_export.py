@@ -300,6 +300,7 @@ def test_keep_layers_copies_the_chosen_layers_and_leaves_the_source(exported):
 
 
 def test_prune_distils_to_the_source_vectors_behind_the_check(exported, tmp_path, capsys):
+    from finbert2.precision import resolve_bf16
     from finbert2.retrieve.encoder import DenseEncoder
 
     corpus = tmp_path / "corpus.jsonl"
@@ -314,6 +315,7 @@ def test_prune_distils_to_the_source_vectors_behind_the_check(exported, tmp_path
     assert report["passed"] and report["pruned_layers"] == [1] and report["source_layers"] == 2
     assert report["last_loss"] < report["first_loss"]  # the student moved toward the teacher's vectors
     assert (report["distillation_texts"], report["distillation_queries"]) == (3 * len(NEWS), len(NEWS))
+    assert report["distillation_precision"] == ("bf16" if resolve_bf16("auto").bf16 else "fp32")  # --bf16 auto
     student = DenseEncoder.from_pretrained(str(out))
     assert student.model.config.num_hidden_layers == 1 and len(student.model.encoder.layer) == 1
     assert (student.pooling, student.passage_instruction) == ("mean", "passage: ")  # the source's settings

@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from finbert2.errors import ConfigError, OutputDirError
+from finbert2.precision import bf16_field, resolve_bf16
 
 logger = logging.getLogger("finbert2.prune")
 
@@ -50,6 +51,7 @@ class PruneArguments:
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (linear decay to 0)."})
     max_length: int = field(default=256, metadata={"help": "Tokens per training text (longer ones are cut)."})
     seed: int = field(default=42, metadata={"help": "Seed of the text order and dropout."})
+    bf16: str = bf16_field()  # distillation only: the check scores both models in fp32
     check: str | None = field(default=None, metadata={"help": "Retrieval evaluation folder scoring the student "
                                                                "against the source model (as finbert2 export)."})
     check_split: str = field(default="test", metadata={"help": "Split of the --check folder."})
@@ -103,7 +105,7 @@ class _Shuffled:
 
 
 def distill(teacher, student: torch.nn.Module, texts: list[str], args: PruneArguments,
-            queries: list[str] | None = None) -> list[float]:
+            queries: list[str] | None = None, bf16: bool = False) -> list[float]:
     """MSE between the student's and the teacher's pooled vectors of the passages (and of the queries, each
     with its own prompt, ``args.query_share`` of every batch); the loss of every step."""
     from finbert2.retrieve.encoder import pad_batch, pool
@@ -131,8 +133,9 @@ def distill(teacher, student: torch.nn.Module, texts: list[str], args: PruneArgu
         input_ids, attention_mask = pad_batch(rows, pad_id)
         with torch.no_grad():
             target = teacher.pooled(rows).clone()  # out of inference mode, for autograd
-        states = student(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        loss = torch.nn.functional.mse_loss(pool(states, attention_mask, teacher.pooling), target)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # weights and optimizer stay fp32
+            states = student(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        loss = torch.nn.functional.mse_loss(pool(states.float(), attention_mask, teacher.pooling), target.float())
         loss.backward()
         optimizer.step()
         schedule.step()
@@ -158,12 +161,14 @@ def run_prune(args: PruneArguments) -> dict:
     check_data = load_check_data("retriever", args.check, args.check_split, "text", "label") if args.check else None
     texts = read_texts(args.train_data, args.text_field)
     queries = read_texts(args.query_data, args.query_field) if args.query_data else None
-    teacher = DenseEncoder.from_pretrained(str(source), device="cpu", bf16=False)
+    precision = resolve_bf16(args.bf16)
+    logger.info("distillation precision: %s (%s)", "bf16 autocast" if precision.bf16 else "fp32", precision.reason)
+    teacher = DenseEncoder.from_pretrained(str(source), device="cpu", bf16=precision.bf16)
     # The student starts from the plain model (the teacher's may run its last layer at [CLS] only).
     student = keep_layers(load_encoder_model(str(source)), args.layers)
     logger.info("pruning %s to layers %s, distilling on %d texts and %d queries for %d steps", source, args.layers,
                 len(texts), len(queries or ()), args.max_steps)
-    losses = distill(teacher, student, texts, args, queries)
+    losses = distill(teacher, student, texts, args, queries, bf16=precision.bf16)
 
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -174,10 +179,12 @@ def run_prune(args: PruneArguments) -> dict:
         gate = Gate(args.max_drop, args.min_cosine)
         report = {"source": str(source), "kind": "retriever", "pruned_layers": args.layers,
                   "source_layers": teacher.model.config.num_hidden_layers, "distillation_steps": args.max_steps,
+                  "distillation_precision": "bf16" if precision.bf16 else "fp32",
                   "distillation_texts": len(texts), "distillation_queries": len(queries or ()),
                   "first_loss": losses[0], "last_loss": sum(losses[-10:]) / len(losses[-10:]), "gate": asdict(gate)}
         failures: list[str] = []
         if check_data is not None:
+            teacher.bf16 = False  # the check compares fp32 with fp32
             result = check_retriever(teacher, DenseEncoder.from_pretrained(str(staging), device="cpu", bf16=False),
                                      check_data)
             report["check"] = {"data": args.check, **result}
