@@ -212,6 +212,7 @@ def test_evaluate_adds_a_reranked_row_per_first_stage(tmp_path, reranker_dir, ti
     assert mixed["bm25+rerank@0_ndcg_at_10"] == mixed["bm25_ndcg_at_10"]
     assert mixed["bm25+rerank_ndcg_at_10"] == metrics["bm25+rerank_ndcg_at_10"] and "bm25+rerank@1_ndcg_at_10" not in mixed
     assert "bm25+rerank@0.5_ndcg_at_10" in mixed
+    assert "bm25+rerank_ms_per_query" in mixed and "bm25+rerank@0.5_ms_per_query" not in mixed  # one latency row
     with pytest.raises(ConfigError, match="alphas must lie in"):
         EvaluateArguments(output_dir=str(tmp_path / "x"), eval_data=str(folder), models=["bm25"],
                           rerank=[str(reranker_dir)], rerank_interpolation=[1.5])

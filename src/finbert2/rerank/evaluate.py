@@ -118,8 +118,9 @@ def rerank_rows(rerankers: dict[str, CrossEncoderScorer], data: RetrievalEvalDat
             started = time.perf_counter()
             runs, seconds = rerank_runs(scorer, data, run, k, alphas)
             elapsed, latency = time.perf_counter() - started, latency_summary(seconds)
-            for alpha in alphas:
-                yield interpolation_label(f"{first}+{suffix}", alpha), runs[alpha], elapsed, latency
+            for alpha in alphas:  # one scoring pass: its latency is the reranked row's, not repeated per alpha
+                yield (interpolation_label(f"{first}+{suffix}", alpha), runs[alpha], elapsed,
+                       latency if alpha == 1.0 else {})
 
 
 def latency_table(flat: dict, k: int) -> str:
