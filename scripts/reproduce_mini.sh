@@ -132,17 +132,8 @@ echo "reproduce_mini: ENCODERS='$ENCODERS' MLM_STEPS=$MLM_STEPS RETROMAE_STEPS=$
 # ---- 1. data: converters, then the corpora (every test and Fin-Eva validation text left out) ----
 prepare_data() {
     rm -rf "$D.partial" && mkdir -p "$D.partial" || return 1
-    "$PYTHON" -m finbert2 convert cfbenchmark-sentiment "$DATA_DIR/cfbenchmark-basic/data/sentiment.jsonl" \
-        "$D.partial/cfb_sentiment" --test_fraction 0.2 --validation_fraction 0.1 --seed "$SEED" || return 1
-    "$PYTHON" -m finbert2 convert cfbenchmark-event "$DATA_DIR/cfbenchmark-basic/data/event.jsonl" \
-        "$D.partial/cfb_event" --level 1 --test_fraction 0.2 --validation_fraction 0.1 --seed "$SEED" || return 1
-    "$PYTHON" -m finbert2 convert sc2 "$DATA_DIR/finbert2-upstream/Fin-labeler/SC_2/test_SC_2.csv" \
-        "$D.partial/sc2_all.jsonl" || return 1
-    "$PYTHON" -m finbert2 convert fin-eva --input_dir "$DATA_DIR/fin-eva" --output_dir "$D.partial/fineva" \
-        --validation_fraction "$FINEVA_VALIDATION" --seed "$SEED" || return 1
-    "$PYTHON" -m finbert2 convert jingewu "$DATA_DIR/jingewu-financial-sentiment-analysis/data/CH.csv" \
-        --output_file "$D.partial/jingewu.jsonl" || return 1
-    "$PYTHON" -m finbert2.report.reproduction prepare-corpus "$DATA_DIR" "$D.partial" --seed "$SEED" || return 1
+    "$PYTHON" -m finbert2.report.reproduction prepare-data "$DATA_DIR" "$D.partial" --seed "$SEED" \
+        --fineva_validation "$FINEVA_VALIDATION" || return 1
     rm -rf "$D" && mv "$D.partial" "$D"   # metrics.json appears only with complete data
 }
 stage data "$D" prepare_data

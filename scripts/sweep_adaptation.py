@@ -78,20 +78,8 @@ def prepared(data_dir: Path, out: Path) -> Path:
     data = out / "data"
     if not (data / "metrics.json").is_file():
         data.mkdir(parents=True, exist_ok=True)
-        cfb = data_dir / "cfbenchmark-basic" / "data"
-        split = ["--test_fraction", "0.2", "--validation_fraction", "0.1", "--seed", "42"]
-        for command in (
-                ["cfbenchmark-sentiment", str(cfb / "sentiment.jsonl"), str(data / "cfb_sentiment"), *split],
-                ["cfbenchmark-event", str(cfb / "event.jsonl"), str(data / "cfb_event"), "--level", "1", *split],
-                ["sc2", str(data_dir / "finbert2-upstream" / "Fin-labeler" / "SC_2" / "test_SC_2.csv"),
-                 str(data / "sc2_all.jsonl")],
-                ["fin-eva", "--input_dir", str(data_dir / "fin-eva"), "--output_dir", str(data / "fineva"),
-                 "--validation_fraction", "0.15", "--seed", "42"],
-                ["jingewu", str(data_dir / "jingewu-financial-sentiment-analysis" / "data" / "CH.csv"),
-                 "--output_file", str(data / "jingewu.jsonl")]):
-            subprocess.check_call(["finbert2", "convert", *command], cwd=REPO)
-        subprocess.check_call([sys.executable, "-m", "finbert2.report.reproduction", "prepare-corpus", str(data_dir),
-                               str(data), "--seed", "42"], cwd=REPO)
+        subprocess.check_call([sys.executable, "-m", "finbert2.report.reproduction", "prepare-data", str(data_dir),
+                               str(data), "--seed", "42", "--fineva_validation", "0.15"], cwd=REPO)
     return data
 
 

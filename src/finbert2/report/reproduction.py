@@ -90,6 +90,28 @@ def prepare_corpus(data_dir: Path, out: Path, seed: int) -> dict[str, int]:
     return counts
 
 
+def prepare_data(data_dir: Path, out: Path, seed: int, fineva_validation: float) -> dict[str, int]:
+    """Every converted dataset of the reproduction (and of ``scripts/sweep_adaptation.py``), then the corpus:
+    CFBenchmark sentiment and event (level 1), SC_2, Fin-Eva with a validation split of ``fineva_validation``
+    of its contexts, the JINGEWU headlines; one place, so the two cannot drift apart."""
+    from finbert2.converters.cli import main as convert
+
+    cfb = data_dir / "cfbenchmark-basic" / "data"
+    split = ["--test_fraction", "0.2", "--validation_fraction", "0.1", "--seed", str(seed)]
+    for command in (
+            ["cfbenchmark-sentiment", str(cfb / "sentiment.jsonl"), str(out / "cfb_sentiment"), *split],
+            ["cfbenchmark-event", str(cfb / "event.jsonl"), str(out / "cfb_event"), "--level", "1", *split],
+            ["sc2", str(data_dir / "finbert2-upstream" / "Fin-labeler" / "SC_2" / "test_SC_2.csv"),
+             str(out / "sc2_all.jsonl")],
+            ["fin-eva", "--input_dir", str(data_dir / "fin-eva"), "--output_dir", str(out / "fineva"),
+             "--validation_fraction", str(fineva_validation), "--seed", str(seed)],
+            ["jingewu", str(data_dir / "jingewu-financial-sentiment-analysis" / "data" / "CH.csv"),
+             "--output_file", str(out / "jingewu.jsonl")]):
+        if convert(command) != 0:
+            raise DataError(out, None, f"finbert2 convert {command[0]} failed (its message is above)")
+    return prepare_corpus(data_dir, out, seed)
+
+
 def grow_vocab(model_dir: Path, tokenizer_dir: Path, out: Path) -> dict[str, Any]:
     """MODEL with TOKENIZER's extended vocab, each new row the mean of its pieces and nothing trained (the MLM
     stage's start): the ablation's "+ domain words" encoder, saved with MODEL's pooling and prompts."""
@@ -416,6 +438,12 @@ def main(argv: list[str] | None = None) -> int:
         prepare.add_argument("data_dir", type=Path)
         prepare.add_argument("out", type=Path, help="the data folder the converters wrote into")
         prepare.add_argument("--seed", type=int, default=42)
+        data = commands.add_parser("prepare-data", help="every converter, then prepare-corpus")
+        data.add_argument("data_dir", type=Path, help="the public data folder (../shared/data)")
+        data.add_argument("out", type=Path, help="the data folder to write")
+        data.add_argument("--seed", type=int, default=42)
+        data.add_argument("--fineva_validation", type=float, default=0.15,
+                          help="share of Fin-Eva contexts held out for checkpoint choice")
         grow = commands.add_parser("grow-vocab", help="the '+ domain words' encoder: MODEL grown to TOKENIZER's vocab")
         grow.add_argument("model", type=Path)
         grow.add_argument("tokenizer", type=Path, help="the tokenizer stage's output (MODEL's vocab + domain words)")
@@ -429,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "prepare-corpus":
             print(json.dumps(prepare_corpus(args.data_dir, args.out, args.seed)))
+        elif args.command == "prepare-data":
+            print(json.dumps(prepare_data(args.data_dir, args.out, args.seed, args.fineva_validation)))
         elif args.command == "grow-vocab":
             print(json.dumps(grow_vocab(args.model, args.tokenizer, args.output_dir)))
         else:
