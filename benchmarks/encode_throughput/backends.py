@@ -95,6 +95,11 @@ def main() -> None:
     parser.add_argument("--eval_data", default=None, help="a retrieval folder: nDCG@10 of each of our rows")
     parser.add_argument("--peer_venvs", type=Path, default=None,
                         help="peers_env.sh's folder: time sentence-transformers' ONNX/OpenVINO backends too")
+    parser.add_argument("--exports", nargs="+", default=[name for name, *_ in EXPORTS],
+                        choices=[name for name, *_ in EXPORTS], metavar="ROW",
+                        help="our export rows to time (default: all): " + ", ".join(name for name, *_ in EXPORTS))
+    parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS,
+                        help="the peer environments to time, with --peer_venvs")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     info = print_header()
@@ -112,7 +117,7 @@ def main() -> None:
                            encoding="utf-8")
     exports = {}
     for name, fmt, quantize, precision in EXPORTS:
-        if precision == "bf16" and not cpu_bf16_flags():
+        if name not in args.exports or precision == "bf16" and not cpu_bf16_flags():
             continue
         started = time.perf_counter()
         run_export(ExportArguments(str(source), str(work / name.replace(" ", "_")), format=fmt, quantize=quantize,
@@ -137,7 +142,7 @@ def main() -> None:
         texts = work / "texts.json"
         texts.write_text(json.dumps({"passages": passages, "queries": queries, "prompts": prompts}, ensure_ascii=False),
                          encoding="utf-8")
-        for backend in PEERS:
+        for backend in args.peers:
             python = args.peer_venvs / backend / "bin" / "python"
             if not python.is_file():
                 sys.exit(f"backends.py: {python} not found: run peers_env.sh {args.peer_venvs} first")
