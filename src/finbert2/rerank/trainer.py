@@ -142,7 +142,8 @@ def run_training(model_args: ModelArguments, data_args, training_args, run_args)
 
     dataset = ContrastiveGroupDataset(rows, data_args.train_group_size, seed=training_args.seed)
     callbacks = [*standard_callbacks(training_args.output_dir), EpochCallback(dataset)]
-    if eval_data is not None and training_args.early_stopping_patience:
+    # Early stopping needs periodic evaluations: with eval_strategy "no" the validation runs once, before training.
+    if eval_data is not None and training_args.early_stopping_patience and training_args.eval_strategy != "no":
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
     trainer = RerankerTrainer(model=model, args=training_args, train_dataset=dataset, eval_dataset=eval_data,
                               data_collator=PairCollator(tokenizer, data_args.max_len), processing_class=tokenizer,
