@@ -1,6 +1,6 @@
 """``finbert2 serve`` under load, and what each ``--dtype`` costs in accuracy, against the models called directly.
 
-    nice -n 19 python benchmarks/serve/bench.py --output benchmarks/serve/RESULTS.md
+    python benchmarks/serve/bench.py --output benchmarks/serve/RESULTS.md   # on an idle machine
 
 For each dtype (fp32, bf16, int8):
 
@@ -189,13 +189,15 @@ def main() -> None:
 def render(rows: list[dict], cpu: dict, retriever: Path, args, n_queries: int, n_docs: int) -> str:
     lines = [
         "# `finbert2 serve` benchmark", "",
-        (f"Command (repo root): `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} nice -n 19 python "
+        (f"Command (repo root): `{'OMP_NUM_THREADS=' + os.environ['OMP_NUM_THREADS'] + ' ' if 'OMP_NUM_THREADS' in os.environ else ''}"
+        f"{'nice -n ' + str(os.nice(0)) + ' ' if os.nice(0) else ''}python "
         f"benchmarks/serve/bench.py {' '.join(sys.argv[1:])}` (clients {args.clients}, {args.requests} requests "
         "each, 1-8 Fin-Eva questions per `/embed` request)."), "",
         f"- model: multilingual-e5-small, vocab-pruned (`{retriever.name}`), max length 256",
         f"- CPU: {cpu['model']}, {cpu['cores']} torch threads; flags: {cpu['flags']}",
         (f"- load average when the report was written: {cpu['loadavg']}"
-        " (above 2 on 2 cores: a contended machine, numbers are lower bounds)"),
+        + (" (above the core count: a contended machine, numbers are lower bounds)"
+           if float(cpu['loadavg'].split()[0]) > (os.cpu_count() or 1) else "")),
         f"- torch {cpu['torch']}, Python {cpu['python']}",
         (f"- accuracy: nDCG@10 on Fin-Eva test ({n_queries} queries, {n_docs} contexts: every relevant one and "
         f"{args.distractors} distractors); cosine to fp32 over 200 questions; label agreement with fp32 of a "
