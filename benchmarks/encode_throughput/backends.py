@@ -74,6 +74,35 @@ def time_encoder(encode_passages, encode_queries, passages, queries, single_quer
             "single_query_ms_p50": statistics.median(single), "vectors": vectors}
 
 
+def ndcg_at_10(encoders: dict, eval_data) -> dict:
+    """nDCG@10 of each encoder on a retrieval folder (empty without one)."""
+    if not eval_data:
+        return {}
+    from finbert2.data import read_retrieval_eval
+    from finbert2.retrieve.evaluate import dense_evaluation
+
+    data = read_retrieval_eval(eval_data)
+    quality = {}
+    for name, encoder in encoders.items():
+        quality[name] = dense_evaluation(encoder, data)[0]["ndcg_at_10"]
+        print(f"{name}: nDCG@10 {quality[name]:.4f}", flush=True)
+    return quality
+
+
+def round_summary(per_round: list[dict], refs: list[dict], reference: np.ndarray, ratio: str) -> dict:
+    """Medians over the rounds (passages/s, queries/s, each round's ratio to ``refs`` named ``ratio`` and
+    ``queries_<ratio>``, single-query ms) and the last round's min / mean cosine to ``reference``."""
+    vectors = per_round[-1]["vectors"]
+    cos = (vectors * reference).sum(1) / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(reference, axis=1))
+    return {"passages_per_second": statistics.median(r["passages_per_second"] for r in per_round),
+            ratio: statistics.median(r["passages_per_second"] / f["passages_per_second"] for r, f in zip(per_round, refs)),
+            "queries_per_second": statistics.median(r["queries_per_second"] for r in per_round),
+            f"queries_{ratio}": statistics.median(r["queries_per_second"] / f["queries_per_second"]
+                                                  for r, f in zip(per_round, refs)),
+            "single_query_ms_p50": statistics.median(r["single_query_ms_p50"] for r in per_round),
+            "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
+
+
 def run_peer(python: Path, backend: str, base: list[str], output: Path) -> list[dict]:
     """One peers.py round; its rows with their vectors."""
     subprocess.run([str(python), *base, "--output", str(output)], check=True)
@@ -169,15 +198,7 @@ def main() -> None:
         print(f"round {round_number + 1}/{args.rounds} done", flush=True)
 
     reference = rounds[-1][[r["path"] for r in rounds[-1]].index("ours torch fp32")]["vectors"]
-    quality = {}
-    if args.eval_data:
-        from finbert2.data import read_retrieval_eval
-        from finbert2.retrieve.evaluate import dense_evaluation
-
-        data = read_retrieval_eval(args.eval_data)
-        for name, encoder in ours.items():
-            quality[name] = dense_evaluation(encoder, data)[0]["ndcg_at_10"]
-            print(f"{name}: nDCG@10 {quality[name]:.4f}", flush=True)
+    quality = ndcg_at_10(ours, args.eval_data)
 
     results = []
     print("\n| path | passages/s | x ST torch fp32 | queries/s | x ST | single query ms (p50) | min cosine | mean cosine"
@@ -186,17 +207,8 @@ def main() -> None:
     for process, path in keys:
         per_round = [next(r for r in rows if (r["process"], r["path"]) == (process, path)) for rows in rounds]
         refs = [next(r for r in rows if (r["process"], r["path"]) == (process, REFERENCE)) for rows in rounds]
-        vectors = per_round[-1]["vectors"]
-        cos = (vectors * reference).sum(1) / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(reference, axis=1))
-        row = {"path": path, "process": process,
-               "passages_per_second": statistics.median(r["passages_per_second"] for r in per_round),
-               "x_st_torch_fp32": statistics.median(r["passages_per_second"] / f["passages_per_second"]
-                                                    for r, f in zip(per_round, refs)),
-               "queries_per_second": statistics.median(r["queries_per_second"] for r in per_round),
-               "queries_x_st_torch_fp32": statistics.median(r["queries_per_second"] / f["queries_per_second"]
-                                                            for r, f in zip(per_round, refs)),
-               "single_query_ms_p50": statistics.median(r["single_query_ms_p50"] for r in per_round),
-               "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()), "ndcg_at_10": quality.get(path)}
+        row = {"path": path, "process": process, **round_summary(per_round, refs, reference, "x_st_torch_fp32"),
+               "ndcg_at_10": quality.get(path)}
         results.append(row)
         label = path if process == "ours" else f"{path} [{process} env]"
         ndcg = f"{row['ndcg_at_10']:.4f}" if row["ndcg_at_10"] is not None else ""

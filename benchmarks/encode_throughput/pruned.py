@@ -16,15 +16,12 @@ of its passage vectors to the full model's (same precision), and nDCG@10 on ``--
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backends import texts_for, time_encoder  # noqa: E402
+from backends import ndcg_at_10, round_summary, texts_for, time_encoder  # noqa: E402
 from common import print_header, write_record  # noqa: E402
 
 
@@ -62,15 +59,7 @@ def main() -> None:
                                          args.single_queries) for key, encoder in encoders.items()})
         print(f"round {round_number + 1}/{args.rounds} done", flush=True)
 
-    quality = {}
-    if args.eval_data:
-        from finbert2.data import read_retrieval_eval
-        from finbert2.retrieve.evaluate import dense_evaluation
-
-        data = read_retrieval_eval(args.eval_data)
-        for key, encoder in encoders.items():
-            quality[key] = dense_evaluation(encoder, data)[0]["ndcg_at_10"]
-            print(f"{key}: nDCG@10 {quality[key]:.4f}", flush=True)
+    quality = ndcg_at_10(encoders, args.eval_data)
 
     results = []
     print("\n| model | precision | layers | passages/s | x full | queries/s | x full | single query ms (p50) | "
@@ -78,19 +67,9 @@ def main() -> None:
     for (name, precision), encoder in encoders.items():
         per_round = [r[(name, precision)] for r in rounds]
         refs = [r[("full", precision)] for r in rounds]
-        vectors, reference = per_round[-1]["vectors"], refs[-1]["vectors"]
-        cos = (vectors * reference).sum(1) / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(reference, axis=1))
         row = {"model": name, "folder": folders[name], "precision": precision,
                "layers": encoder.model.config.num_hidden_layers,
-               "passages_per_second": statistics.median(r["passages_per_second"] for r in per_round),
-               "x_full": statistics.median(r["passages_per_second"] / f["passages_per_second"]
-                                           for r, f in zip(per_round, refs)),
-               "queries_per_second": statistics.median(r["queries_per_second"] for r in per_round),
-               "queries_x_full": statistics.median(r["queries_per_second"] / f["queries_per_second"]
-                                                   for r, f in zip(per_round, refs)),
-               "single_query_ms_p50": statistics.median(r["single_query_ms_p50"] for r in per_round),
-               "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
-               "ndcg_at_10": quality.get((name, precision))}
+               **round_summary(per_round, refs, refs[-1]["vectors"], "x_full"), "ndcg_at_10": quality.get((name, precision))}
         results.append(row)
         ndcg = f"{row['ndcg_at_10']:.4f}" if row["ndcg_at_10"] is not None else ""
         print(f"| {name} | {precision} | {row['layers']} | {row['passages_per_second']:.1f} | {row['x_full']:.2f} | "

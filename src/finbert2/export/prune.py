@@ -1,7 +1,8 @@
 """``finbert2 prune MODEL_DIR OUT --keep_layers 0,2,4,6,8,10 --train_data CORPUS [--check EVAL]``.
 
     finbert2 prune runs/retriever runs/retriever-6l --keep_layers 0,2,4,6,8,10 \\
-        --train_data data/demo/corpus.jsonl --query_data data/demo/retrieval/train.jsonl --max_steps 400 --check data/demo/retrieval/eval --max_drop 0.02
+        --train_data data/demo/corpus.jsonl --query_data data/demo/retrieval/queries.jsonl --max_steps 400 \\
+        --check data/demo/retrieval/validation --max_drop 0.02
 
 Layer pruning of a retriever followed by distillation: the student is the source model with only the
 layers kept (their weights copied), trained so its pooled vectors match the source model's on the user's
@@ -135,7 +136,7 @@ def distill(teacher, student: torch.nn.Module, texts: list[str], args: PruneArgu
             target = teacher.pooled(rows).clone()  # out of inference mode, for autograd
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # weights and optimizer stay fp32
             states = student(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        loss = torch.nn.functional.mse_loss(pool(states.float(), attention_mask, teacher.pooling), target.float())
+        loss = torch.nn.functional.mse_loss(pool(states.float(), attention_mask, teacher.pooling), target)
         loss.backward()
         optimizer.step()
         schedule.step()
