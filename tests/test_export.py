@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from serve_support import NEWS, make_classifier, make_retriever
 
 from finbert2.cli import main as finbert2_main
@@ -353,3 +354,46 @@ def test_prune_distils_to_the_source_vectors_behind_the_check(exported, tmp_path
         assert message in capsys.readouterr().err
     assert finbert2_main(["prune", str(exported["classifier"]), str(tmp_path / "x"), *common]) == 2
     assert "takes a torch retriever folder" in capsys.readouterr().err
+
+
+def test_an_interrupted_prune_resumes_from_its_checkpoint_to_the_same_student(exported, tmp_path, monkeypatch, capsys,
+                                                                              caplog):
+    import finbert2.export.prune as prune
+    from safetensors.torch import load_file
+
+    from finbert2.training import LOSS_LOG_FILE, LOSS_PLOT_FILE, read_loss_log
+
+    corpus = tmp_path / "corpus.jsonl"
+    write_jsonl(corpus, [{"text": t[:k]} for t in NEWS for k in (10, 20, 40)])
+    common = ["--keep_layers", "1", "--train_data", str(corpus), "--max_steps", "6", "--save_steps", "2",
+              "--learning_rate", "1e-3", "--per_device_train_batch_size", "4", "--max_length", "32", "--bf16", "false"]
+    straight = tmp_path / "straight"
+    assert finbert2_main(["prune", str(exported["retriever"]), str(straight), *common]) == 0
+    assert not prune.checkpoint_dir(straight).exists()  # removed once the model is written
+
+    saved_steps = []
+    real_save = prune.save_checkpoint
+
+    def save_then_die_at_step_4(folder, student, optimizer, schedule, losses, *rest):
+        real_save(folder, student, optimizer, schedule, losses, *rest)
+        saved_steps.append(len(losses))
+        if len(losses) == 4:
+            raise KeyboardInterrupt  # a kill right after the second checkpoint
+
+    resumed = tmp_path / "resumed"
+    monkeypatch.setattr(prune, "save_checkpoint", save_then_die_at_step_4)
+    assert finbert2_main(["prune", str(exported["retriever"]), str(resumed), *common]) == 130  # Ctrl-C's status
+    assert saved_steps == [2, 4] and not resumed.exists()  # nothing that looks finished
+    monkeypatch.undo()
+    # Started again with other arguments: refused, naming what changed; the checkpoint is kept.
+    assert finbert2_main(["prune", str(exported["retriever"]), str(resumed), *common, "--learning_rate", "2e-3"]) == 2
+    assert "learning_rate was 0.001, now 0.002" in capsys.readouterr().err
+    assert finbert2_main(["prune", str(exported["retriever"]), str(resumed), *common]) == 0
+    assert "resuming the distillation from step 4" in caplog.text
+
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    losses = read_loss_log(resumed / LOSS_LOG_FILE)["loss"]
+    assert [step for step, _ in losses] == [1, 2, 3, 4, 5, 6]
+    assert losses == read_loss_log(straight / LOSS_LOG_FILE)["loss"]
+    assert (resumed / LOSS_PLOT_FILE).is_file() and not prune.checkpoint_dir(resumed).exists()

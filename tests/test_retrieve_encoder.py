@@ -59,6 +59,15 @@ def test_token_budget_batches_bound_padded_tokens_and_rows():
     assert token_budget_batches([], 512) == []
 
 
+def test_token_budget_batches_keep_short_rows_out_of_wide_batches():
+    lengths = [10, 9, 4, 3, 1]
+    assert token_budget_batches(lengths, None) == [[0, 1, 2, 3, 4]]  # 5 x 10 tokens for 27 real ones
+    # min_fill 0.5: 4 < 0.5 x 10 opens a batch of width 4, and 1 < 0.5 x 4 one of width 1 (27 of 32 tokens real)
+    assert token_budget_batches(lengths, None, min_fill=0.5) == [[0, 1], [2, 3], [4]]
+    assert token_budget_batches(lengths, 20, min_fill=0.5) == [[0, 1], [2, 3], [4]]
+    assert token_budget_batches(lengths, None, min_fill=1.0) == [[0], [1], [2], [3], [4]]  # equal lengths only
+
+
 def test_encoder_batches_keep_to_the_token_budget_and_the_batch_size(tiny_bert_dir, monkeypatch):
     assert DenseEncoder.from_pretrained(str(tiny_bert_dir), device="cpu").max_batch_tokens == 2048  # the CPU default
     unbounded = DenseEncoder.from_pretrained(str(tiny_bert_dir), batch_size=4, max_length=32, max_batch_tokens=0)

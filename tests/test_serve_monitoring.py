@@ -25,6 +25,7 @@ KOREAN = ["중앙은행이 기준금리를 동결했다", "삼성전자 주가�
           "정부는 새로운 부동산 대책을 발표했다", "코스피 지수가 하락 마감했다",
           "환율이 급등하면서 수입 물가가 올랐다", "은행 대출 금리가 인상되었다"]
 MAX_BATCH_TOKENS = 64
+MIN_BATCH_FILL = 0.5  # the default: an input fills at least half its forward pass's width
 
 
 def samples(client: TestClient) -> dict[tuple, float]:
@@ -62,7 +63,8 @@ def serving(**kwargs):
 @pytest.fixture(scope="module")
 def client(models, tmp_path_factory):
     with serving(retriever=str(models["retriever"]), classifier=[str(models["sentiment"])],
-                 max_client_batch_size=8, max_batch_tokens=MAX_BATCH_TOKENS, max_concurrent_requests=7) as test_client:
+                 max_client_batch_size=8, max_batch_tokens=MAX_BATCH_TOKENS, min_batch_fill=MIN_BATCH_FILL,
+                 max_concurrent_requests=7) as test_client:
         yield test_client
 
 
@@ -85,7 +87,7 @@ def test_request_queue_batch_truncation_and_refusal_metrics_move(client, encoder
     assert value(before, after, "finbert2_stage_duration_seconds_count", model="retriever", stage="queue") == 1
     assert after[("finbert2_queue_depth", (("model", "retriever"),))] == 0
     # One request alone in the batcher: its batches are the token-budget cut of its own lengths.
-    batches = token_budget_batches(lengths, MAX_BATCH_TOKENS)
+    batches = token_budget_batches(lengths, MAX_BATCH_TOKENS, min_fill=MIN_BATCH_FILL)
     assert len(batches) > 1
     assert value(before, after, "finbert2_batch_fill_ratio_count", model="retriever") == len(batches)
     fill = sum(len(b) * max(lengths[i] for i in b) for b in batches) / MAX_BATCH_TOKENS

@@ -170,7 +170,9 @@ def main() -> None:
         for dtype in args.dtypes:
             measured = accuracy(retriever, classifier, dtype, data, texts, reference)
             reference = reference or measured
-            server = ServerProcess("--retriever", retriever, "--dtype", dtype, "--max_length", "256")
+            # the tests' runner gives a server one thread; here it gets the direct call's
+            server = ServerProcess("--retriever", retriever, "--dtype", dtype, "--max_length", "256",
+                                   env={"OMP_NUM_THREADS": str(torch.get_num_threads())})
             try:  # a contended machine may take minutes to load the model
                 served = load(server.wait_ready(timeout=1800).url, requests, args.clients)
             finally:

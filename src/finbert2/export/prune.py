@@ -48,6 +48,9 @@ class PruneArguments:
     query_field: str = field(default="query", metadata={"help": "Text field of --query_data."})
     query_share: float = field(default=0.25, metadata={"help": "Share of each batch drawn from --query_data."})
     max_steps: int = field(default=300, metadata={"help": "Distillation steps."})
+    save_steps: int = field(default=100, metadata={
+        "help": "Steps between checkpoints (0: none). An interrupted run started again with the same arguments "
+                "resumes from its last checkpoint (kept beside OUT until the model is written)."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Texts per step."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (linear decay to 0)."})
     max_length: int = field(default=256, metadata={"help": "Tokens per training text (longer ones are cut)."})
@@ -72,6 +75,8 @@ class PruneArguments:
         for name in ("max_steps", "per_device_train_batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"finbert2 prune: {name} must be at least 1")
+        if self.save_steps < 0:
+            raise ConfigError("finbert2 prune: save_steps must be >= 0")
         if not 0 <= self.query_share < 1:
             raise ConfigError("finbert2 prune: --query_share must be in [0, 1)")
         if self.max_drop < 0 or not 0 <= self.min_cosine <= 1:
@@ -92,8 +97,47 @@ def keep_layers(model: torch.nn.Module, layers: list[int]) -> torch.nn.Module:
     return student
 
 
+# What must match for a checkpoint to be resumed: everything that shapes the steps already taken.
+RESUME_KEYS = ("model_name_or_path", "keep_layers", "train_data", "text_field", "query_data", "query_field",
+               "query_share", "max_steps", "per_device_train_batch_size", "learning_rate", "max_length", "seed")
+CHECKPOINT_STATE = "distillation_state.pt"
+
+
+def checkpoint_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.checkpoint"
+
+
+def save_checkpoint(folder: Path, student, optimizer, schedule, losses: list[float], samplers, bf16: bool,
+                    args: PruneArguments) -> None:
+    """Student weights, optimizer, schedule, the text order and the RNG, written to a fresh folder that then
+    replaces the previous checkpoint (a kill while saving leaves the previous one whole)."""
+    fresh = folder.with_name(folder.name + ".new")
+    shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir(parents=True)
+    student.save_pretrained(fresh)
+    torch.save({"step": len(losses), "losses": losses, "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "samplers": [s.state() if s else None for s in samplers],
+                "torch_rng": torch.get_rng_state(), "bf16": bf16,
+                "arguments": {k: getattr(args, k) for k in RESUME_KEYS}}, fresh / CHECKPOINT_STATE)
+    shutil.rmtree(folder, ignore_errors=True)
+    fresh.rename(folder)
+
+
+def load_checkpoint(folder: Path, args: PruneArguments) -> dict | None:
+    """The state saved in ``folder`` (None when there is none), refused when it came from other arguments."""
+    if not (folder / CHECKPOINT_STATE).is_file():
+        return None
+    state = torch.load(folder / CHECKPOINT_STATE, weights_only=False)
+    differing = [k for k in RESUME_KEYS if state["arguments"].get(k) != getattr(args, k)]
+    if differing:
+        k = differing[0]
+        raise ConfigError(f"{folder}: a checkpoint of another distillation ({k} was {state['arguments'].get(k)!r}, "
+                          f"now {getattr(args, k)!r}); pass --overwrite_output_dir True to start over")
+    return state
+
+
 class _Shuffled:
-    """Endless draws without replacement from ``rows``, reshuffled each pass."""
+    """Endless draws without replacement from ``rows``, reshuffled each pass; its state resumes the order."""
 
     def __init__(self, rows: list[list[int]], rng: random.Random):
         self.rows, self.rng, self.order = rows, rng, []
@@ -104,11 +148,19 @@ class _Shuffled:
         batch, self.order = self.order[:n], self.order[n:]
         return [self.rows[i] for i in batch]
 
+    def state(self) -> dict:
+        return {"order": list(self.order), "rng": self.rng.getstate()}
+
+    def restore(self, state: dict) -> None:
+        self.order = list(state["order"])
+        self.rng.setstate(state["rng"])
+
 
 def distill(teacher, student: torch.nn.Module, texts: list[str], args: PruneArguments,
-            queries: list[str] | None = None, bf16: bool = False) -> list[float]:
+            queries: list[str] | None = None, bf16: bool = False, checkpoint: Path | None = None) -> list[float]:
     """MSE between the student's and the teacher's pooled vectors of the passages (and of the queries, each
-    with its own prompt, ``args.query_share`` of every batch); the loss of every step."""
+    with its own prompt, ``args.query_share`` of every batch); the loss of every step. With ``checkpoint``,
+    resumes from the state saved there and saves to it every ``args.save_steps`` steps."""
     from finbert2.retrieve.encoder import pad_batch, pool
 
     rng = random.Random(args.seed)
@@ -124,16 +176,29 @@ def distill(teacher, student: torch.nn.Module, texts: list[str], args: PruneArgu
     pad_id = teacher.tokenizer.pad_token_id or 0
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / args.max_steps)
-    losses = []
+    losses: list[float] = []
+    state = load_checkpoint(checkpoint, args) if checkpoint else None
+    if state is not None:
+        from safetensors.torch import load_file
+
+        student.load_state_dict(load_file(checkpoint / "model.safetensors"))
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        for sampler, saved in zip((passages, questions), state["samplers"]):
+            if sampler is not None:
+                sampler.restore(saved)
+        torch.set_rng_state(state["torch_rng"])
+        losses = list(state["losses"])
+        logger.info("resuming the distillation from step %d (%s)", len(losses), checkpoint)
     student.train()
-    progress = tqdm(range(args.max_steps), desc="distilling", unit="step", mininterval=5)
+    progress = tqdm(range(len(losses), args.max_steps), desc="distilling", unit="step", mininterval=5,
+                    initial=len(losses), total=args.max_steps)
     for _ in progress:
         rows = passages.take(args.per_device_train_batch_size - per_batch)
         if per_batch:
             rows += questions.take(per_batch)
         input_ids, attention_mask = pad_batch(rows, pad_id)
-        with torch.no_grad():
-            target = teacher.pooled(rows).clone()  # out of inference mode, for autograd
+        target = teacher.pooled(rows).clone()  # an inference tensor; its clone can enter the autograd graph
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # weights and optimizer stay fp32
             states = student(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         loss = torch.nn.functional.mse_loss(pool(states.float(), attention_mask, teacher.pooling), target)
@@ -143,8 +208,24 @@ def distill(teacher, student: torch.nn.Module, texts: list[str], args: PruneArgu
         optimizer.zero_grad()
         losses.append(float(loss.detach()))
         progress.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
+        if checkpoint and args.save_steps and len(losses) % args.save_steps == 0 and len(losses) < args.max_steps:
+            save_checkpoint(checkpoint, student, optimizer, schedule, losses, (passages, questions), bf16, args)
     student.eval()
     return losses
+
+
+def write_loss_log(folder: Path, losses: list[float], args: PruneArguments) -> None:
+    """``loss_log.csv`` (the columns the Trainer stages write) and its plot ``loss.png``."""
+    import csv
+
+    from finbert2.training import LOSS_LOG_FILE, plot_loss_curves
+
+    with (folder / LOSS_LOG_FILE).open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", "loss", "learning_rate"])
+        for step, loss in enumerate(losses, 1):
+            writer.writerow([step, f"{loss:.6g}", f"{args.learning_rate * (1 - (step - 1) / args.max_steps):.6g}"])
+    plot_loss_curves(folder, title=f"distillation to layers {args.keep_layers}: MSE to the source vectors")
 
 
 def run_prune(args: PruneArguments) -> dict:
@@ -169,7 +250,10 @@ def run_prune(args: PruneArguments) -> dict:
     student = keep_layers(load_encoder_model(str(source)), args.layers)
     logger.info("pruning %s to layers %s, distilling on %d texts and %d queries for %d steps", source, args.layers,
                 len(texts), len(queries or ()), args.max_steps)
-    losses = distill(teacher, student, texts, args, queries, bf16=precision.bf16)
+    checkpoint = checkpoint_dir(out)
+    if args.overwrite_output_dir:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    losses = distill(teacher, student, texts, args, queries, bf16=precision.bf16, checkpoint=checkpoint)
 
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -177,6 +261,7 @@ def run_prune(args: PruneArguments) -> dict:
     try:
         write_non_weight_files(source, teacher, staging)
         student.save_pretrained(staging)
+        write_loss_log(staging, losses, args)
         gate = Gate(args.max_drop, args.min_cosine)
         report = {"source": str(source), "kind": "retriever", "pruned_layers": args.layers,
                   "source_layers": teacher.model.config.num_hidden_layers, "distillation_steps": args.max_steps,
@@ -191,7 +276,9 @@ def run_prune(args: PruneArguments) -> dict:
             report["check"] = {"data": args.check, **result}
             failures = gate_failures(result, gate)
         report.update(passed=not failures, failures=failures, seconds=time.perf_counter() - started)
-        return publish(staging, out, report, failures, "prune")
+        published = publish(staging, out, report, failures, "prune")
+        shutil.rmtree(checkpoint, ignore_errors=True)  # the model is written: nothing left to resume
+        return published
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -131,16 +131,19 @@ def batch_token_bound(requested: int | None, device: torch.device) -> int | None
 
 
 def token_budget_batches(lengths: list[int], max_batch_tokens: int | None,
-                         max_rows: int | None = None) -> list[list[int]]:
+                         max_rows: int | None = None, min_fill: float = 0.0) -> list[list[int]]:
     """Indices of ``lengths`` longest first, cut so each batch's padded size (rows x longest) fits
     ``max_batch_tokens`` and it holds at most ``max_rows`` rows (``None``: no bound of that kind); one
-    input longer than the budget runs alone."""
+    input longer than the budget runs alone. With ``min_fill``, a row joins a batch only if its own tokens
+    fill at least that share of the batch's width: a few concurrent requests of mixed lengths otherwise
+    pad their short inputs to the longest one's width, and padded tokens cost as much as real ones."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     for i in order:
         # Longest first: the first row of a batch sets its padded width.
         if (batches and (max_rows is None or len(batches[-1]) < max_rows)
-                and (max_batch_tokens is None or (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_batch_tokens)):
+                and (max_batch_tokens is None or (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_batch_tokens)
+                and lengths[i] >= min_fill * lengths[batches[-1][0]]):
             batches[-1].append(i)
         else:
             batches.append([i])
@@ -309,6 +312,7 @@ class DenseEncoder:
         return vectors
 
     @torch.inference_mode()
+    @torch.inference_mode()  # the server's batcher calls this directly: without it, autograd costs ~2.5x
     def pooled(self, rows: list[list[int]]) -> torch.Tensor:
         """Pooled float32 CPU vectors (not normalised) of one batch of token id lists (special tokens
         included): the forward pass ``encode`` and the server's batcher share."""

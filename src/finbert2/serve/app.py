@@ -150,7 +150,7 @@ class Server:
             return
         for model in self.models():
             batcher = Batcher(model.name, model.forward, self.model_thread, self.metrics,
-                              self.args.max_batch_tokens, self.args.batch_wait_ms / 1000)
+                              self.args.max_batch_tokens, self.args.batch_wait_ms / 1000, self.args.min_batch_fill)
             batcher.start()
             self.batchers[model.name] = batcher
         self.ready = True
@@ -345,6 +345,7 @@ class Server:
                 "index": index, "limits": {
                     "max_body_bytes": a.max_body_bytes, "max_client_batch_size": a.max_client_batch_size,
                     "max_concurrent_requests": a.max_concurrent_requests, "max_batch_tokens": a.max_batch_tokens,
+                    "min_batch_fill": a.min_batch_fill,
                     "batch_wait_ms": a.batch_wait_ms}, "api_key_required": bool(a.api_key)}
 
 

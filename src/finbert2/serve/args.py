@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from finbert2.errors import ConfigError
 from finbert2.export.runtime import BACKENDS, check_backend
+from finbert2.retrieve.encoder import CPU_BATCH_TOKENS
 from finbert2.serve.milvus_store import MILVUS_TOKEN_ENV
 
 API_KEY_ENV = "FINBERT2_API_KEY"
@@ -46,8 +47,12 @@ class ServeArguments:
                 f"(default: ${API_KEY_ENV} when set)."})
     max_length: int | None = field(default=None, metadata={
         "help": "Longest model input in tokens (default: the index's, else 512, capped by the model)."})
-    max_batch_tokens: int = field(default=16384, metadata={
-        "help": "Padded tokens per forward pass (TEI: max-batch-tokens)."})
+    max_batch_tokens: int = field(default=CPU_BATCH_TOKENS, metadata={
+        "help": "Padded tokens per forward pass (TEI: max-batch-tokens; its 16384 suits a GPU: on a CPU, batches "
+                "past a few thousand tokens leave the caches and run slower per token)."})
+    min_batch_fill: float = field(default=0.5, metadata={
+        "help": "An input joins a forward pass only if its own tokens fill at least this share of the pass's "
+                "width (0: any): concurrent requests of mixed lengths then pad little."})
     max_client_batch_size: int = field(default=32, metadata={
         "help": "Inputs per request on the TEI routes (TEI's default 32); more: 413."})
     max_openai_inputs: int = field(default=2048, metadata={
@@ -83,6 +88,8 @@ class ServeArguments:
             self.index_token = os.environ.get(MILVUS_TOKEN_ENV) or None
         if not 0 < self.window_stride <= self.window_chars:
             raise ConfigError("finbert2 serve: need 0 < window_stride <= window_chars")
+        if not 0 <= self.min_batch_fill <= 1:
+            raise ConfigError("finbert2 serve: --min_batch_fill must be in [0, 1]")
         if self.served_model_name and len(set(self.served_model_name)) < len(self.served_model_name):
             raise ConfigError("finbert2 serve: --served_model_name repeats a name")
         for name in ("max_batch_tokens", "max_client_batch_size", "max_openai_inputs", "max_concurrent_requests",

@@ -1,9 +1,9 @@
 """Dynamic batching: inputs of concurrent requests run together, in forward passes bounded by a token budget.
 
 Requests hand in token id lists (already tokenized, off the event loop). The batcher waits a few
-milliseconds for more, sorts what it holds by length (so a batch pads little), cuts it into batches
-whose padded size stays within ``max_batch_tokens``, and runs each in the one model thread (the event
-loop keeps answering meanwhile). A request whose client went away is cancelled; its inputs not yet
+milliseconds for more, sorts what it holds by length, cuts it into batches whose padded size stays
+within ``max_batch_tokens`` and whose inputs fill at least ``min_fill`` of their width (so a batch pads
+little), and runs each in the one model thread (the event loop keeps answering meanwhile). A request whose client went away is cancelled; its inputs not yet
 run are dropped.
 """
 
@@ -34,9 +34,9 @@ class Batcher:
     """Batches the forward passes of one model; ``await submit(rows)`` -> one output per row."""
 
     def __init__(self, name: str, forward: Callable[[list[list[int]]], np.ndarray], executor: Executor,
-                 metrics: ServerMetrics, max_batch_tokens: int, wait_seconds: float):
+                 metrics: ServerMetrics, max_batch_tokens: int, wait_seconds: float, min_fill: float = 0.0):
         self.name, self.forward, self.executor, self.metrics = name, forward, executor, metrics
-        self.max_batch_tokens, self.wait_seconds = max_batch_tokens, wait_seconds
+        self.max_batch_tokens, self.wait_seconds, self.min_fill = max_batch_tokens, wait_seconds, min_fill
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self.queued_inputs = 0
         self.task: asyncio.Task | None = None
@@ -74,7 +74,8 @@ class Batcher:
         started = time.perf_counter()
         for p in held:
             self.metrics.stage_seconds.labels(self.name, "queue").observe(started - p.submitted)
-        for batch in token_budget_batches([len(p.rows[r]) for p, r in entries], self.max_batch_tokens):
+        for batch in token_budget_batches([len(p.rows[r]) for p, r in entries], self.max_batch_tokens,
+                                          min_fill=self.min_fill):
             live = [entries[i] for i in batch if not entries[i][0].future.done()]  # cancelled: client gone
             self._queued(-(len(batch) - len(live)))
             if not live:
