@@ -1,4 +1,4 @@
-"""sentence-transformers' own ONNX / OpenVINO backends, timed inside their virtual environment.
+"""sentence-transformers' own ONNX / OpenVINO backends and fastembed, timed inside their virtual environment.
 
 Runs under ``VENV_ROOT/onnx/bin/python`` or ``VENV_ROOT/openvino/bin/python`` (``peers_env.sh``); imports
 nothing from finbert2 (those environments pin an older transformers). ``backends.py --peer_venvs VENV_ROOT``
@@ -79,16 +79,38 @@ def prepare(args) -> None:
     print(f"peers: {args.backend} exported to {target}", flush=True)
 
 
+class FastEmbedModel:
+    """fastembed's ``TextEmbedding`` over the ONNX graph sentence-transformers exported (fastembed's own e5 entry
+    downloads from the hub), with e5's mean pooling and normalisation, behind ``encode`` as the other rows."""
+
+    def __init__(self, folder: Path, pooling: str, dimension: int):
+        from fastembed import TextEmbedding
+        from fastembed.common.model_description import ModelSource, PoolingType
+
+        name = "finbert2-benchmark/local-e5"
+        if name not in {m["model"] for m in TextEmbedding.list_supported_models()}:
+            TextEmbedding.add_custom_model(name, pooling=PoolingType[pooling.upper()], normalization=True,
+                                           sources=ModelSource(hf=name), dim=dimension, model_file="onnx/model.onnx")
+        self.model = TextEmbedding(name, specific_model_path=str(folder), local_files_only=True)
+
+    def encode(self, texts: list[str], batch_size: int, normalize_embeddings: bool = True) -> np.ndarray:
+        return np.stack(list(self.model.embed(texts, batch_size=batch_size)))
+
+
 def rows_of(backend: str, folder: Path):
     """(row name, loaded model) of the backend, after the torch fp32 reference."""
     from sentence_transformers import SentenceTransformer
 
-    yield "sentence-transformers torch fp32", SentenceTransformer(str(folder), device="cpu")
+    reference = SentenceTransformer(str(folder), device="cpu")
+    yield "sentence-transformers torch fp32", reference
     if backend == "onnx":
         yield "sentence-transformers onnx fp32", SentenceTransformer(str(folder), backend="onnx", device="cpu")
         yield (f"sentence-transformers onnx int8-dynamic ({onnx_int8_config()})",
                SentenceTransformer(str(folder), backend="onnx", device="cpu",
                                    model_kwargs={"file_name": "onnx/" + ONNX_INT8_FILE.format(config=onnx_int8_config())}))
+        pooling = reference[1].get_config_dict()  # 6.x: pooling_mode; 5.x: one pooling_mode_*_tokens flag each
+        mode = pooling.get("pooling_mode") or ("mean" if pooling.get("pooling_mode_mean_tokens") else "cls")
+        yield "fastembed onnx fp32", FastEmbedModel(folder, mode, reference.get_sentence_embedding_dimension())
     else:
         # OpenVINO runs an fp32 graph in bf16 where the CPU has it: the f32 hint keeps the row what it says
         yield "sentence-transformers openvino fp32", SentenceTransformer(
