@@ -397,3 +397,17 @@ def test_an_interrupted_prune_resumes_from_its_checkpoint_to_the_same_student(ex
     assert [step for step, _ in losses] == [1, 2, 3, 4, 5, 6]
     assert losses == read_loss_log(straight / LOSS_LOG_FILE)["loss"]
     assert (resumed / LOSS_PLOT_FILE).is_file() and not prune.checkpoint_dir(resumed).exists()
+
+    # A kill between removing the old checkpoint and renaming the new one: the new one is found under its
+    # temporary name.
+    again = tmp_path / "again"
+    monkeypatch.setattr(prune, "save_checkpoint", save_then_die_at_step_4)
+    assert finbert2_main(["prune", str(exported["retriever"]), str(again), *common]) == 130
+    monkeypatch.undo()
+    kept, temporary = prune.checkpoint_folders(prune.checkpoint_dir(again))
+    kept.rename(temporary)
+    caplog.clear()
+    assert finbert2_main(["prune", str(exported["retriever"]), str(again), *common]) == 0
+    assert f"resuming the distillation from step 4 ({temporary})" in caplog.text
+    c = load_file(again / "model.safetensors")
+    assert all(torch.allclose(a[k], c[k], atol=1e-6) for k in a)

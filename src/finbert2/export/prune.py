@@ -107,11 +107,21 @@ def checkpoint_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.checkpoint"
 
 
+def checkpoint_folders(folder: Path) -> tuple[Path, Path]:
+    """The checkpoint and the folder a new one is written to before it replaces the old."""
+    return folder, folder.with_name(folder.name + ".new")
+
+
+def remove_checkpoints(folder: Path) -> None:
+    for path in checkpoint_folders(folder):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def save_checkpoint(folder: Path, student, optimizer, schedule, losses: list[float], samplers, bf16: bool,
                     args: PruneArguments) -> None:
     """Student weights, optimizer, schedule, the text order and the RNG, written to a fresh folder that then
     replaces the previous checkpoint (a kill while saving leaves the previous one whole)."""
-    fresh = folder.with_name(folder.name + ".new")
+    fresh = checkpoint_folders(folder)[1]
     shutil.rmtree(fresh, ignore_errors=True)
     fresh.mkdir(parents=True)
     student.save_pretrained(fresh)
@@ -123,17 +133,26 @@ def save_checkpoint(folder: Path, student, optimizer, schedule, losses: list[flo
     fresh.rename(folder)
 
 
-def load_checkpoint(folder: Path, args: PruneArguments) -> dict | None:
-    """The state saved in ``folder`` (None when there is none), refused when it came from other arguments."""
-    if not (folder / CHECKPOINT_STATE).is_file():
+def load_checkpoint(folder: Path, args: PruneArguments) -> tuple[Path, dict] | None:
+    """``(folder, state)`` of the last whole checkpoint (None when there is none), refused when it came from
+    other arguments. A kill between removing the previous checkpoint and renaming the new one leaves only
+    the new one, whole (its state is written last): it is found under its temporary name."""
+    state = None
+    for candidate in checkpoint_folders(folder):
+        try:
+            state = torch.load(candidate / CHECKPOINT_STATE, weights_only=False)  # our own file: RNG tuples
+        except (OSError, RuntimeError, EOFError):  # absent, or cut short by a kill while saving
+            continue
+        folder = candidate
+        break
+    if state is None:
         return None
-    state = torch.load(folder / CHECKPOINT_STATE, weights_only=False)
     differing = [k for k in RESUME_KEYS if state["arguments"].get(k) != getattr(args, k)]
     if differing:
         k = differing[0]
         raise ConfigError(f"{folder}: a checkpoint of another distillation ({k} was {state['arguments'].get(k)!r}, "
                           f"now {getattr(args, k)!r}); pass --overwrite_output_dir True to start over")
-    return state
+    return folder, state
 
 
 class _Shuffled:
@@ -177,11 +196,12 @@ def distill(teacher, student: torch.nn.Module, texts: list[str], args: PruneArgu
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / args.max_steps)
     losses: list[float] = []
-    state = load_checkpoint(checkpoint, args) if checkpoint else None
-    if state is not None:
+    saved = load_checkpoint(checkpoint, args) if checkpoint else None
+    if saved is not None:
         from safetensors.torch import load_file
 
-        student.load_state_dict(load_file(checkpoint / "model.safetensors"))
+        folder, state = saved
+        student.load_state_dict(load_file(folder / "model.safetensors"))
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         for sampler, saved in zip((passages, questions), state["samplers"]):
@@ -189,7 +209,7 @@ def distill(teacher, student: torch.nn.Module, texts: list[str], args: PruneArgu
                 sampler.restore(saved)
         torch.set_rng_state(state["torch_rng"])
         losses = list(state["losses"])
-        logger.info("resuming the distillation from step %d (%s)", len(losses), checkpoint)
+        logger.info("resuming the distillation from step %d (%s)", len(losses), folder)
     student.train()
     progress = tqdm(range(len(losses), args.max_steps), desc="distilling", unit="step", mininterval=5,
                     initial=len(losses), total=args.max_steps)
@@ -252,7 +272,7 @@ def run_prune(args: PruneArguments) -> dict:
                 len(texts), len(queries or ()), args.max_steps)
     checkpoint = checkpoint_dir(out)
     if args.overwrite_output_dir:
-        shutil.rmtree(checkpoint, ignore_errors=True)
+        remove_checkpoints(checkpoint)
     losses = distill(teacher, student, texts, args, queries, bf16=precision.bf16, checkpoint=checkpoint)
 
     staging = out.parent / f".{out.name}.partial"
@@ -277,7 +297,7 @@ def run_prune(args: PruneArguments) -> dict:
             failures = gate_failures(result, gate)
         report.update(passed=not failures, failures=failures, seconds=time.perf_counter() - started)
         published = publish(staging, out, report, failures, "prune")
-        shutil.rmtree(checkpoint, ignore_errors=True)  # the model is written: nothing left to resume
+        remove_checkpoints(checkpoint)  # the model is written: nothing left to resume
         return published
     finally:
         shutil.rmtree(staging, ignore_errors=True)
