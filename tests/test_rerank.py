@@ -92,6 +92,37 @@ def test_rerank_run_reorders_the_top_k_and_keeps_the_tail():
     assert len(seconds) == 1 and seconds[0] >= 0
 
 
+def test_long_passages_are_scored_by_the_window_that_holds_the_query_words():
+    from finbert2.data import RetrievalEvalData
+    from finbert2.rerank.evaluate import matched_window, rerank_runs
+    from finbert2.retrieve.search import jieba_tokens
+
+    filler = "公司治理结构" * 10  # 60 characters without a query word
+    text = filler + "央行宣布加息" + filler + "央行" + filler
+    words = set(jieba_tokens("央行加息"))
+    window = matched_window(words, text, 30)
+    assert len(window) == 30 and "央行宣布加息" in window  # both words, not the window holding only 央行
+    assert matched_window(words, "短文本", 30) == "短文本"  # no longer than the window: the text itself
+    assert matched_window(words, filler * 2, 30) == (filler * 2)[:30]  # no query word anywhere: the head
+
+    class Recording:
+        def __init__(self):
+            self.passages = []
+
+        def score(self, query, passages, raw=False):
+            self.passages += passages
+            return np.zeros(len(passages), dtype=np.float32)
+
+    data = RetrievalEvalData(corpus={"long": {"text": text}, "short": {"text": "加息"}}, queries={"q": "央行加息"},
+                             qrels={"q": {"long": 1}})
+    scorer = Recording()
+    rerank_runs(scorer, data, {"q": {"long": 2.0, "short": 1.0}}, k=2, window_chars=30)
+    assert scorer.passages == [window, "加息"]
+    scorer = Recording()
+    rerank_runs(scorer, data, {"q": {"long": 2.0, "short": 1.0}}, k=2)
+    assert scorer.passages == [text, "加息"]  # by default the whole passage (the scorer cuts it at its length)
+
+
 def test_interpolation_mixes_min_max_normalised_reranker_and_first_stage_scores():
     from finbert2.data import RetrievalEvalData
     from finbert2.rerank.evaluate import interpolated, rerank_runs
@@ -240,6 +271,12 @@ def test_evaluate_adds_a_reranked_row_per_first_stage(tmp_path, reranker_dir, ti
                              bm25_evaluation(data)[2], 3)
     assert short["bm25+rerank_map"] == pytest.approx(evaluate_run(data.qrels, expected)["map"])
     assert loaded_at[0] == 12  # the evaluation loaded its reranker at that length
+    with pytest.raises(ConfigError, match="rerank_window_chars needs --rerank"):
+        EvaluateArguments(output_dir=str(tmp_path / "x"), eval_data=str(folder), models=["bm25"], rerank_window_chars=50)
+    windowed = run_evaluation(EvaluateArguments(output_dir=str(tmp_path / "windowed"), eval_data=str(folder),
+                                                models=["bm25"], rerank=[str(reranker_dir)], rerank_top_k=3,
+                                                rerank_window_chars=10), RunArguments())
+    assert windowed["bm25+rerank_recall_at_100"] == windowed["bm25_recall_at_100"]
     with pytest.raises(ConfigError, match="rerank_first_stages e5 name no first stage"):
         run_evaluation(EvaluateArguments(output_dir=str(tmp_path / "never"), eval_data=str(folder), models=["bm25"],
                                          rerank=[str(reranker_dir)], rerank_first_stages=["e5"]), RunArguments())

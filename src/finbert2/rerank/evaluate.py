@@ -39,11 +39,34 @@ def interpolated(logits: np.ndarray, first_scores: np.ndarray, alpha: float) -> 
     return alpha * minmax(np.asarray(logits, dtype=np.float64)) + (1 - alpha) * minmax(np.asarray(first_scores, dtype=np.float64))
 
 
+def matched_window(query_words: set[str], text: str, window_chars: int, segmenter=None) -> str:
+    """The ``window_chars`` characters of ``text`` (windows every half window) that hold the most distinct words of
+    the query, then the most of their occurrences (BM25's words, jieba); the first such window on a tie, the
+    text itself when it is no longer. A long passage then costs the reranker one short pair, cut where the
+    lexical match is, rather than its head."""
+    from finbert2.retrieve.search import jieba_tokens
+    from finbert2.serve.store import split_windows
+
+    if len(text) <= window_chars:
+        return text
+    best, best_key = text[:window_chars], (-1, -1)
+    for window in split_windows(text, window_chars, max(1, window_chars // 2)):
+        words = [w for w in jieba_tokens(window, segmenter) if w in query_words]
+        key = (len(set(words)), len(words))
+        if key > best_key:
+            best, best_key = window, key
+    return best
+
+
 def rerank_runs(scorer: CrossEncoderScorer, data: RetrievalEvalData, first_run: dict[str, dict[str, float]],
-                k: int, alphas: tuple[float, ...] = (1.0,)) -> tuple[dict[float, dict[str, dict[str, float]]], list[float]]:
+                k: int, alphas: tuple[float, ...] = (1.0,), window_chars: int | None = None,
+                segmenter=None) -> tuple[dict[float, dict[str, dict[str, float]]], list[float]]:
     """``({alpha: run}, seconds per query)``: each query's top ``k`` of ``first_run`` scored once by ``scorer``,
     ordered by ``interpolated(logits, first-stage scores, alpha)`` for every alpha, and put ahead of the rest
-    of its first-stage ranking."""
+    of its first-stage ranking. With ``window_chars``, each passage longer than that is scored by its
+    ``matched_window`` (the window's choice counts in the latency)."""
+    from finbert2.retrieve.search import jieba_tokens
+
     runs: dict[float, dict[str, dict[str, float]]] = {alpha: {} for alpha in alphas}
     seconds = []
     # A CPU pass over a validation split takes minutes: show it, also inside the Trainer's evaluation.
@@ -52,7 +75,11 @@ def rerank_runs(scorer: CrossEncoderScorer, data: RetrievalEvalData, first_run: 
         ids = list(ranked)
         head, tail = ids[:k], ids[k:]
         started = time.perf_counter()
-        logits = scorer.score(data.queries[qid], [format_document(data.corpus[d]) for d in head], raw=True)
+        passages = [format_document(data.corpus[d]) for d in head]
+        if window_chars:
+            words = set(jieba_tokens(data.queries[qid], segmenter))
+            passages = [matched_window(words, p, window_chars, segmenter) for p in passages]
+        logits = scorer.score(data.queries[qid], passages, raw=True)
         seconds.append(time.perf_counter() - started)
         first_scores = np.array([ranked[d] for d in head], dtype=np.float64)
         # Reranked documents score above every tail document: their ranks shifted above the tail's rank scores.
@@ -109,14 +136,16 @@ def interpolation_label(row: str, alpha: float) -> str:
 
 
 def rerank_rows(rerankers: dict[str, CrossEncoderScorer], data: RetrievalEvalData,
-                first_runs: dict[str, dict[str, dict[str, float]]], k: int, interpolations: tuple[float, ...] = ()):
+                first_runs: dict[str, dict[str, dict[str, float]]], k: int, interpolations: tuple[float, ...] = (),
+                window_chars: int | None = None, segmenter=None):
     """``(row label, run, seconds, latency summary)`` for every first stage reranked by every reranker, alone and
-    interpolated with the first stage at each alpha of ``interpolations`` (scored once, ordered per alpha)."""
+    interpolated with the first stage at each alpha of ``interpolations`` (scored once, ordered per alpha);
+    ``window_chars``: passages scored by their ``matched_window``."""
     alphas = (1.0, *[a for a in interpolations if a != 1.0])
     for first, run in first_runs.items():
         for suffix, scorer in rerankers.items():
             started = time.perf_counter()
-            runs, seconds = rerank_runs(scorer, data, run, k, alphas)
+            runs, seconds = rerank_runs(scorer, data, run, k, alphas, window_chars, segmenter)
             elapsed, latency = time.perf_counter() - started, latency_summary(seconds)
             for alpha in alphas:  # one scoring pass: its latency is the reranked row's, not repeated per alpha
                 yield (interpolation_label(f"{first}+{suffix}", alpha), runs[alpha], elapsed,

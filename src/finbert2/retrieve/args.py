@@ -195,6 +195,10 @@ class EvaluateArguments:
     rerank_max_length: int | None = field(default=None, metadata={
         "help": "Longest query + passage pair the reranker reads, in tokens (default: the model's, <= 512; "
                 "the rerank train max_len it learned at is the usual choice)."})
+    rerank_window_chars: int | None = field(default=None, metadata={
+        "help": "Score a passage longer than this many characters by its window of this size holding the most "
+                "query words (BM25's jieba words; windows every half window) instead of its head: shorter pairs "
+                "for long documents, cut where the first stage matched (default: the whole passage)."})
 
     def __post_init__(self):
         if self.rrf_k < 1:
@@ -205,6 +209,8 @@ class EvaluateArguments:
             raise ConfigError("retrieve evaluate: rerank_dtype must be fp32, bf16, int8 or auto")
         if self.rerank_max_length is not None and self.rerank_max_length < 8:
             raise ConfigError("retrieve evaluate: rerank_max_length must be at least 8")
+        if self.rerank_window_chars is not None and (self.rerank_window_chars < 8 or not self.rerank):
+            raise ConfigError("retrieve evaluate: rerank_window_chars needs --rerank MODEL and at least 8")
         if self.rerank_interpolation and not self.rerank:
             raise ConfigError("retrieve evaluate: rerank_interpolation needs --rerank MODEL")
         if any(not 0.0 <= alpha <= 1.0 for alpha in self.rerank_interpolation or []):

@@ -206,7 +206,8 @@ def run_evaluation(args, run_args) -> dict[str, Any]:
         chosen = {label: run for label, run in first_runs.items()
                   if not args.rerank_first_stages or label in args.rerank_first_stages}
         for label, run, seconds, latency in rerank_rows(rerankers, data, chosen, args.rerank_top_k,
-                                                        tuple(args.rerank_interpolation or ())):
+                                                        tuple(args.rerank_interpolation or ()),
+                                                        args.rerank_window_chars):
             per_query = per_query_metrics(data.qrels, run)
             record(label, mean_metrics(per_query), per_query, run, seconds)
             flat.update({f"{label}_{k}": v for k, v in latency.items()})
