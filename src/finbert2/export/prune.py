@@ -117,7 +117,7 @@ def remove_checkpoints(folder: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def save_checkpoint(folder: Path, student, optimizer, schedule, losses: list[float], samplers, bf16: bool,
+def save_checkpoint(folder: Path, student, optimizer, schedule, losses: list[float], samplers,
                     args: PruneArguments) -> None:
     """Student weights, optimizer, schedule, the text order and the RNG, written to a fresh folder that then
     replaces the previous checkpoint (a kill while saving leaves the previous one whole)."""
@@ -125,9 +125,9 @@ def save_checkpoint(folder: Path, student, optimizer, schedule, losses: list[flo
     shutil.rmtree(fresh, ignore_errors=True)
     fresh.mkdir(parents=True)
     student.save_pretrained(fresh)
-    torch.save({"step": len(losses), "losses": losses, "optimizer": optimizer.state_dict(),
+    torch.save({"losses": losses, "optimizer": optimizer.state_dict(),  # the step is len(losses)
                 "schedule": schedule.state_dict(), "samplers": [s.state() if s else None for s in samplers],
-                "torch_rng": torch.get_rng_state(), "bf16": bf16,
+                "torch_rng": torch.get_rng_state(),
                 "arguments": {k: getattr(args, k) for k in RESUME_KEYS}}, fresh / CHECKPOINT_STATE)
     shutil.rmtree(folder, ignore_errors=True)
     fresh.rename(folder)
@@ -204,9 +204,9 @@ def distill(teacher, student: torch.nn.Module, texts: list[str], args: PruneArgu
         student.load_state_dict(load_file(folder / "model.safetensors"))
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        for sampler, saved in zip((passages, questions), state["samplers"]):
+        for sampler, sampler_state in zip((passages, questions), state["samplers"]):
             if sampler is not None:
-                sampler.restore(saved)
+                sampler.restore(sampler_state)
         torch.set_rng_state(state["torch_rng"])
         losses = list(state["losses"])
         logger.info("resuming the distillation from step %d (%s)", len(losses), folder)
@@ -229,7 +229,7 @@ def distill(teacher, student: torch.nn.Module, texts: list[str], args: PruneArgu
         losses.append(float(loss.detach()))
         progress.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
         if checkpoint and args.save_steps and len(losses) % args.save_steps == 0 and len(losses) < args.max_steps:
-            save_checkpoint(checkpoint, student, optimizer, schedule, losses, (passages, questions), bf16, args)
+            save_checkpoint(checkpoint, student, optimizer, schedule, losses, (passages, questions), args)
     student.eval()
     return losses
 

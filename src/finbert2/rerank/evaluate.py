@@ -39,7 +39,7 @@ def interpolated(logits: np.ndarray, first_scores: np.ndarray, alpha: float) -> 
     return alpha * minmax(np.asarray(logits, dtype=np.float64)) + (1 - alpha) * minmax(np.asarray(first_scores, dtype=np.float64))
 
 
-def matched_window(query_words: set[str], text: str, window_chars: int, segmenter=None) -> str:
+def matched_window(query_words: set[str], text: str, window_chars: int) -> str:
     """The ``window_chars`` characters of ``text`` (windows every half window) that hold the most distinct words of
     the query, then the most of their occurrences (BM25's words, jieba); the first such window on a tie, the
     text itself when it is no longer. A long passage then costs the reranker one short pair, cut where the
@@ -51,7 +51,7 @@ def matched_window(query_words: set[str], text: str, window_chars: int, segmente
         return text
     best, best_key = text[:window_chars], (-1, -1)
     for window in split_windows(text, window_chars, max(1, window_chars // 2)):
-        words = [w for w in jieba_tokens(window, segmenter) if w in query_words]
+        words = [w for w in jieba_tokens(window) if w in query_words]
         key = (len(set(words)), len(words))
         if key > best_key:
             best, best_key = window, key
@@ -59,8 +59,8 @@ def matched_window(query_words: set[str], text: str, window_chars: int, segmente
 
 
 def rerank_runs(scorer: CrossEncoderScorer, data: RetrievalEvalData, first_run: dict[str, dict[str, float]],
-                k: int, alphas: tuple[float, ...] = (1.0,), window_chars: int | None = None,
-                segmenter=None) -> tuple[dict[float, dict[str, dict[str, float]]], list[float]]:
+                k: int, alphas: tuple[float, ...] = (1.0,),
+                window_chars: int | None = None) -> tuple[dict[float, dict[str, dict[str, float]]], list[float]]:
     """``({alpha: run}, seconds per query)``: each query's top ``k`` of ``first_run`` scored once by ``scorer``,
     ordered by ``interpolated(logits, first-stage scores, alpha)`` for every alpha, and put ahead of the rest
     of its first-stage ranking. With ``window_chars``, each passage longer than that is scored by its
@@ -77,8 +77,8 @@ def rerank_runs(scorer: CrossEncoderScorer, data: RetrievalEvalData, first_run: 
         started = time.perf_counter()
         passages = [format_document(data.corpus[d]) for d in head]
         if window_chars:
-            words = set(jieba_tokens(data.queries[qid], segmenter))
-            passages = [matched_window(words, p, window_chars, segmenter) for p in passages]
+            words = set(jieba_tokens(data.queries[qid]))  # BM25's words: evaluate's BM25 uses jieba's own dictionary
+            passages = [matched_window(words, p, window_chars) for p in passages]
         logits = scorer.score(data.queries[qid], passages, raw=True)
         seconds.append(time.perf_counter() - started)
         first_scores = np.array([ranked[d] for d in head], dtype=np.float64)
@@ -137,7 +137,7 @@ def interpolation_label(row: str, alpha: float) -> str:
 
 def rerank_rows(rerankers: dict[str, CrossEncoderScorer], data: RetrievalEvalData,
                 first_runs: dict[str, dict[str, dict[str, float]]], k: int, interpolations: tuple[float, ...] = (),
-                window_chars: int | None = None, segmenter=None):
+                window_chars: int | None = None):
     """``(row label, run, seconds, latency summary)`` for every first stage reranked by every reranker, alone and
     interpolated with the first stage at each alpha of ``interpolations`` (scored once, ordered per alpha);
     ``window_chars``: passages scored by their ``matched_window``."""
@@ -145,7 +145,7 @@ def rerank_rows(rerankers: dict[str, CrossEncoderScorer], data: RetrievalEvalDat
     for first, run in first_runs.items():
         for suffix, scorer in rerankers.items():
             started = time.perf_counter()
-            runs, seconds = rerank_runs(scorer, data, run, k, alphas, window_chars, segmenter)
+            runs, seconds = rerank_runs(scorer, data, run, k, alphas, window_chars)
             elapsed, latency = time.perf_counter() - started, latency_summary(seconds)
             for alpha in alphas:  # one scoring pass: its latency is the reranked row's, not repeated per alpha
                 yield (interpolation_label(f"{first}+{suffix}", alpha), runs[alpha], elapsed,
