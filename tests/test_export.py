@@ -302,6 +302,87 @@ def test_serve_backend_onnx_answers_like_torch(exported, tmp_path):
         Embedder(str(exported["retriever_onnx"]), dtype="int8")
 
 
+@pytest.fixture(scope="module")
+def exported_reranker(exported, tiny_tokenizer_dir, tmp_path_factory):
+    """A tiny cross-encoder, its ONNX fp32 export (checked to agree exactly on every query's top 10) and its
+    OpenVINO static-int8 export calibrated on (query, pos, neg) rows."""
+    from serve_support import make_reranker
+
+    root = tmp_path_factory.mktemp("export_reranker")
+    source = make_reranker(tiny_tokenizer_dir, root / "reranker")
+    triples = root / "mined.jsonl"
+    write_jsonl(triples, [{"query": t[:12], "pos": [t], "neg": [NEWS[(i + 1) % len(NEWS)], NEWS[(i + 2) % len(NEWS)]]}
+                          for i, t in enumerate(NEWS)])
+    check = ["--check", str(exported["check_retrieval"]), "--check_top_k", "6"]
+    assert finbert2_main(["export", str(source), str(root / "onnx"), *check, "--min_agreement", "1"]) == 0
+    assert finbert2_main(["export", str(source), str(root / "ov_int8"), "--format", "openvino", "--quantize",
+                          "int8-static", "--calibration_data", str(triples), *check]) == 0
+    return {"source": source, "onnx": root / "onnx", "ov_int8": root / "ov_int8", "triples": triples}
+
+
+def test_reranker_export_scores_like_torch_with_pair_segments_behind_its_check(exported_reranker):
+    from finbert2.export.runtime import load_exported
+    from finbert2.rerank.modeling import CrossEncoderScorer, pair_token_types
+
+    query, passages = "美联储加息对科技股的影响", NEWS + ["美联储" * 30]
+    torch_scores = CrossEncoderScorer.from_pretrained(str(exported_reranker["source"])).score(query, passages, raw=True)
+    onnx_scorer = CrossEncoderScorer.from_pretrained(str(exported_reranker["onnx"]))
+    # tight: the tiny model's segment embeddings move its logits by ~5e-6 (checked below)
+    np.testing.assert_allclose(onnx_scorer.score(query, passages, raw=True), torch_scores, rtol=0, atol=1e-6)
+    assert len(set(np.round(torch_scores, 4))) > 1  # not a comparison of constant scores
+    report = report_of(exported_reranker["onnx"])
+    check = report["check"]
+    assert report["kind"] == "reranker" and report["passed"] and report["model_file"] == "onnx/model.onnx"
+    assert check["metric"] == "ndcg_at_10" and check["top_k"] == 6 and check["queries"] == len(NEWS)
+    assert check["label_agreement"] == 1.0 and check["max_abs_logit_difference"] < 1e-4 and abs(check["drop"]) < 1e-9
+    # The pair's segment ids reach the graph: all-zero segments (a single text's) give other logits.
+    model = load_exported(exported_reranker["onnx"])
+    rows = onnx_scorer.pair_rows([query], [NEWS[0]])
+    ids, mask = torch.tensor(rows), torch.ones(1, len(rows[0]), dtype=torch.long)
+    types = pair_token_types(rows, onnx_scorer.tokenizer.sep_token_id)
+    assert onnx_scorer.token_types and types.sum() > 0  # a BERT tokenizer: the passage is segment 1
+    paired, unpaired = model(ids, mask, token_type_ids=types).logits, model(ids, mask).logits
+    expected = CrossEncoderScorer.from_pretrained(str(exported_reranker["source"])).score(query, [NEWS[0]], raw=True)[0]
+    assert abs(float(paired[0, 0]) - expected) < 1e-7 < 1e-6 < abs(float(unpaired[0, 0]) - expected)
+    int8 = report_of(exported_reranker["ov_int8"])
+    assert int8["kind"] == "reranker" and int8["passed"]
+    assert int8["model_file"] == "openvino/openvino_model_qint8_quantized.xml" and int8["check"]["drop"] <= 0.01
+    int8_scores = CrossEncoderScorer.from_pretrained(str(exported_reranker["ov_int8"])).score(query, passages, raw=True)
+    assert 0 < np.abs(int8_scores - torch_scores).max() < 0.05  # int8 is close, not exact
+
+
+def test_rerank_evaluate_and_serve_take_the_exported_reranker(exported, exported_reranker, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from finbert2.errors import ConfigError
+    from finbert2.rerank.modeling import CrossEncoderScorer
+    from finbert2.serve.app import create_app
+    from finbert2.serve.args import ServeArguments
+
+    assert finbert2_main(["retrieve", "evaluate", "--eval_data", str(exported["check_retrieval"]), "--models", "bm25",
+                          "--rerank", str(exported_reranker["source"]), str(exported_reranker["onnx"]),
+                          "--rerank_top_k", "6", "--output_dir", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["bm25+onnx_ndcg_at_10"] == pytest.approx(metrics["bm25+reranker_ndcg_at_10"], abs=1e-9)
+    with pytest.raises(ConfigError, match="not quantized at load time"):
+        CrossEncoderScorer.from_pretrained(str(exported_reranker["onnx"]), dtype="int8")
+    with pytest.raises(ConfigError, match="holds a onnx model, not torch"):
+        ServeArguments(reranker=str(exported_reranker["onnx"]), backend="torch")
+    answers = {}
+    for name in ("source", "onnx"):
+        with TestClient(create_app(ServeArguments(reranker=str(exported_reranker[name])))) as client:
+            for _ in range(600):
+                if client.get("/ready").status_code == 200:
+                    break
+                __import__("time").sleep(0.05)
+            info = client.get("/info").json()["models"]
+            body = {"query": "美联储加息", "texts": NEWS, "raw_scores": True}
+            answers[name] = ([m["backend"] for m in info], client.post("/rerank", json=body).json())
+    assert answers["source"][0] == ["torch"] and answers["onnx"][0] == ["onnx"]
+    assert [r["index"] for r in answers["onnx"][1]] == [r["index"] for r in answers["source"][1]]
+    assert [r["score"] for r in answers["onnx"][1]] == pytest.approx([r["score"] for r in answers["source"][1]], abs=1e-4)
+
+
 def test_keep_layers_copies_the_chosen_layers_and_leaves_the_source(exported):
     import torch
 

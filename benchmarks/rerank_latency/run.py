@@ -12,11 +12,17 @@ reranks. Ours sorts the pairs by length and cuts them into token-budget batches;
 quantisation of the linear layers, both sides) and bf16 where the CPU has native bf16 (autocast).
 Reports mean and p95 milliseconds per query, ours / peer speed ratios and the nDCG@10 of BM25's
 top K reranked at each precision (the accuracy cost of int8 and bf16 against fp32).
+
+``--exported DIR ...`` adds a row per ``finbert2 export`` folder of the same reranker (ONNX Runtime or
+OpenVINO, at the precision it was exported and checked at), timed by ours against the peer's fp32 row;
+``--window_chars N`` scores every passage longer than N characters by its BM25-matched window (both sides,
+``retrieve evaluate --rerank_window_chars``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import shutil
 import sys
@@ -70,11 +76,17 @@ def main() -> None:
     parser.add_argument("--top_k", type=int, nargs="+", default=[20, 50, 100])
     parser.add_argument("--max_length", type=int, default=256, help="longest query + passage pair in tokens")
     parser.add_argument("--peer_batch_size", type=int, default=32)
+    parser.add_argument("--exported", type=Path, nargs="*", default=[],
+                        help="`finbert2 export` folders of --model: a row each, against the peer's fp32 latency")
+    parser.add_argument("--window_chars", type=int, default=None,
+                        help="score passages longer than this by their BM25-matched window (both sides)")
+    parser.add_argument("--precisions", nargs="+", default=None,
+                        help="torch precisions to time (default fp32, int8 and bf16 where native)")
     args = parser.parse_args()
 
     info = common.print_header()
     from finbert2.data import RetrievalEvalData, read_retrieval_eval
-    from finbert2.rerank.evaluate import latency_summary, rerank_run
+    from finbert2.rerank.evaluate import latency_summary, rerank_runs
     from finbert2.rerank.modeling import CrossEncoderScorer
     from finbert2.retrieve.evaluate import bm25_evaluation
     from finbert2.retrieve.metrics import evaluate_run
@@ -87,30 +99,46 @@ def main() -> None:
     work = common.work_dir("rerankbench_")
     try:
         folder = args.model or reranker_folder(args.size, work)
-        precisions = ["fp32", "int8"] + [p for p in common.precisions(args.bf16) if p == "bf16"]
-        rows = []
+        precisions = args.precisions or ["fp32", "int8"] + [p for p in common.precisions(args.bf16) if p == "bf16"]
+        if args.exported and "fp32" not in precisions:
+            precisions = ["fp32", *precisions]  # the exported rows are read against the peer's fp32
+
+        def timed(scorer, k):
+            run, seconds = rerank_runs(scorer, data, first, k, window_chars=args.window_chars)
+            return {**latency_summary(seconds), "ndcg_at_10": evaluate_run(data.qrels, run[1.0])["ndcg_at_10"]}
+
+        rows, peer_fp32 = [], {}
         for precision in precisions:
             ours = CrossEncoderScorer.from_pretrained(str(folder), dtype=precision, max_length=args.max_length)
             peer = PeerScorer(folder, precision, args.max_length, args.peer_batch_size)
             for k in args.top_k:
                 ours.score(data.queries[picked[0]], ["暖机"] * 4)  # warm-up (allocator, oneDNN kernels), untimed
-                ours_run, ours_seconds = rerank_run(ours, data, first, k)
-                peer_run, peer_seconds = rerank_run(peer, data, first, k)
-                row = {"precision": precision, "top_k": k,
-                       "ours": {**latency_summary(ours_seconds), "ndcg_at_10": evaluate_run(data.qrels, ours_run)["ndcg_at_10"]},
-                       "peer": {**latency_summary(peer_seconds), "ndcg_at_10": evaluate_run(data.qrels, peer_run)["ndcg_at_10"]}}
-                row["speed_ratio_mean"] = row["peer"]["ms_per_query"] / row["ours"]["ms_per_query"]
-                row["speed_ratio_p95"] = row["peer"]["p95_ms_per_query"] / row["ours"]["p95_ms_per_query"]
-                print(row, flush=True)
-                rows.append(row)
+                rows.append({"precision": precision, "top_k": k, "ours": timed(ours, k), "peer": timed(peer, k)})
+                if precision == "fp32":
+                    peer_fp32[k] = rows[-1]["peer"]
+                print(rows[-1], flush=True)
+        for exported in args.exported:
+            ours = CrossEncoderScorer.from_pretrained(str(exported), max_length=args.max_length)
+            report = json.loads((exported / "export_report.json").read_text(encoding="utf-8"))
+            precision = f"{report['format']} {report['quantize']} ({report.get('inference_precision', 'f32')})"
+            for k in args.top_k:
+                ours.score(data.queries[picked[0]], ["暖机"] * 4)
+                rows.append({"precision": precision, "top_k": k, "exported": str(exported), "ours": timed(ours, k),
+                             "peer": peer_fp32[k]})
+                print(rows[-1], flush=True)
+        for row in rows:
+            row["speed_ratio_mean"] = row["peer"]["ms_per_query"] / row["ours"]["ms_per_query"]
+            row["speed_ratio_p95"] = row["peer"]["p95_ms_per_query"] / row["ours"]["p95_ms_per_query"]
         bm25_ndcg = evaluate_run(data.qrels, first)["ndcg_at_10"]
         record = {"benchmark": "rerank_latency", "machine": info, "model": str(folder) if args.model else
                   common.size_description(args.size) + ", seeded random one-logit head",
                   "eval_data": str(args.eval_data), "queries": len(picked), "max_length": args.max_length,
+                  "window_chars": args.window_chars,
                   "peer": f"sentence_transformers.CrossEncoder.predict(batch_size={args.peer_batch_size})",
                   "bm25_ndcg_at_10": bm25_ndcg, "rows": rows}
         common.write_record(args.output, record)
         print(f"\nBM25 alone nDCG@10 on these {len(picked)} queries: {bm25_ndcg:.4f}\n")
+        # exported rows: the peer column is CrossEncoder at fp32
         print("| top K | precision | ours mean / p95 ms | CrossEncoder mean / p95 ms | ours / peer speed (mean, p95) "
               "| nDCG@10 ours | nDCG@10 CrossEncoder |\n|---:|---|---:|---:|---:|---:|---:|")
         for r in rows:

@@ -1,8 +1,10 @@
 """The accuracy gate of an export: the exported model scored against the source model on a check set.
 
 A retriever is checked on a retrieval evaluation folder (nDCG@10 of both, and the cosine between the two
-models' vectors of every query and passage), a classifier on a labelled file (macro-F1 of both, the share
-of identical predicted labels, the largest logit difference). The export passes when the metric drops by
+models' vectors of every query and passage), a reranker on the same folder (nDCG@10 of BM25's top K
+reordered by each, the share of queries whose top 10 is unchanged, the largest logit difference), a
+classifier on a labelled file (macro-F1 of both, the share of identical predicted labels, the largest logit
+difference). The export passes when the metric drops by
 at most ``max_drop`` (absolute) and the agreement bounds hold.
 """
 
@@ -17,6 +19,7 @@ from finbert2.classify.data import label_targets
 from finbert2.classify.inference import SequenceClassifier
 from finbert2.classify.metrics import summary_metrics
 from finbert2.data import read_classification, read_retrieval_eval
+from finbert2.rerank.modeling import CrossEncoderScorer
 from finbert2.retrieve.encoder import DenseEncoder
 from finbert2.retrieve.metrics import mean_metrics, per_query_metrics
 from finbert2.retrieve.search import dense_run, format_document
@@ -36,7 +39,7 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def load_check_data(kind: str, path: str, split: str, text_field: str, label_field: str):
     """The check set, read (and validated) before any export work."""
-    if kind == "retriever":
+    if kind in ("retriever", "reranker"):
         return read_retrieval_eval(path, split)
     return read_classification(path, text_field, label_field)
 
@@ -78,6 +81,31 @@ def check_classifier(source: SequenceClassifier, exported: SequenceClassifier, d
             "texts": len(data.texts)}
 
 
+def check_reranker(source: CrossEncoderScorer, exported: CrossEncoderScorer, data, top_k: int = 20) -> dict:
+    """Both rerankers reorder BM25's top ``top_k`` of every judged query (``retrieve evaluate --rerank``'s
+    two-stage path, the reranker alone): nDCG@10 of each, the largest logit difference, and the share of
+    queries whose reranked top 10 is the source's, in order (``label_agreement``, gated by ``--min_agreement``)."""
+    from finbert2.retrieve.evaluate import bm25_evaluation
+
+    _, _, first_run = bm25_evaluation(data, k=top_k)
+    scores, runs, logits = {}, {}, {}
+    for name, scorer in (("source", source), ("exported", exported)):
+        runs[name], logits[name] = {}, []
+        for qid, ranked in first_run.items():
+            docs = list(ranked)
+            query_logits = scorer.score(data.queries[qid], [format_document(data.corpus[d]) for d in docs], raw=True)
+            runs[name][qid] = dict(zip(docs, query_logits.astype(float)))
+            logits[name].append(query_logits)
+        scores[name] = mean_metrics(per_query_metrics(data.qrels, runs[name]))["ndcg_at_10"]
+    top10 = {name: {q: sorted(run[q], key=lambda d: -run[q][d])[:10] for q in run} for name, run in runs.items()}
+    same = [top10["source"][q] == top10["exported"][q] for q in first_run]
+    difference = np.abs(np.concatenate(logits["source"] + [np.zeros(0)]) - np.concatenate(logits["exported"] + [np.zeros(0)]))
+    return {"metric": "ndcg_at_10", "source": scores["source"], "exported": scores["exported"],
+            "drop": scores["source"] - scores["exported"], "label_agreement": float(np.mean(same)) if same else 1.0,
+            "max_abs_logit_difference": float(difference.max()) if len(difference) else 0.0,
+            "queries": len(same), "top_k": top_k}
+
+
 def gate_failures(result: dict, gate: Gate) -> list[str]:
     """What the check result breaks of the gate (empty: it passes)."""
     failures = []
@@ -87,5 +115,6 @@ def gate_failures(result: dict, gate: Gate) -> list[str]:
     if "min_cosine" in result and result["min_cosine"] < gate.min_cosine:
         failures.append(f"min cosine to the source vectors {result['min_cosine']:.6f} < --min_cosine {gate.min_cosine}")
     if "label_agreement" in result and result["label_agreement"] < gate.min_agreement:
-        failures.append(f"label agreement {result['label_agreement']:.4f} < --min_agreement {gate.min_agreement}")
+        what = "queries with the same reranked top 10" if "top_k" in result else "label agreement"
+        failures.append(f"{what} {result['label_agreement']:.4f} < --min_agreement {gate.min_agreement}")
     return failures

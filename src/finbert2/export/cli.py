@@ -4,8 +4,10 @@
     finbert2 export runs/retriever runs/retriever-onnx --quantize int8-dynamic \\
         --check data/demo/retrieval/eval --max_drop 0.005
     finbert2 export runs/classify runs/classify-onnx --quantize int8-dynamic --check data/demo/sentiment/test.jsonl
-    finbert2 export runs/retriever runs/retriever-ov --format openvino --quantize int8-static \
+    finbert2 export runs/retriever runs/retriever-ov --format openvino --quantize int8-static \\
         --calibration_data data/demo/corpus.jsonl --check data/demo/retrieval/eval
+    finbert2 export runs/reranker runs/reranker-ov --format openvino --quantize int8-static \
+        --calibration_data runs/mined.jsonl --check data/demo/retrieval/eval --check_top_k 20
 
 Writes OUT in sentence-transformers' backend layout (``onnx/model.onnx``, ``onnx/model_qint8.onnx`` when
 quantized; ``openvino/openvino_model.xml``, ``openvino/openvino_model_qint8_quantized.xml``; beside
@@ -50,21 +52,26 @@ class ExportArguments:
         "help": "none (fp32); onnx: int8-dynamic (int8 weights per channel, activations quantized per batch); "
                 "openvino: int8-static (NNCF, activation scales calibrated on --calibration_data)."})
     calibration_data: str | None = field(default=None, metadata={
-        "help": "Texts (JSONL with --text_field, CSV, or .txt one per line) calibrating int8-static; up to 300 used."})
+        "help": "Texts (JSONL with --text_field, CSV, or .txt one per line) calibrating int8-static; up to 300 used. "
+                "Rerankers: retrieval training rows (query, pos, neg), calibrated on their pairs."})
     inference_precision: str = field(default="f32", metadata={
         "help": "openvino: the precision OpenVINO runs the graph's float ops in, f32 or bf16 (where the CPU has "
                 "AVX512-BF16/AMX; elsewhere OpenVINO keeps f32); recorded in the report, checked and served."})
     check: str | None = field(default=None, metadata={
-        "help": "Retrieval evaluation folder (retrievers: nDCG@10, vector cosines) or labelled classification "
-                "file (classifiers: macro-F1, label agreement) scoring the export against the source model."})
+        "help": "Retrieval evaluation folder (retrievers: nDCG@10, vector cosines; rerankers: nDCG@10 of BM25's "
+                "top --check_top_k reordered, queries with the same top 10) or labelled classification file "
+                "(classifiers: macro-F1, label agreement) scoring the export against the source model."})
     check_split: str = field(default="test", metadata={"help": "Split of a retrieval --check folder."})
+    check_top_k: int = field(default=20, metadata={
+        "help": "Rerankers: BM25's top K of each check query that both models reorder."})
     text_field: str = field(default="text", metadata={"help": "Text field of a classification --check file."})
     label_field: str = field(default="label", metadata={"help": "Label field of a classification --check file."})
     max_drop: float = field(default=0.01, metadata={"help": "Largest allowed drop of nDCG@10 / macro-F1 (absolute)."})
     min_cosine: float = field(default=0.0, metadata={
         "help": "Smallest allowed cosine between the source and exported vectors of any check text (retrievers)."})
     min_agreement: float = field(default=0.0, metadata={
-        "help": "Smallest allowed share of check texts given the source model's labels (classifiers)."})
+        "help": "Smallest allowed share of check texts given the source model's labels (classifiers), or of check "
+                "queries whose reranked top 10 is the source model's (rerankers)."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an earlier export in output_dir."})
 
     def __post_init__(self):
@@ -78,6 +85,8 @@ class ExportArguments:
         if self.inference_precision not in INFERENCE_PRECISIONS[self.format]:
             raise ConfigError(f"finbert2 export: --inference_precision for --format {self.format} must be one of "
                               f"{', '.join(INFERENCE_PRECISIONS[self.format])}, not '{self.inference_precision}'")
+        if self.check_top_k < 1:
+            raise ConfigError("finbert2 export: --check_top_k must be at least 1")
         if self.max_drop < 0 or not 0 <= self.min_cosine <= 1 or not 0 <= self.min_agreement <= 1:
             raise ConfigError("finbert2 export: need --max_drop >= 0 and --min_cosine, --min_agreement in [0, 1]")
         if Path(self.output_dir).resolve() == Path(self.model_name_or_path).resolve():
@@ -85,7 +94,8 @@ class ExportArguments:
 
 
 def model_kind(name_or_path: str) -> str:
-    """``classifier`` for a *ForSequenceClassification folder, else ``retriever``."""
+    """``reranker`` for a *ForSequenceClassification folder of one logit (``finbert2 rerank train``'s
+    cross-encoder), ``classifier`` for one of more, else ``retriever``."""
     from finbert2.modeling import model_config
 
     try:
@@ -93,15 +103,23 @@ def model_kind(name_or_path: str) -> str:
     except (OSError, ValueError) as err:
         raise ConfigError(f"{name_or_path}: cannot read a model config ({str(err).splitlines()[0]})") from None
     architectures = getattr(config, "architectures", None) or []
-    return "classifier" if any(a.endswith("ForSequenceClassification") for a in architectures) else "retriever"
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "retriever"
+    single_logit = config.num_labels == 1 and config.problem_type != "multi_label_classification"
+    return "reranker" if single_logit else "classifier"
 
 
 def load_runner(kind: str, path: str | Path):
-    """The object our commands run the model through: ``DenseEncoder`` or ``SequenceClassifier`` (CPU, fp32)."""
+    """The object our commands run the model through: ``DenseEncoder``, ``SequenceClassifier`` or
+    ``CrossEncoderScorer`` (CPU, fp32)."""
     if kind == "classifier":
         from finbert2.classify.inference import SequenceClassifier
 
         return SequenceClassifier.from_pretrained(str(path), device="cpu")
+    if kind == "reranker":
+        from finbert2.rerank.modeling import CrossEncoderScorer
+
+        return CrossEncoderScorer.from_pretrained(str(path))
     from finbert2.retrieve.encoder import DenseEncoder
 
     return DenseEncoder.from_pretrained(str(path), device="cpu")
@@ -135,12 +153,44 @@ def read_texts(path: str, text_field: str) -> list[str]:
     return texts
 
 
+def calibration_rows(kind: str, runner, calibration: list) -> list[tuple[list[int], list[int] | None]]:
+    """``(token ids, segment ids or None)`` of each calibration item, as the runner would feed it: a passage with
+    the retriever's passage prompt, a classifier's text cut at its length, a reranker's (query, passage) pair."""
+    if kind == "reranker":
+        from finbert2.rerank.modeling import pair_token_types
+
+        rows = runner.pair_rows([q for q, _ in calibration], [p for _, p in calibration])
+        if not runner.token_types:
+            return [(row, None) for row in rows]
+        return [(row, pair_token_types([row], runner.tokenizer.sep_token_id)[0].tolist()) for row in rows]
+    prompt = "" if kind == "classifier" else runner.passage_instruction
+    max_length = runner.settings.max_length if kind == "classifier" else runner.max_length
+    rows = runner.tokenizer([prompt + t for t in calibration], truncation=True, max_length=max_length,
+                            return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    return [(row, None) for row in rows]
+
+
+def read_calibration(kind: str, path: str, text_field: str) -> list:
+    """Texts; for a reranker, (query, passage) pairs from retrieval training rows (``query``, ``pos``, ``neg``:
+    the positive and each negative in turn, so both ends of the score range are calibrated)."""
+    if kind != "reranker":
+        return read_texts(path, text_field)
+    from finbert2.data import read_retrieval_train
+    from finbert2.errors import DataError
+
+    pairs = [(row["query"], passage) for row in read_retrieval_train(path, require_neg=False)
+             for passage in row["pos"][:1] + row["neg"][:3]]
+    if not pairs:
+        raise DataError(path, None, "no (query, pos/neg) rows to calibrate a reranker with")
+    return pairs
+
+
 def export_model_file(args: ExportArguments, kind: str, runner, staging: Path, calibration: list[str] | None) -> Path:
     """Write the graph (and its quantized form) into ``staging``; returns the one model file kept there."""
     from finbert2.export import openvino as ov_export
     from finbert2.export.onnx import ClassifierGraph, EncoderGraph, export_onnx, quantize_dynamic_int8
 
-    graph = ClassifierGraph(runner.model) if kind == "classifier" else EncoderGraph(runner.model)
+    graph = EncoderGraph(runner.model) if kind == "retriever" else ClassifierGraph(runner.model)
     onnx_file = export_onnx(graph, staging / "onnx" / "model.onnx", runner.model.config.vocab_size)
     if args.format == "onnx" and args.quantize == "none":
         return onnx_file
@@ -153,11 +203,8 @@ def export_model_file(args: ExportArguments, kind: str, runner, staging: Path, c
     shutil.rmtree(staging / "onnx")
     if args.quantize == "none":
         return staging / "openvino" / ov_export.FP32_FILE
-    prompt = "" if kind == "classifier" else runner.passage_instruction
-    max_length = runner.settings.max_length if kind == "classifier" else runner.max_length
-    rows = runner.tokenizer([prompt + t for t in calibration], truncation=True, max_length=max_length,
-                            return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-    model_file = ov_export.quantize_static_int8(model, rows, staging / "openvino" / ov_export.STATIC_INT8_FILE)
+    model_file = ov_export.quantize_static_int8(model, calibration_rows(kind, runner, calibration),
+                                                staging / "openvino" / ov_export.STATIC_INT8_FILE)
     for fp32_part in (staging / "openvino").glob("openvino_model.*"):
         fp32_part.unlink()
     return model_file
@@ -165,7 +212,8 @@ def export_model_file(args: ExportArguments, kind: str, runner, staging: Path, c
 
 def run_export(args: ExportArguments) -> dict:
     from finbert2.data import write_json
-    from finbert2.export.check import Gate, check_classifier, check_retriever, gate_failures, load_check_data
+    from finbert2.export.check import (Gate, check_classifier, check_reranker, check_retriever, gate_failures,
+                                       load_check_data)
     from finbert2.export.runtime import REPORT_FILE, exported_backend
 
     started = time.perf_counter()
@@ -177,7 +225,7 @@ def run_export(args: ExportArguments) -> dict:
     kind = model_kind(args.model_name_or_path)
     check_data = load_check_data(kind, args.check, args.check_split, args.text_field, args.label_field) \
         if args.check else None  # a bad check set fails before any work
-    calibration = read_texts(args.calibration_data, args.text_field) if args.calibration_data else None
+    calibration = read_calibration(kind, args.calibration_data, args.text_field) if args.calibration_data else None
     runner = load_runner(kind, source)
 
     staging = out.parent / f".{out.name}.partial"
@@ -195,7 +243,10 @@ def run_export(args: ExportArguments) -> dict:
         if check_data is not None:
             write_json(staging / REPORT_FILE, report)  # the runtime reads the model file and precision from it
             exported = load_runner(kind, staging)
-            result = (check_classifier if kind == "classifier" else check_retriever)(runner, exported, check_data)
+            if kind == "reranker":
+                result = check_reranker(runner, exported, check_data, args.check_top_k)
+            else:
+                result = (check_classifier if kind == "classifier" else check_retriever)(runner, exported, check_data)
             report["check"] = {"data": args.check, **result}
             failures = gate_failures(result, Gate(args.max_drop, args.min_cosine, args.min_agreement))
         report.update(passed=not failures, failures=failures, seconds=time.perf_counter() - started)

@@ -40,14 +40,16 @@ def activation_matmuls(model) -> list[str]:
             and not any(_is_weight(op.input_value(i)) for i in range(2))]
 
 
-def quantize_static_int8(model, calibration_rows: list[list[int]], target: Path) -> Path:
-    """NNCF post-training int8 of ``model`` calibrated on tokenized texts (one text per calibration item)."""
+def quantize_static_int8(model, calibration_rows: list[tuple[list[int], list[int] | None]], target: Path) -> Path:
+    """NNCF post-training int8 of ``model`` calibrated on tokenized items (``(token ids, segment ids or None)``
+    each: a text, or a reranker's pair with its segments)."""
     import nncf
     import openvino
 
-    def feeds(row: list[int]) -> dict[str, np.ndarray]:
-        ids = np.asarray([row], dtype=np.int64)
-        return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    def feeds(item: tuple[list[int], list[int] | None]) -> dict[str, np.ndarray]:
+        ids = np.asarray([item[0]], dtype=np.int64)
+        types = np.zeros_like(ids) if item[1] is None else np.asarray([item[1]], dtype=np.int64)
+        return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": types}
 
     rows = calibration_rows[:CALIBRATION_MAX_TEXTS]
     # The attention products (scores = Q K^T, context = softmax V) stay in float: quantizing them took the

@@ -3,10 +3,10 @@
 An exported folder keeps sentence-transformers' backend layout: ``onnx/model*.onnx`` or
 ``openvino/openvino_model*.xml`` beside ``config.json``, the tokenizer and the sentence-transformers
 modules, and no torch weights.
-``ExportedModel`` answers the calls ``DenseEncoder`` and ``SequenceClassifier`` make on a transformers
-model (``model(input_ids=..., attention_mask=...)`` -> ``.last_hidden_state`` / ``.logits``), so every
-command that loads a model through them (retrieve evaluate | index | mine | search, classify predict,
-serve) takes the exported folder as it is.
+``ExportedModel`` answers the calls ``DenseEncoder``, ``SequenceClassifier`` and ``CrossEncoderScorer`` make
+on a transformers model (``model(input_ids=..., attention_mask=..., token_type_ids=...)`` ->
+``.last_hidden_state`` / ``.logits``), so every command that loads a model through them (retrieve evaluate |
+index | mine | search, classify predict, rerank evaluate | predict, serve) takes the exported folder as it is.
 """
 
 from __future__ import annotations
@@ -113,11 +113,12 @@ class ExportedModel:
     def eval(self) -> "ExportedModel":
         return self
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_hidden_states: bool = False,
-                 **_) -> SimpleNamespace:
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                 output_hidden_states: bool = False, **_) -> SimpleNamespace:
         feeds = {"input_ids": input_ids.cpu().numpy(), "attention_mask": attention_mask.cpu().numpy()}
-        if "token_type_ids" in self.input_names:
-            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        if "token_type_ids" in self.input_names:  # a pair's segments (a BERT cross-encoder), else all zeros
+            feeds["token_type_ids"] = (token_type_ids.cpu().numpy() if token_type_ids is not None
+                                       else np.zeros_like(feeds["input_ids"]))
         outputs = dict(zip(self.output_names, self.run(feeds)))
         result = SimpleNamespace(**{name: torch.from_numpy(np.asarray(value, dtype=np.float32))
                                     for name, value in outputs.items()})

@@ -74,18 +74,25 @@ class CrossEncoderScorer:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, dtype: str = "fp32", **kwargs) -> "CrossEncoderScorer":
-        """A reranker folder or hub id at ``dtype`` fp32, bf16 (autocast) or int8 (dynamic quantisation)."""
+        """A reranker folder or hub id at ``dtype`` fp32, bf16 (autocast) or int8 (dynamic quantisation); or a
+        ``finbert2 export`` folder (ONNX / OpenVINO), which runs at the precision it was exported and checked at."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from finbert2.export.runtime import exported_backend, load_exported
         from finbert2.modeling import check_weights_format, from_pretrained_quietly
         from finbert2.serve.models import apply_dtype
 
-        check_weights_format(name_or_path)
+        exported = exported_backend(name_or_path) != "torch"
+        if not exported:
+            check_weights_format(name_or_path)
         try:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-            torch.manual_seed(0)  # an encoder folder (the zero-shot row) gets a new head: the same one each time
-            model = from_pretrained_quietly(AutoModelForSequenceClassification, name_or_path, use_safetensors=True,
-                                            num_labels=1)
+            if exported:
+                model = load_exported(name_or_path)
+            else:
+                torch.manual_seed(0)  # an encoder folder (the zero-shot row) gets a new head: the same one each time
+                model = from_pretrained_quietly(AutoModelForSequenceClassification, name_or_path, use_safetensors=True,
+                                                num_labels=1)
         except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: a head of other shape (a classifier)
             raise ConfigError(f"{name_or_path}: cannot load a reranker ({str(err).splitlines()[0]})") from None
         model, bf16 = apply_dtype(model, dtype)

@@ -77,7 +77,7 @@ class ServeArguments:
             raise ConfigError("finbert2 serve: --index needs --retriever (documents are encoded with it)")
         if self.backend not in ("auto", *BACKENDS):
             raise ConfigError(f"finbert2 serve: backend must be one of auto, {', '.join(BACKENDS)}")
-        for path in [self.retriever, *(self.classifier or [])]:
+        for path in [self.retriever, self.reranker, *(self.classifier or [])]:
             if path:  # before any loading: a folder of another backend is a usage error
                 check_backend(path, self.backend)
         if self.dtype not in DTYPES:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from finbert2.rerank.modeling import CrossEncoderScorer, sigmoid
 from finbert2.serve.errors import ApiError
 from finbert2.serve.schemas import RequestBody
-from finbert2.serve.models import Tokenized, model_name
+from finbert2.serve.models import Tokenized, model_name, served_precision
 
 
 class RerankRequest(RequestBody):
@@ -42,8 +42,9 @@ class Ranker:
     kind = "reranker"
 
     def __init__(self, path: str, dtype: str = "fp32", max_length: int | None = None):
-        self.path, self.name, self.dtype = path, model_name(path), dtype
+        self.path, self.name = path, model_name(path)
         self.scorer = CrossEncoderScorer.from_pretrained(path, dtype=dtype, max_length=max_length)
+        self.backend, self.dtype = served_precision(self.scorer.model, dtype)  # an exported folder: its own
 
     @property
     def max_length(self) -> int:
@@ -72,7 +73,7 @@ class Ranker:
 
     def info(self) -> dict:
         return {"name": self.name, "kind": self.kind, "path": self.path, "max_length": self.max_length,
-                "dtype": self.dtype}
+                "backend": self.backend, "dtype": self.dtype}
 
 
 def load_reranker(path: str | None, dtype: str, max_length: int | None) -> Ranker | None:
