@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from finbert2.classify.data import label_targets
 from finbert2.classify.inference import SequenceClassifier
@@ -91,7 +92,8 @@ def check_reranker(source: CrossEncoderScorer, exported: CrossEncoderScorer, dat
     scores, runs, logits = {}, {}, {}
     for name, scorer in (("source", source), ("exported", exported)):
         runs[name], logits[name] = {}, []
-        for qid, ranked in first_run.items():
+        for qid, ranked in tqdm(first_run.items(), desc=f"check: {name} reranks top {top_k}", unit="query",
+                                mininterval=5):
             docs = list(ranked)
             query_logits = scorer.score(data.queries[qid], [format_document(data.corpus[d]) for d in docs], raw=True)
             runs[name][qid] = dict(zip(docs, query_logits.astype(float)))
