@@ -5,7 +5,8 @@
         --passages_file ../shared/data/cfbenchmark-basic/data/sentiment.jsonl --text_field input \\
         --eval_data FIN_EVA_EVAL_FOLDER --peer_venvs VENV_ROOT --output benchmarks/encode_throughput/e5-small-backends.json
 
-e5-small (vocab pruned as in ``bench.py``) is exported by ``finbert2 export`` to ONNX fp32 and int8-dynamic
+``--size`` e5-small (the default; vocab pruned as in ``bench.py``) or a scratch size such as base (a seeded
+random BERT-base with [CLS] pooling: speed and agreement only, its nDCG means nothing) is exported by ``finbert2 export`` to ONNX fp32 and int8-dynamic
 and OpenVINO fp32 and int8-static (calibrated on 100 demo corpus texts), the OpenVINO ones also with
 ``--inference_precision bf16`` where the CPU has native bf16. Each round times, in this
 order, ``SentenceTransformer.encode`` (torch fp32, the reference), our ``DenseEncoder`` on the torch folder
@@ -32,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import (demo_documents, demo_passages, e5_small_folder, print_header, read_jsonl_texts,  # noqa: E402
-                    work_dir, write_record)
+from common import (SIZE_HELP, SIZES, demo_documents, demo_passages, model_folder, print_header,  # noqa: E402
+                    read_jsonl_texts, size_description, work_dir, write_record)
 
 REFERENCE = "sentence-transformers torch fp32"
 PEERS = ("onnx", "openvino")
@@ -130,6 +131,7 @@ def main() -> None:
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS,
                         help="the peer environments to time, with --peer_venvs")
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--size", choices=SIZES, default="e5-small", help=SIZE_HELP)
     args = parser.parse_args()
     info = print_header()
 
@@ -139,8 +141,9 @@ def main() -> None:
     from finbert2.precision import cpu_bf16_flags
     from finbert2.retrieve.encoder import DenseEncoder
 
-    source = e5_small_folder()
     work = work_dir("finbert2-backends-")
+    # e5-small as converted; a scratch size (BERT-base) is a seeded random encoder: speed and agreement, no nDCG
+    source = model_folder(args.size, work, "encoder")
     calibration = work / "calibration.jsonl"
     calibration.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in demo_documents(100)),
                            encoding="utf-8")
@@ -215,7 +218,7 @@ def main() -> None:
         print(f"| {label} | {row['passages_per_second']:.1f} | {row['x_st_torch_fp32']:.2f} | "
               f"{row['queries_per_second']:.1f} | {row['queries_x_st_torch_fp32']:.2f} | {row['single_query_ms_p50']:.2f} | "
               f"{row['min_cosine']:.5f} | {row['mean_cosine']:.5f} | {ndcg} |", flush=True)
-    write_record(args.output, {"header": info, "passages": len(passages),
+    write_record(args.output, {"header": info, "model": size_description(args.size), "passages": len(passages),
                                "passages_file": str(args.passages_file) if args.passages_file else "demo pool",
                                "queries": len(queries), "rounds": args.rounds, "batch_size": args.batch_size,
                                "max_length": args.max_length, "eval_data": args.eval_data,
