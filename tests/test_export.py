@@ -222,6 +222,7 @@ def test_bad_arguments_and_check_sets_are_one_line_errors(exported, tmp_path, ca
         (["--format", "tflite"], "--format must be one of onnx, openvino"),
         (["--inference_precision", "bf16"], "--inference_precision for --format onnx must be one of f32"),
         (["--max_drop", "-0.1"], "need --max_drop >= 0"),
+        (["--max_length", "64"], "--max_length is for rerankers"),
     ]
     for extra, message in cases:
         assert finbert2_main(["export", str(exported["retriever"]), str(tmp_path / "x"), *extra]) == 2
@@ -316,7 +317,7 @@ def exported_reranker(exported, tiny_tokenizer_dir, tmp_path_factory):
     check = ["--check", str(exported["check_retrieval"]), "--check_top_k", "6"]
     assert finbert2_main(["export", str(source), str(root / "onnx"), *check, "--min_agreement", "1"]) == 0
     assert finbert2_main(["export", str(source), str(root / "ov_int8"), "--format", "openvino", "--quantize",
-                          "int8-static", "--calibration_data", str(triples), *check]) == 0
+                          "int8-static", "--calibration_data", str(triples), "--max_length", "24", *check]) == 0
     return {"source": source, "onnx": root / "onnx", "ov_int8": root / "ov_int8", "triples": triples}
 
 
@@ -344,9 +345,14 @@ def test_reranker_export_scores_like_torch_with_pair_segments_behind_its_check(e
     paired, unpaired = model(ids, mask, token_type_ids=types).logits, model(ids, mask).logits
     expected = CrossEncoderScorer.from_pretrained(str(exported_reranker["source"])).score(query, [NEWS[0]], raw=True)[0]
     assert abs(float(paired[0, 0]) - expected) < 1e-7 < 1e-6 < abs(float(unpaired[0, 0]) - expected)
+    # --max_length: the calibration, the check and the exported folder's default cut pairs there
+    assert onnx_scorer.max_length == 512 and report["max_length"] == 512
     int8 = report_of(exported_reranker["ov_int8"])
+    assert int8["max_length"] == 24 and CrossEncoderScorer.from_pretrained(str(exported_reranker["ov_int8"])).max_length == 24
     assert int8["kind"] == "reranker" and int8["passed"]
     assert int8["model_file"] == "openvino/openvino_model_qint8_quantized.xml" and int8["check"]["drop"] <= 0.01
+    torch_scores = CrossEncoderScorer.from_pretrained(str(exported_reranker["source"]), max_length=24).score(
+        query, passages, raw=True)
     int8_scores = CrossEncoderScorer.from_pretrained(str(exported_reranker["ov_int8"])).score(query, passages, raw=True)
     assert 0 < np.abs(int8_scores - torch_scores).max() < 0.05  # int8 is close, not exact
 

@@ -339,6 +339,9 @@ def test_a_tiny_cross_encoder_trained_on_bm25_mined_demo_triples_beats_its_untra
     ours = CrossEncoderScorer.from_pretrained(str(out)).score(query, texts)
     np.testing.assert_allclose(CrossEncoder(str(out), device="cpu").predict([(query, t) for t in texts]), ours,
                                atol=1e-5)
+    # the folder records the length it was trained at: both cut pairs there by default
+    assert CrossEncoderScorer.from_pretrained(str(out)).max_length == arguments["max_len"] == 160
+    assert CrossEncoder(str(out), device="cpu").max_seq_length == 160
 
 
 def test_the_new_head_trains_at_head_learning_rate_and_the_encoder_at_learning_rate(tmp_path, tiny_tokenizer_dir):

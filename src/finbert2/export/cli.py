@@ -62,6 +62,10 @@ class ExportArguments:
                 "top --check_top_k reordered, queries with the same top 10) or labelled classification file "
                 "(classifiers: macro-F1, label agreement) scoring the export against the source model."})
     check_split: str = field(default="test", metadata={"help": "Split of a retrieval --check folder."})
+    max_length: int | None = field(default=None, metadata={
+        "help": "Rerankers: longest (query, passage) pair in tokens for the calibration, the check and the exported "
+                "folder's default (recorded as its tokenizer's model_max_length); default: the source folder's "
+                "(`rerank train` records its --max_len there)."})
     check_top_k: int = field(default=20, metadata={
         "help": "Rerankers: BM25's top K of each check query that both models reorder."})
     text_field: str = field(default="text", metadata={"help": "Text field of a classification --check file."})
@@ -85,6 +89,8 @@ class ExportArguments:
         if self.inference_precision not in INFERENCE_PRECISIONS[self.format]:
             raise ConfigError(f"finbert2 export: --inference_precision for --format {self.format} must be one of "
                               f"{', '.join(INFERENCE_PRECISIONS[self.format])}, not '{self.inference_precision}'")
+        if self.max_length is not None and self.max_length < 8:
+            raise ConfigError("finbert2 export: --max_length must be at least 8 tokens")
         if self.check_top_k < 1:
             raise ConfigError("finbert2 export: --check_top_k must be at least 1")
         if self.max_drop < 0 or not 0 <= self.min_cosine <= 1 or not 0 <= self.min_agreement <= 1:
@@ -109,9 +115,9 @@ def model_kind(name_or_path: str) -> str:
     return "reranker" if single_logit else "classifier"
 
 
-def load_runner(kind: str, path: str | Path):
+def load_runner(kind: str, path: str | Path, max_length: int | None = None):
     """The object our commands run the model through: ``DenseEncoder``, ``SequenceClassifier`` or
-    ``CrossEncoderScorer`` (CPU, fp32)."""
+    ``CrossEncoderScorer`` (CPU, fp32; a reranker's pairs cut at ``max_length`` when given)."""
     if kind == "classifier":
         from finbert2.classify.inference import SequenceClassifier
 
@@ -119,7 +125,7 @@ def load_runner(kind: str, path: str | Path):
     if kind == "reranker":
         from finbert2.rerank.modeling import CrossEncoderScorer
 
-        return CrossEncoderScorer.from_pretrained(str(path))
+        return CrossEncoderScorer.from_pretrained(str(path), max_length=max_length)
     from finbert2.retrieve.encoder import DenseEncoder
 
     return DenseEncoder.from_pretrained(str(path), device="cpu")
@@ -226,7 +232,12 @@ def run_export(args: ExportArguments) -> dict:
     check_data = load_check_data(kind, args.check, args.check_split, args.text_field, args.label_field) \
         if args.check else None  # a bad check set fails before any work
     calibration = read_calibration(kind, args.calibration_data, args.text_field) if args.calibration_data else None
-    runner = load_runner(kind, source)
+    if args.max_length is not None and kind != "reranker":
+        raise ConfigError(f"finbert2 export: --max_length is for rerankers; {source} is a {kind} (its folder "
+                          f"records its own length)")
+    runner = load_runner(kind, source, args.max_length)
+    if kind == "reranker":  # the exported folder cuts pairs where its check did
+        runner.tokenizer.model_max_length = runner.max_length
 
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -236,6 +247,7 @@ def run_export(args: ExportArguments) -> dict:
         model_file = export_model_file(args, kind, runner, staging, calibration)
         report = {"source": str(source), "kind": kind, "format": args.format, "quantize": args.quantize,
                   "inference_precision": args.inference_precision,
+                  **({"max_length": runner.max_length} if kind == "reranker" else {}),
                   "model_file": model_file.relative_to(staging).as_posix(),
                   "model_bytes": sum(f.stat().st_size for f in model_file.parent.glob(model_file.stem + ".*")),
                   "gate": asdict(Gate(args.max_drop, args.min_cosine, args.min_agreement))}

@@ -130,6 +130,9 @@ def run_training(model_args: ModelArguments, data_args, training_args, run_args)
         raise ConfigError(f"{data_args.train_data[0]}: {len(rows)} rows, fewer than one batch "
                           f"({training_args.per_device_train_batch_size} x {world} processes)")
     tokenizer = tokenizer_for(model_args)
+    # Saved with the model (and every checkpoint): CrossEncoder(path), rerank evaluate/predict, export and serve
+    # then cut pairs where training did, unless told otherwise.
+    tokenizer.model_max_length = data_args.max_len
     if eval_data is not None:
         training_args = with_validation(training_args)
     if training_args.should_save:
