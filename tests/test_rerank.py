@@ -236,6 +236,7 @@ def test_evaluate_adds_a_reranked_row_per_first_stage(tmp_path, reranker_dir, ti
         assert metrics[f"{first}+rerank_p95_ms_per_query"] >= metrics[f"{first}+rerank_ms_per_query"] > 0
     results = (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
     assert "| bm25+rerank |" in results and "Reranking latency (top 3" in results
+    assert "- `rerank`: pairs cut at 512 tokens, torch fp32" in results  # the settings the latency was measured at
     # interpolated rows: alpha 1 is the rerank row, alpha 0 the first stage's order, scored in one pass
     mixed = run_evaluation(EvaluateArguments(output_dir=str(tmp_path / "mixed"), eval_data=str(folder),
                                              models=["bm25"], rerank=[str(reranker_dir)], rerank_top_k=3,

@@ -120,12 +120,18 @@ def reranker_labels(names: list[str]) -> dict[str, str]:
     return labels
 
 
-def load_rerankers(names: list[str], dtype: str, max_length: int | None = None) -> dict[str, CrossEncoderScorer]:
-    """Every reranker loaded before any work starts (a bad folder fails first), keyed by row suffix."""
+def resolved_rerank_dtype(dtype: str) -> str:
+    """``auto``: bf16 where the hardware runs it natively, else fp32; any other dtype as given."""
     from finbert2.precision import resolve_bf16
 
     if dtype == "auto":
-        dtype = "bf16" if resolve_bf16("auto").bf16 else "fp32"
+        return "bf16" if resolve_bf16("auto").bf16 else "fp32"
+    return dtype
+
+
+def load_rerankers(names: list[str], dtype: str, max_length: int | None = None) -> dict[str, CrossEncoderScorer]:
+    """Every reranker loaded before any work starts (a bad folder fails first), keyed by row suffix."""
+    dtype = resolved_rerank_dtype(dtype)
     return {label: CrossEncoderScorer.from_pretrained(name, dtype=dtype, max_length=max_length)
             for name, label in reranker_labels(names).items()}
 
@@ -152,10 +158,19 @@ def rerank_rows(rerankers: dict[str, CrossEncoderScorer], data: RetrievalEvalDat
                        latency if alpha == 1.0 else {})
 
 
-def latency_table(flat: dict, k: int) -> str:
-    """The reranked rows' added milliseconds per query (mean, p95), from ``<label>_ms_per_query`` entries."""
+def latency_table(flat: dict, k: int, rerankers: dict[str, CrossEncoderScorer] | None = None, dtype: str = "fp32",
+                  window_chars: int | None = None) -> str:
+    """The reranked rows' added milliseconds per query (mean, p95), from ``<label>_ms_per_query`` entries, under
+    the settings they were measured at (each reranker's pair length, backend and precision; the window)."""
+    from finbert2.serve.models import served_precision
+
     rows = [(key[: -len("_ms_per_query")], value) for key, value in flat.items()
             if key.endswith("_ms_per_query") and not key.endswith("_p95_ms_per_query")]
-    lines = ["", f"## Reranking latency (top {k}, ms per query)", "", "| model | mean | p95 |", "|---|---:|---:|"]
+    settings = [f"`{suffix}`: pairs cut at {scorer.max_length} tokens, {' '.join(served_precision(scorer.model, dtype))}"
+                for suffix, scorer in (rerankers or {}).items()]
+    if window_chars:
+        settings.append(f"passages longer than {window_chars} characters scored by their BM25-matched window")
+    lines = ["", f"## Reranking latency (top {k}, ms per query)", "", *(f"- {line}" for line in settings),
+             *([""] if settings else []), "| model | mean | p95 |", "|---|---:|---:|"]
     lines += [f"| {label} | {mean:.1f} | {flat[f'{label}_p95_ms_per_query']:.1f} |" for label, mean in rows]
     return "\n".join(lines) + "\n"

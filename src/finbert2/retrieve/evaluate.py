@@ -142,7 +142,7 @@ def run_evaluation(args, run_args) -> dict[str, Any]:
                 batch_size=args.batch_size, bf16=bf16, pooling=args.pooling)
     rerankers = {}
     if args.rerank:
-        from finbert2.rerank.evaluate import latency_table, load_rerankers, rerank_rows
+        from finbert2.rerank.evaluate import latency_table, load_rerankers, rerank_rows, resolved_rerank_dtype
 
         rerankers = load_rerankers(args.rerank, args.rerank_dtype, args.rerank_max_length)
         first_stages = labels + ([hybrid_label(label) for name, label in zip(args.models, labels) if name != BM25]
@@ -220,7 +220,8 @@ def run_evaluation(args, run_args) -> dict[str, Any]:
     atomic_write_text(output_dir / "results.md",
                       f"# Retrieval evaluation on `{args.eval_data}` ({len(data.qrels)} queries, "
                       f"{len(data.corpus)} documents)\n\n{table}" + per_source_table(by_source, data)
-                      + (latency_table(flat, args.rerank_top_k) if rerankers else ""))
+                      + (latency_table(flat, args.rerank_top_k, rerankers, resolved_rerank_dtype(args.rerank_dtype),
+                                       args.rerank_window_chars) if rerankers else ""))
     print(table)
     metrics = {**results[labels[0]], **flat, "num_queries": len(data.qrels), "num_documents": len(data.corpus),
                "eval_seconds": time.perf_counter() - started}

@@ -79,11 +79,9 @@ class Ranker:
 def load_reranker(path: str | None, dtype: str, max_length: int | None) -> Ranker | None:
     if not path:
         return None
-    if dtype == "auto":
-        from finbert2.precision import resolve_bf16
+    from finbert2.rerank.evaluate import resolved_rerank_dtype
 
-        dtype = "bf16" if resolve_bf16("auto").bf16 else "fp32"
-    return Ranker(path, dtype, max_length)
+    return Ranker(path, resolved_rerank_dtype(dtype), max_length)
 
 
 async def rerank_logits(server, request: Request, query: str, texts: list[str], truncate: bool,
