@@ -336,6 +336,7 @@ def test_reranker_export_scores_like_torch_with_pair_segments_behind_its_check(e
     assert report["kind"] == "reranker" and report["passed"] and report["model_file"] == "onnx/model.onnx"
     assert check["metric"] == "ndcg_at_10" and check["top_k"] == 6 and check["queries"] == len(NEWS)
     assert check["label_agreement"] == 1.0 and check["max_abs_logit_difference"] < 1e-4 and abs(check["drop"]) < 1e-9
+    assert check["source_ms_per_query"] > 0 and check["exported_ms_per_query"] > 0
     # The pair's segment ids reach the graph: all-zero segments (a single text's) give other logits.
     model = load_exported(exported_reranker["onnx"])
     rows = onnx_scorer.pair_rows([query], [NEWS[0]])

@@ -10,6 +10,7 @@ at most ``max_drop`` (absolute) and the agreement bounds hold.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,15 +90,17 @@ def check_reranker(source: CrossEncoderScorer, exported: CrossEncoderScorer, dat
     from finbert2.retrieve.evaluate import bm25_evaluation
 
     _, _, first_run = bm25_evaluation(data, k=top_k)
-    scores, runs, logits = {}, {}, {}
+    scores, runs, logits, seconds = {}, {}, {}, {}
     for name, scorer in (("source", source), ("exported", exported)):
         runs[name], logits[name] = {}, []
+        started = time.perf_counter()
         for qid, ranked in tqdm(first_run.items(), desc=f"check: {name} reranks top {top_k}", unit="query",
                                 mininterval=5):
             docs = list(ranked)
             query_logits = scorer.score(data.queries[qid], [format_document(data.corpus[d]) for d in docs], raw=True)
             runs[name][qid] = dict(zip(docs, query_logits.astype(float)))
             logits[name].append(query_logits)
+        seconds[name] = time.perf_counter() - started
         scores[name] = mean_metrics(per_query_metrics(data.qrels, runs[name]))["ndcg_at_10"]
     top10 = {name: {q: sorted(run[q], key=lambda d: -run[q][d])[:10] for q in run} for name, run in runs.items()}
     same = [top10["source"][q] == top10["exported"][q] for q in first_run]
@@ -105,7 +108,10 @@ def check_reranker(source: CrossEncoderScorer, exported: CrossEncoderScorer, dat
     return {"metric": "ndcg_at_10", "source": scores["source"], "exported": scores["exported"],
             "drop": scores["source"] - scores["exported"], "label_agreement": float(np.mean(same)) if same else 1.0,
             "max_abs_logit_difference": float(difference.max()) if len(difference) else 0.0,
-            "queries": len(same), "top_k": top_k}
+            "queries": len(same), "top_k": top_k,
+            # what the export buys (one query at a time, as a service reranks; the source at fp32 on the CPU)
+            "source_ms_per_query": 1000 * seconds["source"] / max(1, len(first_run)),
+            "exported_ms_per_query": 1000 * seconds["exported"] / max(1, len(first_run))}
 
 
 def gate_failures(result: dict, gate: Gate) -> list[str]:
