@@ -191,7 +191,7 @@ def read_calibration(kind: str, path: str, text_field: str) -> list:
     return pairs
 
 
-def export_model_file(args: ExportArguments, kind: str, runner, staging: Path, calibration: list[str] | None) -> Path:
+def export_model_file(args: ExportArguments, kind: str, runner, staging: Path, calibration: list | None) -> Path:
     """Write the graph (and its quantized form) into ``staging``; returns the one model file kept there."""
     from finbert2.export import openvino as ov_export
     from finbert2.export.onnx import ClassifierGraph, EncoderGraph, export_onnx, quantize_dynamic_int8
