@@ -99,12 +99,12 @@ def check_reranker(source: CrossEncoderScorer, exported: CrossEncoderScorer, dat
             docs = list(ranked)
             query_logits = scorer.score(data.queries[qid], [format_document(data.corpus[d]) for d in docs], raw=True)
             runs[name][qid] = dict(zip(docs, query_logits.astype(float)))
-            logits[name].append(query_logits)
+            logits[name].extend(query_logits.tolist())
         seconds[name] = time.perf_counter() - started
         scores[name] = mean_metrics(per_query_metrics(data.qrels, runs[name]))["ndcg_at_10"]
     top10 = {name: {q: sorted(run[q], key=lambda d: -run[q][d])[:10] for q in run} for name, run in runs.items()}
     same = [top10["source"][q] == top10["exported"][q] for q in first_run]
-    difference = np.abs(np.concatenate(logits["source"] + [np.zeros(0)]) - np.concatenate(logits["exported"] + [np.zeros(0)]))
+    difference = np.abs(np.asarray(logits["source"]) - np.asarray(logits["exported"]))
     return {"metric": "ndcg_at_10", "source": scores["source"], "exported": scores["exported"],
             "drop": scores["source"] - scores["exported"], "label_agreement": float(np.mean(same)) if same else 1.0,
             "max_abs_logit_difference": float(difference.max()) if len(difference) else 0.0,
