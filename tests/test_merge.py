@@ -229,3 +229,34 @@ def test_auto_reuses_the_callers_scores_where_the_merge_is_that_model(tiny_pair,
     for point in reused["alpha_curve"]:
         assert point["ndcg_at_10"] == pytest.approx(points[point["alpha"]]["ndcg_at_10"], abs=1e-9)
     assert reused["alpha"] == scored["alpha"]
+
+
+def test_auto_with_a_loss_bound_chooses_among_the_merges_below_it(tiny_pair, tmp_path):
+    """held_out_loss is measured at every alpha; with loss_bound only the merges below it compete (the best of
+    them by nDCG@10, even when an excluded one scores higher), and when none is below, all compete and the
+    shortfall is reported. Here the "loss" is the distance of one merged tensor from model A's, (1 - alpha) *
+    |A - B|, so the bound decides exactly which alphas qualify."""
+    a_dir, b_dir, a, b = tiny_pair
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    gap = float((a[key] - b[key]).norm())
+    distance = lambda tensors: float((tensors[key] - a[key]).norm())  # noqa: E731
+    eval_dir = small_retrieval_eval(tmp_path / "eval")
+    common = dict(eval_retrieval_data=str(eval_dir), alpha_grid=[0.25, 0.5, 0.75], max_length=128,
+                  held_out_loss=distance)
+    free = merge_with_start(a_dir, b_dir, tmp_path / "free", "auto", **common)
+    curve = free["alpha_curve"]
+    for point in curve:
+        assert point["mlm_loss"] == pytest.approx((1 - point["alpha"]) * gap, rel=1e-4)
+    assert free["alpha"] == best_point(curve)["alpha"] and "mlm_loss_bound" not in free
+    bound = 0.6 * gap  # alphas 0.5, 0.75 and 1 are below it
+    bounded = merge_with_start(a_dir, b_dir, tmp_path / "bounded", "auto", loss_bound=bound, **common)
+    eligible = [p for p in curve if p["alpha"] >= 0.5]
+    assert bounded["alpha"] == max(eligible, key=lambda p: (p["ndcg_at_10"], p["alpha"]))["alpha"]
+    assert bounded["mlm_loss_bound"] == bound and bounded["mlm_loss_below_bound"] > 0
+    assert bounded["selected_by"] == "ndcg_at_10 among alphas whose held-out MLM loss is below the unigram bound"
+    assert best_point([{"alpha": 0.0, "score": 0.9, "mlm_loss": 3.0}, {"alpha": 1.0, "score": 0.5, "mlm_loss": 1.0}],
+                      loss_bound=2.0)["alpha"] == 1.0
+    missed = merge_with_start(a_dir, b_dir, tmp_path / "missed", "auto", loss_bound=-1.0, **common)
+    assert missed["alpha"] == free["alpha"] and missed["mlm_loss_below_bound"] < 0
+    fixed = merge_with_start(a_dir, b_dir, tmp_path / "fixed", 0.25, held_out_loss=distance, loss_bound=bound)
+    assert fixed["mlm_loss"] == pytest.approx(0.75 * gap, rel=1e-4) and fixed["mlm_loss_below_bound"] < 0

@@ -173,6 +173,15 @@ def test_auto_recipe_on_a_headless_checkpoint_and_none_from_scratch(tiny_e5_shap
     assert metrics["merge_alpha"] == 0.5
     assert metrics["eval_mlm_loss_below_unigram"] == pytest.approx(metrics["unigram_cross_entropy"]
                                                                    - metrics["eval_loss"], abs=1e-5)
+    # the merge's own held-out MLM loss, on the run's masked blocks, beside the bound
+    assert metrics["merge_mlm_loss_bound"] == metrics["unigram_cross_entropy"]
+    assert metrics["merge_mlm_loss_below_bound"] == pytest.approx(metrics["unigram_cross_entropy"]
+                                                                  - metrics["merge_mlm_loss"], abs=1e-5)
+    # at alpha 1 the merge is the saved model: scored through the merge it gives the run's own held-out loss, and
+    # the run's model is left as it was (the trained weights are put back after each merge is scored)
+    assert main(_mlm_args(tiny_e5_shaped_dir, tmp_path / "alpha1", "--max_steps", "3", "--merge_with_start", "1")) == 0
+    metrics = json.loads((tmp_path / "alpha1" / "metrics.json").read_text())
+    assert metrics["merge_mlm_loss"] == pytest.approx(metrics["eval_loss"], abs=1e-5)
     args = _mlm_args(tiny_e5_shaped_dir, tmp_path / "scratch", "--max_steps", "2")
     args[args.index("--model_name_or_path"):args.index("--model_name_or_path") + 2] = [
         "--tokenizer_name", str(tiny_tokenizer_dir), "--tiny_hidden_size", "32", "--tiny_num_hidden_layers", "1",
@@ -195,7 +204,6 @@ def test_merge_auto_scores_only_the_alphas_given(tiny_e5_shaped_dir, tmp_path):
     merged = json.loads((tmp_path / "run" / "merged_with_start" / "metrics.json").read_text())
     curve = {point["alpha"]: point["ndcg_at_10"] for point in merged["alpha_curve"]}
     assert sorted(curve) == [0.0, 0.5, 1.0]
-    assert merged["alpha"] == max(sorted(curve, reverse=True), key=curve.get)  # the best; ties to the larger
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["merge_alpha"] == merged["alpha"] and metrics["merge_alpha_mode"] == "auto"
     # The ends are the run's own validation scores (its saved model; its start, no rows grown), not encoded again,
@@ -203,6 +211,13 @@ def test_merge_auto_scores_only_the_alphas_given(tiny_e5_shaped_dir, tmp_path):
     from finbert2.merge import merge_with_start
 
     assert [p.get("measured_by") for p in merged["alpha_curve"]] == ["the run", None, "the run"]
+    # every merge's held-out MLM loss is measured (alpha 1's is the run's own); the choice keeps to the merges below
+    # the unigram bound when any is
+    losses = {point["alpha"]: point["mlm_loss"] for point in merged["alpha_curve"]}
+    assert losses[1.0] == metrics["eval_loss"] and all(loss > 0 for loss in losses.values())
+    below = [alpha for alpha in curve if losses[alpha] < metrics["unigram_cross_entropy"]] or list(curve)
+    assert merged["alpha"] == max(sorted(below, reverse=True), key=curve.get)
+    assert metrics["merge_mlm_loss"] == losses[merged["alpha"]]
     assert curve[1.0] == metrics["eval_ndcg_at_10"] and curve[0.0] == metrics["initial_eval_ndcg_at_10"]
     rescored = merge_with_start(tmp_path / "run", tiny_e5_shaped_dir, tmp_path / "rescored", "auto",
                                 eval_retrieval_data=str(eval_dir), alpha_grid=[0.5], max_length=64)

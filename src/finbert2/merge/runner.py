@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,12 @@ class Evaluation:
     # 1.0 for model A as saved, 0.0 for model B. Used instead of encoding again when that alpha's merge is exactly
     # that model (0.0 only without grown rows, which come from A) and no classification probe joins the score.
     known: dict[float, dict[str, float]] | None = None
+    # A pretraining run's held-out MLM loss of a merge: called with the merged tensors (model A's key layout, head
+    # included) and returning nats. Measured at every alpha scored (at the chosen one for a fixed alpha); with
+    # ``loss_bound`` (the corpus's unigram cross-entropy on the same masked tokens) auto only chooses among alphas
+    # below it.
+    held_out_loss: Callable[[dict], float] | None = None
+    loss_bound: float | None = None
 
 
 def known_point(evaluation: Evaluation, alpha: float, plan: MergePlan, probe) -> dict | None:
@@ -118,9 +125,26 @@ def known_point(evaluation: Evaluation, alpha: float, plan: MergePlan, probe) ->
         return None
     point = {"alpha": alpha, "ndcg_at_10": known["ndcg_at_10"], "recall_at_10": known["recall_at_10"],
              "score": known["ndcg_at_10"], "measured_by": "the run"}
+    if "mlm_loss" in known:
+        point["mlm_loss"] = known["mlm_loss"]
     logger.info("alpha %.2f: %s (the run's own validation score of that model)", alpha,
                 {k: round(v, 4) for k, v in point.items() if isinstance(v, float) and k != "alpha"})
     return point
+
+
+def with_held_out_loss(point: dict, a: Checkpoint, b: Checkpoint, plan: MergePlan, evaluation: Evaluation) -> dict:
+    """``point`` with ``mlm_loss``, the held-out MLM loss of the merge at its alpha, when the caller measures one."""
+    if evaluation.held_out_loss is not None and "mlm_loss" not in point:
+        point["mlm_loss"] = round(float(evaluation.held_out_loss(merge_tensors(a, b, plan, point["alpha"]))), 6)
+        logger.info("alpha %.2f: held-out MLM loss %.4f", point["alpha"], point["mlm_loss"])
+    return point
+
+
+def selection_rule(probe, evaluation: Evaluation) -> str:
+    rule = "mean of ndcg_at_10 and probe_macro_f1" if probe is not None else "ndcg_at_10"
+    if evaluation.held_out_loss is not None and evaluation.loss_bound is not None:
+        rule += " among alphas whose held-out MLM loss is below the unigram bound"
+    return rule
 
 
 def merge_checkpoints(model_a: str, model_b: str, output_dir: str | Path, alpha, evaluation: Evaluation | None = None,
@@ -162,13 +186,13 @@ def merge_checkpoints(model_a: str, model_b: str, output_dir: str | Path, alpha,
         if alpha == AUTO:
             scorer = AlphaScorer(a, b, plan, sentence_source(a, b), retrieval, probe,
                                  max_length=evaluation.max_length, batch_size=evaluation.batch_size)
-            curve = [known_point(evaluation, value, plan, probe) or scorer.score(value) for value in grid]
-            chosen = best_point(curve)
+            curve = [with_held_out_loss(known_point(evaluation, value, plan, probe) or scorer.score(value),
+                                        a, b, plan, evaluation) for value in grid]
+            chosen = best_point(curve, evaluation.loss_bound)
             alpha = chosen["alpha"]
             by_alpha = {p["alpha"]: p for p in curve}
             metrics.update({
-                "alpha_mode": AUTO, "alpha": alpha,
-                "selected_by": "mean of ndcg_at_10 and probe_macro_f1" if probe is not None else "ndcg_at_10",
+                "alpha_mode": AUTO, "alpha": alpha, "selected_by": selection_rule(probe, evaluation),
                 **{k: v for k, v in chosen.items() if k != "alpha"},
                 "model_a_ndcg_at_10": by_alpha[1.0]["ndcg_at_10"], "model_b_ndcg_at_10": by_alpha[0.0]["ndcg_at_10"],
                 "eval_retrieval_data": evaluation.retrieval_data, "eval_split": evaluation.retrieval_split,
@@ -176,9 +200,18 @@ def merge_checkpoints(model_a: str, model_b: str, output_dir: str | Path, alpha,
                 "eval_classification_data": evaluation.classification_data,
                 "alpha_curve": curve,
             })
-            plot_curve(curve, alpha, staging / CURVE_PLOT, f"merge {Path(str(model_a)).name} with {Path(str(model_b)).name}")
+            plot_curve(curve, alpha, staging / CURVE_PLOT, f"merge {Path(str(model_a)).name} with {Path(str(model_b)).name}",
+                       evaluation.loss_bound)
         else:
-            metrics.update({"alpha_mode": "fixed", "alpha": alpha})
+            metrics.update(with_held_out_loss({"alpha_mode": "fixed", "alpha": alpha}, a, b, plan, evaluation))
+        if "mlm_loss" in metrics and evaluation.loss_bound is not None:
+            metrics["mlm_loss_bound"] = evaluation.loss_bound
+            metrics["mlm_loss_below_bound"] = round(evaluation.loss_bound - metrics["mlm_loss"], 6)
+            if metrics["mlm_loss"] >= evaluation.loss_bound:
+                logger.warning("the merge at alpha %g has a held-out MLM loss of %.4f, not below the unigram bound "
+                               "%.4f: no %s alpha keeps what the run learned beyond word frequencies", alpha,
+                               metrics["mlm_loss"], evaluation.loss_bound, "scored" if metrics["alpha_mode"] == AUTO
+                               else "such")
         write_model_folder(staging, a, b, plan, alpha)
         metrics.update(report)
         metrics = write_metrics(staging, metrics)
@@ -192,7 +225,8 @@ def merge_with_start(model_dir: str | Path, start_dir: str | Path, out_dir: str 
                      eval_retrieval_data: str | None = None, eval_classification_data: str | None = None,
                      eval_split: str = "test", alpha_grid: list[float] | None = None, max_length: int = 512,
                      batch_size: int = 32, overwrite: bool = False,
-                     known_scores: dict[float, dict[str, float]] | None = None) -> dict:
+                     known_scores: dict[float, dict[str, float]] | None = None,
+                     held_out_loss: Callable[[dict], float] | None = None, loss_bound: float | None = None) -> dict:
     """Merge a continued-pretraining run's encoder with the model it started from (``--merge_with_start``).
 
     Contract for the pretraining stages:
@@ -208,6 +242,10 @@ def merge_with_start(model_dir: str | Path, start_dir: str | Path, out_dir: str 
       qrels folder, ``eval_split`` naming its queries; required for auto) by nDCG@10, and, with
       ``eval_classification_data`` (``{"text", "label"}`` rows), by the mean of nDCG@10 and a
       frozen-vector logistic-regression probe's cross-validated macro-F1; ties go to the larger alpha.
+    - ``held_out_loss``: the run's held-out MLM loss of a merge (called with the merged tensors, model A's key
+      layout), recorded as ``mlm_loss`` at every alpha scored (at the alpha given when fixed); with
+      ``loss_bound`` (the corpus's unigram cross-entropy on the same masked tokens) auto chooses only among
+      the alphas below it, and falls back to all of them, with a warning, when none is.
     - ``out_dir``: a new (or empty) folder, not ``model_dir``: the merged model (loads with
       ``AutoModel``, ``AutoModelForMaskedLM`` and ``SentenceTransformer``; the run's prompts and
       pooling), ``metrics.json`` and, for auto, ``alpha_curve.png``. Written aside and renamed into
@@ -224,5 +262,6 @@ def merge_with_start(model_dir: str | Path, start_dir: str | Path, out_dir: str 
         return {}
     evaluation = Evaluation(retrieval_data=eval_retrieval_data, retrieval_split=eval_split,
                             classification_data=eval_classification_data, alphas=alpha_grid,
-                            max_length=max_length, batch_size=batch_size, known=known_scores)
+                            max_length=max_length, batch_size=batch_size, known=known_scores,
+                            held_out_loss=held_out_loss, loss_bound=loss_bound)
     return merge_checkpoints(str(model_dir), str(start_dir), out_dir, alpha, evaluation, overwrite=overwrite)

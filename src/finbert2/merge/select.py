@@ -114,12 +114,17 @@ class AlphaScorer:
         return point
 
 
-def best_point(curve: list[dict]) -> dict:
-    """The highest score; ties go to the larger alpha."""
-    return max(curve, key=lambda p: (p["score"], p["alpha"]))
+def best_point(curve: list[dict], loss_bound: float | None = None) -> dict:
+    """The highest score; ties go to the larger alpha. With ``loss_bound``, only points whose held-out
+    ``mlm_loss`` is below it compete (the merge must keep what the run learned beyond word frequencies);
+    when none is, all of them do (the caller reports that the bound was missed)."""
+    eligible = [p for p in curve if loss_bound is None or p.get("mlm_loss", float("inf")) < loss_bound]
+    return max(eligible or curve, key=lambda p: (p["score"], p["alpha"]))
 
 
-def plot_curve(curve: list[dict], chosen: float, path: Path, title: str) -> Path:
+def plot_curve(curve: list[dict], chosen: float, path: Path, title: str, loss_bound: float | None = None) -> Path:
+    """The validation scores against alpha and, when measured, the held-out MLM loss on a second axis
+    beside the bound it must stay under."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,15 +132,24 @@ def plot_curve(curve: list[dict], chosen: float, path: Path, title: str) -> Path
 
     fig, ax = plt.subplots(figsize=(6, 4))
     alphas = [p["alpha"] for p in curve]
+    lines = []
     for name in ("ndcg_at_10", "probe_macro_f1"):
         if name in curve[0]:
-            ax.plot(alphas, [p[name] for p in curve], marker="o", markersize=3, label=name)
-    ax.axvline(chosen, color="grey", linestyle="--", label=f"chosen alpha {chosen:g}")
+            lines += ax.plot(alphas, [p[name] for p in curve], marker="o", markersize=3, label=name)
+    lines.append(ax.axvline(chosen, color="grey", linestyle="--", label=f"chosen alpha {chosen:g}"))
+    if all("mlm_loss" in p for p in curve):
+        loss_ax = ax.twinx()
+        lines += loss_ax.plot(alphas, [p["mlm_loss"] for p in curve], color="tab:red", marker="s", markersize=3,
+                              label="held-out MLM loss")
+        if loss_bound is not None:
+            lines.append(loss_ax.axhline(loss_bound, color="tab:red", linestyle=":",
+                                         label=f"unigram bound {loss_bound:.3f}"))
+        loss_ax.set_ylabel("held-out MLM loss (nats)")
     ax.set_xlabel("alpha (weight of model A; 0 = model B)")
     ax.set_ylabel("validation score")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(handles=lines, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

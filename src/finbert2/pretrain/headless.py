@@ -94,6 +94,13 @@ class HeadlessStartArguments:
         metadata={"help": "With merge_with_start auto: the alphas scored (default 0.0 0.1 ... 1.0; 0 and 1 always "
                   "added). Each costs one encoding of eval_retrieval_data: a coarser grid saves time on a CPU."},
     )
+    merge_below_unigram: bool = field(
+        default=True,
+        metadata={"help": "With merge_with_start auto: choose alpha only among merges whose held-out MLM loss "
+                  "(RetroMAE: its encoder's) stays below the corpus's unigram cross-entropy, so the merge keeps "
+                  "what the run learned beyond word frequencies; when none does, the best of all, with a warning. "
+                  "The merged loss is measured and reported at every alpha either way."},
+    )
 
     def __post_init__(self):
         if self.prior_bias not in {"auto", "true", "false"}:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from finbert2.errors import ConfigError, OutputDirError
@@ -162,23 +163,32 @@ def build_model(model_class, model_args: ModelArguments, tokenizer: PreTrainedTo
 
 
 @torch.no_grad()
-def evaluate_losses(trainer: Trainer, dataset: PretrainDataset, components: Sequence[str]) -> dict[str, float]:
-    """Mean held-out ``loss`` and components over the batches of ``dataset`` (pre-masked: deterministic)."""
+def evaluate_losses(trainer: Trainer, dataset: PretrainDataset, components: Sequence[str],
+                    local: bool = False) -> dict[str, float]:
+    """Mean held-out ``loss`` and components over the batches of ``dataset`` (pre-masked: deterministic).
+    ``local``: this process alone scores every batch (the merge runs on the main process only); otherwise
+    the batches are shared among the processes and gathered."""
     if len(dataset) == 0:
         return {}
     names = ("loss", *components)
-    model = trainer.model_wrapped if trainer.model_wrapped is not None else trainer.model
+    if local:
+        model = trainer.model
+        batches = DataLoader(dataset, batch_size=trainer.args.per_device_eval_batch_size, collate_fn=trainer.data_collator)
+    else:
+        model = trainer.model_wrapped if trainer.model_wrapped is not None else trainer.model
+        batches = trainer.get_eval_dataloader(dataset)
     was_training = model.training
     model.eval()
     sums = torch.zeros(len(names), dtype=torch.float64)
     count = 0
-    for batch in trainer.get_eval_dataloader(dataset):
+    for batch in batches:
         batch = {k: v.to(trainer.args.device) for k, v in batch.items()}
         with trainer.autocast_smart_context_manager():
             outputs = model(**batch)
         values = torch.stack([outputs[n].detach().float().reshape(()) for n in names])
         weight = torch.tensor(float(batch["input_ids"].shape[0]), device=values.device)
-        gathered = trainer.accelerator.gather(torch.cat([values * weight, weight[None]])[None]).reshape(-1, len(names) + 1)
+        row = torch.cat([values * weight, weight[None]])[None]
+        gathered = (row if local else trainer.accelerator.gather(row)).reshape(-1, len(names) + 1)
         sums += gathered[:, :-1].sum(0).double().cpu()
         count += int(gathered[:, -1].sum())
     model.train(was_training)
@@ -361,7 +371,11 @@ def run_pretraining(
         plot_loss_curves(output_dir, title=f"{stage}: {output_dir.name}")
         known = {alpha: {k.removeprefix("eval_"): v for k, v in scores.items()}
                  for alpha, scores in ((1.0, final), (0.0, initial)) if "eval_ndcg_at_10" in scores}
-        metrics.update(merged_with_start(headless_args, model_args.model_name_or_path, output_dir, known))
+        if mlm_loss is not None and 1.0 in known:
+            known[1.0]["mlm_loss"] = mlm_loss  # the saved model is the merge at alpha 1
+        held_out_loss = merged_mlm_loss(trainer, eval_masked, loss_components) if len(eval_masked) else None
+        metrics.update(merged_with_start(headless_args, model_args.model_name_or_path, output_dir, known,
+                                         held_out_loss, recipe["unigram_cross_entropy"]))
     training_args.distributed_state.wait_for_everyone()
     return metrics
 
@@ -369,12 +383,37 @@ def run_pretraining(
 MERGED_FOLDER = "merged_with_start"
 
 
+def merged_mlm_loss(trainer: Trainer, dataset: PretrainDataset, components: Sequence[str]):
+    """The held-out MLM loss of a merge (RetroMAE: its encoder's): the merged tensors loaded into the run's model,
+    scored on the run's pre-masked held-out blocks (the masks the unigram bound is measured on), the trained
+    weights put back after."""
+    key = "eval_encoder_mlm_loss" if "encoder_mlm_loss" in components else "eval_loss"
+    model = trainer.model
+
+    def held_out_loss(tensors: dict) -> float:
+        state = model.state_dict()
+        unknown = sorted(set(tensors) - set(state))
+        if unknown:
+            raise ConfigError(f"merge: the merged checkpoint has weights the run's model lacks: {', '.join(unknown[:3])}")
+        trained = {k: state[k].detach().clone() for k in tensors}
+        model.load_state_dict(tensors, strict=False)
+        try:
+            return evaluate_losses(trainer, dataset, components, local=True)[key]
+        finally:
+            model.load_state_dict(trained, strict=False)
+
+    return held_out_loss
+
+
 def merged_with_start(args: HeadlessStartArguments, start: str | None, output_dir: Path,
-                      known_scores: dict[float, dict[str, float]] | None = None) -> dict:
+                      known_scores: dict[float, dict[str, float]] | None = None, held_out_loss=None,
+                      unigram_bound: float | None = None) -> dict:
     """``--merge_with_start``: the saved encoder interpolated with its start into ``output_dir/merged_with_start``;
     the merge's scalar metrics, prefixed ``merge_`` (the curve stays in that folder's metrics.json).
     ``known_scores``: the run's validation retrieval scores of its saved model (alpha 1) and its start (alpha 0),
-    which ``auto`` reuses where the merge at that alpha is that model."""
+    which ``auto`` reuses where the merge at that alpha is that model. ``held_out_loss`` (``merged_mlm_loss``)
+    measures each merge's held-out MLM loss; with ``merge_below_unigram``, auto keeps an alpha whose loss is below
+    ``unigram_bound``."""
     from finbert2.merge.runner import merge_with_start, parse_alpha
 
     if parse_alpha(args.merge_with_start) is None:
@@ -385,7 +424,9 @@ def merged_with_start(args: HeadlessStartArguments, start: str | None, output_di
                               eval_retrieval_data=args.eval_retrieval_data,
                               eval_classification_data=args.merge_eval_classification_data,
                               eval_split=args.eval_retrieval_split, alpha_grid=args.merge_alpha_grid,
-                              max_length=args.eval_retrieval_max_length, overwrite=True, known_scores=known_scores)
+                              max_length=args.eval_retrieval_max_length, overwrite=True, known_scores=known_scores,
+                              held_out_loss=held_out_loss,
+                              loss_bound=unigram_bound if args.merge_below_unigram else None)
     logger.info("merged with the start: alpha %s -> %s", result.get("alpha"), output_dir / MERGED_FOLDER)
     return {f"merge_{k}": v for k, v in result.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
