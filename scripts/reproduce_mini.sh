@@ -13,9 +13,11 @@
 #   finbert2-mini         general + domain words (new rows = mean of their pieces) + whole-word-masked MLM +
 #                         RetroMAE on the financial corpus (every test and Fin-Eva validation text left out), each
 #                         stage the headless-start recipe (configs/{mlm,retromae}/e5-small.yaml: prior bias, head
-#                         warm-up, encoder learning rate), its checkpoint kept by zero-shot nDCG@10 on the Fin-Eva
-#                         validation split
-#   finbert2-mini-merged  finbert2-mini interpolated with its start, alpha chosen on that validation split (MERGE)
+#                         warm-up, encoder learning rate), trained to its last step (MERGE=none: its checkpoint kept
+#                         by zero-shot nDCG@10 on the Fin-Eva validation split)
+#   finbert2-mini-merged  each stage interpolated with its start (LM-Cocktail; RetroMAE starts from the MLM merge),
+#                         alpha chosen on that validation split and a sentiment probe, among the merges whose
+#                         held-out MLM loss stays below the corpus's unigram bound (MERGE, MERGE_PROBE)
 #   baselines             TF-IDF + logistic regression, BM25 (jieba), TF-IDF/LSA topics; untrained and chance rows
 # Tasks (every run folder under OUT):
 #   classify/*   CFBenchmark sentiment (3 classes, SENTIMENT_SEEDS), event level 1 (4 classes, EVENT_SEEDS), SC_2
@@ -32,8 +34,8 @@
 # A stage whose metrics.json exists is skipped, so a rerun resumes; the first failing stage stops the pipeline,
 # named. Wall time: per-stage seconds in tables.md. The CPU defaults are the recipes (configs/*/e5-small.yaml,
 # the issue-25 sweeps) at the lengths sized for the 150-minute budget on 2 cores: 1 classifier epoch from the probe
-# head, 1 retriever epoch, 40 MLM and 30 RetroMAE steps. Measured (docs/RESULTS.md): 76 min where bf16 is native
-# (AVX512-BF16), 167 min on an AVX2-only CPU (fp32).
+# head, 1 retriever epoch, 160 MLM and 30 RetroMAE steps. Measured (docs/RESULTS.md) at 40 MLM steps: 76 min where
+# bf16 is native (AVX512-BF16), 167 min on an AVX2-only CPU (fp32); 160 steps add about 10 min (bf16).
 #
 # GPU=1 changes sizes only (steps, epochs, batch, sequence length, evaluation interval, USE_CPU=false; each still
 # overridable): MLM 2000 and RetroMAE 1000 steps of 64 x 512 tokens, 4 validations each, up to 8 classifier epochs
@@ -64,16 +66,21 @@ fi
 SEED=${SEED:-42}                         # data splits, pretraining, mining, retrievers, topics
 ADDED_WORDS=${ADDED_WORDS:-2000}         # domain words appended to e5's vocab
 SEQ_LEN=${SEQ_LEN:-256}                  # pretraining sequence length
-MLM_STEPS=${MLM_STEPS:-40}               # MLM optimizer steps of PRETRAIN_BATCH packed blocks
+MLM_STEPS=${MLM_STEPS:-160}              # MLM optimizer steps of PRETRAIN_BATCH packed blocks (the first quarter
+                                         # trains the new head alone)
 RETROMAE_STEPS=${RETROMAE_STEPS:-30}     # RetroMAE steps of PRETRAIN_BATCH passages
 PRETRAIN_BATCH=${PRETRAIN_BATCH:-16}
-PRETRAIN_EVALS=${PRETRAIN_EVALS:-2}      # validation retrievals (and checkpoints) per pretraining run: the kept one
-                                         # is the best (merge alpha 0 scores the start); GPU=1: 4
+PRETRAIN_EVALS=${PRETRAIN_EVALS:-4}      # validation retrievals (and checkpoints) per pretraining run; MERGE=none
+                                         # keeps the best, otherwise the curve is for reading and the merge chooses
 PRETRAIN_SEQUENCES=${PRETRAIN_SEQUENCES:-}   # tokenize only the corpus's first N sequences (default: all; smoke runs)
 EVAL_SEQUENCES=${EVAL_SEQUENCES:-256}    # held-out pretraining sequences scored before and after
 MERGE=${MERGE:-auto}                     # --merge_with_start: auto (alpha on validation), ALPHA, or none (no merged rows)
-MERGE_ALPHAS=${MERGE_ALPHAS:-"0.5"}       # auto: the alphas scored besides 0 and 1 (each one validation encoding)
-RETROMAE_START=${RETROMAE_START:-}       # RetroMAE's starting folder (default: the MLM stage's kept model, OUT/mlm)
+MERGE_ALPHAS=${MERGE_ALPHAS:-"0.25 0.5 0.75"}  # auto: the alphas scored besides 0 and 1 (each one validation
+                                         # encoding and one held-out MLM loss)
+MERGE_PROBE=${MERGE_PROBE:-cfb_sentiment}  # auto: a task whose train split fits, and validation split scores, the
+                                         # linear probe that joins nDCG@10 in choosing alpha; none: retrieval alone
+RETROMAE_START=${RETROMAE_START:-}       # RetroMAE's starting folder (default: the MLM stage's merge, OUT/mlm/
+                                         # merged_with_start; OUT/mlm with MERGE=none)
 FINEVA_VALIDATION=${FINEVA_VALIDATION:-0.15}  # share of Fin-Eva contexts held out for checkpoint choice
 SENTIMENT_SEEDS=${SENTIMENT_SEEDS:-"42 43 44 45 46"}  # CFBenchmark sentiment fine-tunings per encoder (mean +- std)
 EVENT_SEEDS=${EVENT_SEEDS:-"42 43 44"}   # CFBenchmark event
@@ -104,7 +111,8 @@ else ENCODERS=${ENCODERS:-"general finbert2-mini-merged"}; fi
 D=$OUT/data
 GENERAL=$OUT/general
 MINI=$OUT/finbert2-mini
-RETROMAE_START=${RETROMAE_START:-$OUT/mlm}
+if [ "$MERGE" = none ]; then RETROMAE_START=${RETROMAE_START:-$OUT/mlm}
+else RETROMAE_START=${RETROMAE_START:-$OUT/mlm/merged_with_start}; fi
 case " $ENCODERS " in
     *" general "*) ;;
     *) echo "reproduce_mini: ENCODERS must include general (every table's untrained row)" >&2; exit 2 ;;
@@ -148,15 +156,23 @@ stage "domain words" "$OUT/tokenizer" \
     --output_dir "$OUT/tokenizer"
 stage "domain-words encoder (no training)" "$OUT/domain-words" \
     "$PYTHON" -m finbert2.report.reproduction grow-vocab "$GENERAL" "$OUT/tokenizer" "$OUT/domain-words"
-# The headless-start recipe of the configs; the kept checkpoint is the best zero-shot validation retrieval;
-# attention dropout 0 cost +0.003 nats of MLM loss and ran 1.18x faster (FinBERT2/pretrain/README.md).
+# The headless-start recipe of the configs; attention dropout 0 cost +0.003 nats of MLM loss and ran 1.18x faster
+# (FinBERT2/pretrain/README.md). With MERGE (LM-Cocktail), each stage trains to its last step and its merge with
+# its start is chosen on validation retrieval among the merges whose held-out MLM loss stays below the corpus's
+# unigram bound (adapted, not forgotten), by the mean of nDCG@10 and MERGE_PROBE's linear-probe macro-F1; the next
+# stage starts from that merge. MERGE=none keeps each stage's best validation checkpoint instead.
+if [ "$MERGE" = none ]; then
+    KEEP="--metric_for_best_model eval_ndcg_at_10 --greater_is_better true --load_best_model_at_end true"
+else
+    KEEP="--load_best_model_at_end false --merge_with_start $MERGE --merge_alpha_grid $MERGE_ALPHAS"
+    [ "$MERGE_PROBE" = none ] || KEEP="$KEEP --merge_eval_classification_data $D/$MERGE_PROBE/validation.jsonl
+        --merge_eval_classification_train $D/$MERGE_PROBE/train.jsonl"
+fi
 PRETRAIN_COMMON="--train_data $D/corpus.jsonl --validation_split_percentage 2 --max_eval_samples $EVAL_SEQUENCES
     ${PRETRAIN_SEQUENCES:+--max_train_samples $PRETRAIN_SEQUENCES}
     --max_seq_length $SEQ_LEN --per_device_train_batch_size $PRETRAIN_BATCH --use_cpu $USE_CPU --bf16 $BF16
     --attention_dropout 0 --seed $SEED --logging_steps 5 --disable_tqdm false
-    --eval_retrieval_data $VALIDATION --eval_retrieval_max_length $RET_PASSAGE_LEN
-    --metric_for_best_model eval_ndcg_at_10 --greater_is_better true --load_best_model_at_end true
-    --merge_with_start $MERGE --merge_alpha_grid $MERGE_ALPHAS"
+    --eval_retrieval_data $VALIDATION --eval_retrieval_max_length $RET_PASSAGE_LEN $KEEP"
 stage "whole-word MLM" "$OUT/mlm" \
     sh FinBERT2/pretrain/run_mlm.sh configs/mlm/e5-small.yaml --model_name_or_path "$GENERAL" \
     --tokenizer_name "$OUT/tokenizer" $PRETRAIN_COMMON --max_steps "$MLM_STEPS" \

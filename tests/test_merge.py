@@ -199,6 +199,16 @@ def test_auto_with_a_probe_scores_the_mean_and_keeps_the_best(tiny_pair, tmp_pat
     chosen = best_point(curve)
     assert metrics["alpha"] == chosen["alpha"] and metrics["score"] == chosen["score"]
     assert metrics["selected_by"] == "mean of ndcg_at_10 and probe_macro_f1"
+    # fitted on training rows instead of cross-validated: recorded, and the same rule
+    train = tmp_path / "probe_train.jsonl"
+    train.write_text("".join((DEMO_DIR / "sentiment" / "train.jsonl").read_text(encoding="utf-8")
+                             .splitlines(keepends=True)[:80]), encoding="utf-8")
+    fitted = merge_with_start(a_dir, b_dir, tmp_path / "fitted", "auto", eval_retrieval_data=str(eval_dir),
+                              eval_classification_data=str(probe), eval_classification_train=str(train),
+                              alpha_grid=[0.5], max_length=128)
+    assert fitted["eval_classification_train"] == str(train)
+    assert all(0 < point["probe_macro_f1"] <= 1 for point in fitted["alpha_curve"])
+    assert fitted["alpha"] == best_point(fitted["alpha_curve"])["alpha"]
     bad_probe = tmp_path / "one_label.jsonl"
     bad_probe.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "x"}\n', encoding="utf-8")
     with pytest.raises(ConfigError, match="one_label.jsonl: the merge probe needs at least 2 labels"):
@@ -260,3 +270,45 @@ def test_auto_with_a_loss_bound_chooses_among_the_merges_below_it(tiny_pair, tmp
     assert missed["alpha"] == free["alpha"] and missed["mlm_loss_below_bound"] < 0
     fixed = merge_with_start(a_dir, b_dir, tmp_path / "fixed", 0.25, held_out_loss=distance, loss_bound=bound)
     assert fixed["mlm_loss"] == pytest.approx(0.75 * gap, rel=1e-4) and fixed["mlm_loss_below_bound"] < 0
+
+
+def test_probe_standardizes_close_unit_vectors_and_can_fit_on_a_training_file(tmp_path, capsys):
+    """Sentence vectors of one encoder sit close together on the unit sphere: an unscaled, default-regularized
+    regression then predicts the majority class and the probe would rank how spread out an encoder's vectors are.
+    Standardized, the class signal is found; with training rows the probe is fitted there and scored on the data."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import cross_val_predict
+
+    from finbert2.merge.select import probe_macro_f1, read_probe_data
+
+    rng = np.random.default_rng(0)
+
+    def close_vectors(n):  # imbalanced, as sentiment data are: 60% neutral, 25% positive, 15% negative
+        labels = np.array(["neu"] * (n * 12 // 20) + ["pos"] * (n * 5 // 20) + ["neg"] * (n * 3 // 20))
+        direction = {"neu": np.zeros(16), "pos": np.eye(16)[1], "neg": np.eye(16)[2]}
+        signal = np.stack([direction[label] for label in labels]) * 0.02
+        vectors = np.eye(16)[0] + signal + rng.normal(scale=0.002, size=(n, 16))
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True), labels.tolist()
+
+    vectors, labels = close_vectors(40)
+    unscaled = f1_score(labels, cross_val_predict(LogisticRegression(max_iter=2000), vectors, labels, cv=5),
+                        average="macro")
+    assert unscaled < 0.5  # what the probe did before: the majority class
+    assert probe_macro_f1(vectors, labels) > 0.95
+    train_vectors, train_labels = close_vectors(60)
+    assert probe_macro_f1(vectors, labels, train_vectors=train_vectors, train_labels=train_labels) > 0.95
+
+    scored, train = tmp_path / "validation.jsonl", tmp_path / "train.jsonl"
+    scored.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "z"}\n', encoding="utf-8")
+    train.write_text('{"text": "c", "label": "x"}\n{"text": "d", "label": "y"}\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"validation.jsonl: labels \['z'\] never occur in the probe's training file"):
+        read_probe_data(str(scored), str(train))
+    from finbert2.cli import main
+
+    capsys.readouterr()
+    assert main(["merge", "a", "b", str(tmp_path / "out"), "--alpha", "auto", "--eval_retrieval_data", "x",
+                 "--eval_classification_train", str(train)]) == 2
+    assert capsys.readouterr().err == ("error: merge: --eval_classification_train needs --eval_classification_data "
+                                       "(the rows it is scored on)\n")

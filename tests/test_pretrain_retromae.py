@@ -117,11 +117,14 @@ def test_retromae_lowers_both_losses_and_saves_a_plain_bert(tiny_bert_dir, tmp_p
         "--max_train_samples", "384", "--max_eval_samples", "64", "--per_device_train_batch_size", "16",
         "--learning_rate", "3e-3", "--warmup_steps", "3", "--max_steps", "24", "--logging_steps", "6",
         "--eval_strategy", "no", "--save_steps", "12", "--report_to", "none", "--use_cpu", "True",
-        "--disable_tqdm", "True",
+        "--disable_tqdm", "True", "--merge_with_start", "1",
     ])
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["encoder_mlm_loss"] < metrics["initial_eval_encoder_mlm_loss"] - 0.5, metrics
+    # the merge's held-out loss is its encoder's MLM loss: at alpha 1 (the saved model) the run's own
+    assert metrics["merge_mlm_loss"] == pytest.approx(metrics["encoder_mlm_loss"], abs=1e-5)
+    assert (out / "merged_with_start" / "metrics.json").is_file()
     assert metrics["decoder_loss"] < metrics["initial_eval_decoder_loss"] - 0.5, metrics
     assert metrics["eval_loss"] == pytest.approx(metrics["encoder_mlm_loss"] + metrics["decoder_loss"], abs=1e-4)
     assert metrics["train_tokens_per_second"] > 0 and metrics["global_step"] == 24

@@ -86,13 +86,18 @@ def test_reproduce_mini_runs_every_stage_on_public_data(tmp_path, tiny_e5_shaped
                                                   (out / "data/fineva/validation/test_qrels.jsonl").open(encoding="utf-8")}}
     assert val_contexts and not corpus_keys & val_contexts
     # FinBERT2-mini is e5 with the domain words added: a larger vocab than the general encoder's, from the words-only
-    # encoder on; the pretraining runs kept their checkpoint by validation nDCG@10 and merged with their start.
+    # encoder on; each pretraining run trained to its last step and merged with its start (RetroMAE's start is the MLM
+    # merge), alpha chosen on validation nDCG@10 and the sentiment probe, each merge's held-out MLM loss measured.
     general_vocab = json.loads((out / "general" / "config.json").read_text(encoding="utf-8"))["vocab_size"]
     for folder in ("domain-words", "mlm", "finbert2-mini", "finbert2-mini/merged_with_start"):
         assert json.loads((out / folder / "config.json").read_text(encoding="utf-8"))["vocab_size"] > general_vocab
     for stage in ("mlm", "finbert2-mini"):
         metrics = json.loads((out / stage / "metrics.json").read_text(encoding="utf-8"))
         assert "eval_ndcg_at_10" in metrics and 0.0 <= metrics["merge_alpha"] <= 1.0, stage
+        assert metrics["merge_mlm_loss_bound"] == metrics["unigram_cross_entropy"] and metrics["merge_mlm_loss"] > 0
+        assert metrics["merge_eval_classification_train"].endswith("cfb_sentiment/train.jsonl"), stage
+    retromae = json.loads((out / "finbert2-mini" / "run_config.json").read_text(encoding="utf-8"))
+    assert retromae["arguments"]["model_name_or_path"] == str(out / "mlm" / "merged_with_start")
     # Every model, zero-shot, fine-tuned and fused with BM25, scored on the same held-out queries, per source too.
     evaluation = json.loads((out / "retrieve" / "evaluation" / "metrics.json").read_text(encoding="utf-8"))
     dense = RETRIEVAL_ROWS[1:]
@@ -182,3 +187,25 @@ def test_gpu_preset_changes_only_sizes(tmp_path):
     assert {"--max_steps", "--per_device_train_batch_size", "--max_seq_length", "--use_cpu"} <= changed
     mlm = gpu["whole-word MLM"]
     assert mlm[mlm.index("--use_cpu") + 1] == "false" and mlm[mlm.index("--max_steps") + 1] == "2000"
+
+
+def test_merging_trains_to_the_last_step_and_none_keeps_the_best_checkpoint(tmp_path):
+    """MERGE (the default, auto): each pretraining stage keeps its last step and its merge with its start is chosen on
+    validation retrieval and the sentiment probe; RetroMAE starts from the MLM merge. MERGE=none keeps each stage's
+    best validation checkpoint and RetroMAE starts from the MLM run."""
+    def value(words, flag):
+        return words[words.index(flag) + 1] if flag in words else None
+
+    out = tmp_path / "out"
+    merged = stage_commands(tmp_path)
+    mlm, retromae = merged["whole-word MLM"], merged["RetroMAE (finbert2-mini)"]
+    for words in (mlm, retromae):
+        assert value(words, "--load_best_model_at_end") == "false" and value(words, "--merge_with_start") == "auto"
+        assert value(words, "--merge_eval_classification_train") == str(out / "data/cfb_sentiment/train.jsonl")
+        assert value(words, "--merge_eval_classification_data") == str(out / "data/cfb_sentiment/validation.jsonl")
+    assert value(retromae, "--model_name_or_path") == str(out / "mlm" / "merged_with_start")
+    assert "--merge_eval_classification_data" not in stage_commands(tmp_path, MERGE_PROBE="none")["whole-word MLM"]
+    kept = stage_commands(tmp_path, MERGE="none", ENCODERS="general finbert2-mini")
+    mlm, retromae = kept["whole-word MLM"], kept["RetroMAE (finbert2-mini)"]
+    assert value(mlm, "--load_best_model_at_end") == "true" and value(mlm, "--metric_for_best_model") == "eval_ndcg_at_10"
+    assert "--merge_with_start" not in mlm and value(retromae, "--model_name_or_path") == str(out / "mlm")

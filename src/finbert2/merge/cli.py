@@ -2,7 +2,7 @@
 
     finbert2 merge runs/mlm runs/e5-small runs/mlm-merged --alpha 0.7
     finbert2 merge runs/mlm runs/e5-small runs/mlm-merged --alpha auto \\
-        --eval_retrieval_data data/fin-eva/eval --eval_split validation [--eval_classification_data val.jsonl]
+        --eval_retrieval_data data/fin-eva/eval --eval_split validation [--eval_classification_data val.jsonl [--eval_classification_train train.jsonl]]
 
 ``alpha * A + (1 - alpha) * B`` tensor by tensor (LM-Cocktail, WiSE-FT): 1 gives A, 0 gives B.
 ``auto`` scores 0.0, 0.1, ..., 1.0 on the validation data and keeps the best (``finbert2.merge.select``).
@@ -31,8 +31,11 @@ class MergeArguments:
                                 "<split>_qrels.jsonl) scored by nDCG@10."})
     eval_split: str = field(default="test", metadata={"help": "Query/qrels file prefix in eval_retrieval_data."})
     eval_classification_data: str | None = field(
-        default=None, metadata={"help": "auto: {text, label} rows for a linear probe on frozen vectors (cross-"
-                                "validated macro-F1); the score is then the mean of nDCG@10 and the probe's F1."})
+        default=None, metadata={"help": "auto: {text, label} rows for a linear probe on frozen, standardized vectors "
+                                "(macro-F1); the score is then the mean of nDCG@10 and the probe's F1."})
+    eval_classification_train: str | None = field(
+        default=None, metadata={"help": "auto: {text, label} rows the probe is fitted on, scored on "
+                                "eval_classification_data (without it, 5-fold cross-validation on that file)."})
     alpha_grid: list[float] | None = field(
         default=None, metadata={"help": "auto: the alphas scored (default 0.0 0.1 ... 1.0; 0 and 1 always added)."})
     max_length: int = field(default=512, metadata={"help": "auto: longest text in tokens when encoding."})
@@ -48,6 +51,9 @@ class MergeArguments:
             raise ConfigError("merge: give --alpha, a number in [0, 1] or auto")
         if parse_alpha(self.alpha) == AUTO and not self.eval_retrieval_data:
             raise ConfigError("merge: --alpha auto needs --eval_retrieval_data (a corpus/queries/qrels folder)")
+        if self.eval_classification_train and not self.eval_classification_data:
+            raise ConfigError("merge: --eval_classification_train needs --eval_classification_data (the rows it is "
+                              "scored on)")
 
 
 def positionals_to_flags(argv: list[str]) -> list[str]:
@@ -77,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         write_run_config(folder, args, run_args, stage="merge")
 
     evaluation = Evaluation(retrieval_data=args.eval_retrieval_data, retrieval_split=args.eval_split,
-                            classification_data=args.eval_classification_data, alphas=args.alpha_grid,
+                            classification_data=args.eval_classification_data,
+                            classification_train=args.eval_classification_train, alphas=args.alpha_grid,
                             max_length=args.max_length, batch_size=args.batch_size)
     merge_checkpoints(args.model_a, args.model_b, args.output_dir, args.alpha, evaluation,
                       overwrite=run_args.overwrite_output_dir, on_start=record)

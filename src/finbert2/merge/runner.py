@@ -102,6 +102,7 @@ class Evaluation:
     retrieval_data: str | None = None
     retrieval_split: str = "test"
     classification_data: str | None = None
+    classification_train: str | None = None  # the probe's training rows (else it cross-validates on the data)
     alphas: list[float] | None = None
     max_length: int = 512
     batch_size: int = 32
@@ -169,7 +170,8 @@ def merge_checkpoints(model_a: str, model_b: str, output_dir: str | Path, alpha,
         if not evaluation.retrieval_data:
             raise ConfigError("merge: alpha auto needs --eval_retrieval_data (a corpus/queries/qrels folder)")
         retrieval = read_retrieval_eval(evaluation.retrieval_data, evaluation.retrieval_split)
-        probe = read_probe_data(evaluation.classification_data) if evaluation.classification_data else None
+        probe, probe_train = (read_probe_data(evaluation.classification_data, evaluation.classification_train)
+                              if evaluation.classification_data else (None, None))
         grid = scored_alphas(evaluation.alphas)
     report = plan.report()
     logger.info("merging %s (A) and %s (B): %d tensors interpolated, %d carried from one input, %d grown",
@@ -185,7 +187,8 @@ def merge_checkpoints(model_a: str, model_b: str, output_dir: str | Path, alpha,
         metrics: dict = {"model_a": str(model_a), "model_b": str(model_b)}
         if alpha == AUTO:
             scorer = AlphaScorer(a, b, plan, sentence_source(a, b), retrieval, probe,
-                                 max_length=evaluation.max_length, batch_size=evaluation.batch_size)
+                                 max_length=evaluation.max_length, batch_size=evaluation.batch_size,
+                                 probe_train=probe_train)
             curve = [with_held_out_loss(known_point(evaluation, value, plan, probe) or scorer.score(value),
                                         a, b, plan, evaluation) for value in grid]
             chosen = best_point(curve, evaluation.loss_bound)
@@ -198,6 +201,7 @@ def merge_checkpoints(model_a: str, model_b: str, output_dir: str | Path, alpha,
                 "eval_retrieval_data": evaluation.retrieval_data, "eval_split": evaluation.retrieval_split,
                 "eval_queries": len(retrieval.qrels), "eval_documents": len(retrieval.corpus),
                 "eval_classification_data": evaluation.classification_data,
+                "eval_classification_train": evaluation.classification_train if probe is not None else None,
                 "alpha_curve": curve,
             })
             plot_curve(curve, alpha, staging / CURVE_PLOT, f"merge {Path(str(model_a)).name} with {Path(str(model_b)).name}",
@@ -223,6 +227,7 @@ def merge_checkpoints(model_a: str, model_b: str, output_dir: str | Path, alpha,
 
 def merge_with_start(model_dir: str | Path, start_dir: str | Path, out_dir: str | Path, alpha,
                      eval_retrieval_data: str | None = None, eval_classification_data: str | None = None,
+                     eval_classification_train: str | None = None,
                      eval_split: str = "test", alpha_grid: list[float] | None = None, max_length: int = 512,
                      batch_size: int = 32, overwrite: bool = False,
                      known_scores: dict[float, dict[str, float]] | None = None,
@@ -241,7 +246,8 @@ def merge_with_start(model_dir: str | Path, start_dir: str | Path, out_dir: str 
       0.1, ..., 1.0, both ends always included) on ``eval_retrieval_data`` (a corpus / queries /
       qrels folder, ``eval_split`` naming its queries; required for auto) by nDCG@10, and, with
       ``eval_classification_data`` (``{"text", "label"}`` rows), by the mean of nDCG@10 and a
-      frozen-vector logistic-regression probe's cross-validated macro-F1; ties go to the larger alpha.
+      frozen-vector logistic-regression probe's macro-F1 (fitted on ``eval_classification_train`` when
+      given, else cross-validated); ties go to the larger alpha.
     - ``held_out_loss``: the run's held-out MLM loss of a merge (called with the merged tensors, model A's key
       layout), recorded as ``mlm_loss`` at every alpha scored (at the alpha given when fixed); with
       ``loss_bound`` (the corpus's unigram cross-entropy on the same masked tokens) auto chooses only among
@@ -261,7 +267,8 @@ def merge_with_start(model_dir: str | Path, start_dir: str | Path, out_dir: str 
     if alpha is None:
         return {}
     evaluation = Evaluation(retrieval_data=eval_retrieval_data, retrieval_split=eval_split,
-                            classification_data=eval_classification_data, alphas=alpha_grid,
+                            classification_data=eval_classification_data,
+                            classification_train=eval_classification_train, alphas=alpha_grid,
                             max_length=max_length, batch_size=batch_size, known=known_scores,
                             held_out_loss=held_out_loss, loss_bound=loss_bound)
     return merge_checkpoints(str(model_dir), str(start_dir), out_dir, alpha, evaluation, overwrite=overwrite)

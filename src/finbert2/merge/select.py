@@ -2,7 +2,10 @@
 
 Each alpha's merged encoder is scored on validation retrieval (nDCG@10, through the retrieval stage's
 own ``dense_evaluation``) and, when a classification file is given, a linear probe: a logistic
-regression on the frozen sentence vectors, macro-F1 by stratified cross-validation. The selection
+regression on the standardized frozen sentence vectors, fitted on a training file when one is given and
+scored on the classification file, else macro-F1 by stratified cross-validation on it. (Standardized:
+unit-length sentence vectors that sit close together leave a default-regularized regression near the
+majority class, so an unscaled probe ranks how spread out the embeddings are, not how separable.) The selection
 score is nDCG@10, or the mean of nDCG@10 and the probe's macro-F1 when both are given. The grid always
 holds 0 and 1 (the two inputs), so the choice is never worse on it than the better input; a tie goes to
 the larger alpha (more of model A, the adapted one).
@@ -40,30 +43,51 @@ def probe_prompt(prompts: dict[str, str]) -> str:
     return prompts.get("classification", prompts.get("clustering", ""))
 
 
-def read_probe_data(path: str):
+def read_probe_data(path: str, train_path: str | None = None):
+    """The probe's scored rows and, with ``train_path``, its training rows (or None)."""
     from finbert2.data import read_classification
 
     data = read_classification(path)
-    if data.multi_label:
-        raise ConfigError(f"{path}: the merge probe takes single-label classification rows")
+    train = read_classification(train_path) if train_path else None
+    for name, rows in ((path, data), (train_path, train)):
+        if rows is not None and rows.multi_label:
+            raise ConfigError(f"{name}: the merge probe takes single-label classification rows")
     labels, counts = np.unique(np.asarray(data.labels), return_counts=True)
-    if len(labels) < 2 or counts.min() < 2:
+    if train is None and (len(labels) < 2 or counts.min() < 2):
         raise ConfigError(f"{path}: the merge probe needs at least 2 labels with at least 2 rows each "
                           f"(got {dict(zip(labels.tolist(), counts.tolist()))})")
-    return data
+    if train is not None:
+        trained = set(train.labels)
+        if len(trained) < 2:
+            raise ConfigError(f"{train_path}: the merge probe needs at least 2 labels to train on")
+        unseen = sorted(set(labels.tolist()) - trained)
+        if unseen:
+            raise ConfigError(f"{path}: labels {unseen} never occur in the probe's training file {train_path}")
+    return data, train
 
 
-def probe_macro_f1(vectors: np.ndarray, labels: list[str], seed: int = 0) -> float:
-    """Cross-validated macro-F1 of a logistic regression on frozen vectors (folds: at most 5, at most
-    the smallest class's size)."""
+def linear_probe(seed: int = 0):
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, random_state=seed))
+
+
+def probe_macro_f1(vectors: np.ndarray, labels: list[str], seed: int = 0, train_vectors: np.ndarray | None = None,
+                   train_labels: list[str] | None = None) -> float:
+    """Macro-F1 of a logistic regression on standardized frozen vectors: fitted on ``train_vectors`` and scored on
+    ``vectors`` when given, else cross-validated on ``vectors`` (folds: at most 5, at most the smallest class's size)."""
     from sklearn.metrics import f1_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     targets = np.asarray(labels)
-    folds = min(PROBE_FOLDS, int(np.unique(targets, return_counts=True)[1].min()))
-    predicted = cross_val_predict(LogisticRegression(max_iter=2000), vectors, targets,
-                                  cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    if train_vectors is not None:
+        predicted = linear_probe(seed).fit(train_vectors, np.asarray(train_labels)).predict(vectors)
+    else:
+        folds = min(PROBE_FOLDS, int(np.unique(targets, return_counts=True)[1].min()))
+        predicted = cross_val_predict(linear_probe(seed), vectors, targets,
+                                      cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
     return float(f1_score(targets, predicted, average="macro"))
 
 
@@ -71,12 +95,12 @@ class AlphaScorer:
     """One encoder whose weights are swapped for each alpha's merge, scored on the validation data."""
 
     def __init__(self, a: Checkpoint, b: Checkpoint, plan: MergePlan, source: Checkpoint, retrieval_data,
-                 probe_data=None, max_length: int = 512, batch_size: int = 32):
+                 probe_data=None, max_length: int = 512, batch_size: int = 32, probe_train=None):
         from finbert2.retrieve.encoder import (DenseEncoder, last_layer_at_cls_only, load_encoder_model,
                                                resolve_prompts, saved_sentence_settings)
 
         self.a, self.b, self.plan = a, b, plan
-        self.retrieval_data, self.probe_data = retrieval_data, probe_data
+        self.retrieval_data, self.probe_data, self.probe_train = retrieval_data, probe_data, probe_train
         # The encoder of the input with the larger vocabulary holds every row the merge writes.
         larger = a if a.vocab_size >= b.vocab_size else b
         model = load_encoder_model(str(larger.folder))
@@ -106,7 +130,11 @@ class AlphaScorer:
         point = {"alpha": alpha, "ndcg_at_10": mean["ndcg_at_10"], "recall_at_10": mean["recall_at_10"]}
         if self.probe_data is not None:
             vectors = self.encoder.encode(self.probe_data.texts, prompt=self.probe_prompt)
-            point["probe_macro_f1"] = probe_macro_f1(vectors, self.probe_data.labels)
+            train = self.probe_train
+            point["probe_macro_f1"] = probe_macro_f1(
+                vectors, self.probe_data.labels,
+                train_vectors=None if train is None else self.encoder.encode(train.texts, prompt=self.probe_prompt),
+                train_labels=None if train is None else train.labels)
             point["score"] = (point["ndcg_at_10"] + point["probe_macro_f1"]) / 2
         else:
             point["score"] = point["ndcg_at_10"]

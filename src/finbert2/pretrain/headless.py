@@ -89,6 +89,11 @@ class HeadlessStartArguments:
         metadata={"help": "With merge_with_start auto: labelled texts ({text, label}) for a frozen-vector probe "
                   "that joins nDCG@10 in choosing alpha."},
     )
+    merge_eval_classification_train: str | None = field(
+        default=None,
+        metadata={"help": "With merge_eval_classification_data: labelled texts the probe is fitted on (else it "
+                  "cross-validates on merge_eval_classification_data)."},
+    )
     merge_alpha_grid: list[float] | None = field(
         default=None,
         metadata={"help": "With merge_with_start auto: the alphas scored (default 0.0 0.1 ... 1.0; 0 and 1 always "
@@ -116,6 +121,8 @@ class HeadlessStartArguments:
 
         if parse_alpha(self.merge_with_start) == "auto" and not self.eval_retrieval_data:
             raise ConfigError("pretrain: merge_with_start auto chooses alpha on eval_retrieval_data; give it")
+        if self.merge_eval_classification_train and not self.merge_eval_classification_data:
+            raise ConfigError("pretrain: merge_eval_classification_train needs merge_eval_classification_data")
 
 
 def is_head_parameter(name: str) -> bool:

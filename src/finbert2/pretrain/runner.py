@@ -423,6 +423,7 @@ def merged_with_start(args: HeadlessStartArguments, start: str | None, output_di
     result = merge_with_start(output_dir, start, output_dir / MERGED_FOLDER, args.merge_with_start,
                               eval_retrieval_data=args.eval_retrieval_data,
                               eval_classification_data=args.merge_eval_classification_data,
+                              eval_classification_train=args.merge_eval_classification_train,
                               eval_split=args.eval_retrieval_split, alpha_grid=args.merge_alpha_grid,
                               max_length=args.eval_retrieval_max_length, overwrite=True, known_scores=known_scores,
                               held_out_loss=held_out_loss,
