@@ -42,7 +42,7 @@ def write_runs(out):
                   initial_eval_ndcg_at_10=0.64, best_metric=0.66, train_loss=0.3, total_seconds=500)
     write_metrics(out / "mlm", global_step=120, initial_eval_loss=8.8, eval_loss=7.1, unigram_cross_entropy=7.5,
                   initial_eval_ndcg_at_10=0.652, eval_ndcg_at_10=0.653, merge_alpha=0.6, merge_ndcg_at_10=0.655,
-                  merge_model_b_ndcg_at_10=0.651, train_runtime=600)
+                  merge_model_b_ndcg_at_10=0.651, merge_probe_macro_f1=0.74, merge_mlm_loss=7.3, train_runtime=600)
     write_metrics(out / "finbert2-mini", global_step=60, initial_eval_encoder_mlm_loss=7.0, eval_encoder_mlm_loss=6.9,
                   eval_loss=19.0, eval_ndcg_at_10=0.65, embedding_damaged=True)
     write_metrics(out / "topics" / "general", num_topics=30, silhouette=0.5, total_seconds=45)
@@ -72,7 +72,7 @@ def test_tables_from_run_folders(tmp_path):
     assert "| + whole-word MLM, merged with its start | 0.655 | 0.680 | – | 0.60 |" in ablation
     assert "| + RetroMAE (= finbert2-mini) | 0.650 | 0.650 |" in ablation
     assert "| BM25 baseline | – | 0.778 |" in ablation and "| chance: random ranking | – | 0.003 |" in ablation
-    assert "| whole-word MLM | 120 | 8.800 | 7.100 | 7.500 | 0.652 | 0.653 | 0.60 | 0.655 |" in tables
+    assert "| whole-word MLM | 120 | 8.800 | 7.100 | 7.500 | 0.652 | 0.653 | 0.60 | 0.655 | 0.740 | 7.300 |" in tables
     assert "| RetroMAE | 60 | 7.000 | 6.900 |" in tables and "**damaged**" in tables  # the encoder's MLM part
     assert "| TF-IDF / LSA | 60 |" in tables
     assert "| mlm | 90 | 1.5 |" in tables and "| **total** | **110** |" in tables  # a rerun replaces the time

@@ -385,6 +385,7 @@ def pretraining_table(out: Path) -> list[str]:
                          _number(m.get(mlm_key)), _number(m.get("unigram_cross_entropy")),
                          _number(m.get("initial_eval_ndcg_at_10")), _number(m.get("eval_ndcg_at_10")),
                          _number(m.get("merge_alpha"), 2), _number(m.get("merge_ndcg_at_10")),
+                         _number(m.get("merge_probe_macro_f1")), _number(m.get("merge_mlm_loss")),
                          _number(m.get("sentence_mean_cosine")),
                          "**damaged**" if m.get("embedding_damaged") else "quiet",
                          _number(m.get("train_runtime"), 0), _number(m.get("train_tokens_per_second"), 0)])
@@ -398,9 +399,11 @@ def pretraining_table(out: Path) -> list[str]:
         return []
     return ["## Pretraining (finbert2-mini)", "", *lines,
             "Held-out MLM loss against the corpus's unigram cross-entropy on the same masked tokens (the context-free "
-            "bound); validation nDCG@10 of the start and of the kept checkpoint; the merge with the start.", "",
+            "bound); validation nDCG@10 of the start and of the kept checkpoint; the merge with the start (its "
+            "probe's validation macro-F1 and its own held-out MLM loss, which auto keeps below the bound).", "",
             *_table(["stage", "steps", "held-out MLM loss before", "after", "unigram bound", "val nDCG@10 start",
-                     "kept", "merge alpha", "merged val nDCG@10", "sentence mean cosine", "damage guard",
+                     "kept", "merge alpha", "merged val nDCG@10", "merged probe F1", "merged MLM loss",
+                     "sentence mean cosine", "damage guard",
                      "train seconds", "tokens/s"], rows)]
 
 
