@@ -284,3 +284,18 @@ def test_new_recipe_keeps_e5_retrieval_and_the_guard_fires_on_the_old_one(e5_pru
     assert old["embedding_damaged"] is True
     assert "damaging the embedding space" in old["embedding_damage_reason"]
     assert "damaging the embedding space" in (tmp_path / "old" / "run.log").read_text()
+
+
+def test_merge_loss_is_not_measured_where_no_process_holds_the_whole_model():
+    """FSDP and ZeRO-3 shard the parameters: the merge's held-out loss would load a whole state dict into a shard."""
+    from types import SimpleNamespace
+
+    from finbert2.pretrain.runner import sharded_parameters
+
+    def trainer(zero_stage=None, fsdp=False):
+        plugin = None if zero_stage is None else SimpleNamespace(zero_stage=zero_stage)
+        return SimpleNamespace(accelerator=SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin)),
+                               is_fsdp_enabled=fsdp)
+
+    assert not sharded_parameters(trainer()) and not sharded_parameters(trainer(zero_stage=2))
+    assert sharded_parameters(trainer(zero_stage=3)) and sharded_parameters(trainer(fsdp=True))

@@ -373,7 +373,8 @@ def run_pretraining(
                  for alpha, scores in ((1.0, final), (0.0, initial)) if "eval_ndcg_at_10" in scores}
         if mlm_loss is not None and 1.0 in known:
             known[1.0]["mlm_loss"] = mlm_loss  # the saved model is the merge at alpha 1
-        held_out_loss = merged_mlm_loss(trainer, eval_masked, loss_components) if len(eval_masked) else None
+        held_out_loss = (merged_mlm_loss(trainer, eval_masked, loss_components)
+                         if len(eval_masked) and not sharded_parameters(trainer) else None)
         metrics.update(merged_with_start(headless_args, model_args.model_name_or_path, output_dir, known,
                                          held_out_loss, recipe["unigram_cross_entropy"]))
     training_args.distributed_state.wait_for_everyone()
@@ -381,6 +382,17 @@ def run_pretraining(
 
 
 MERGED_FOLDER = "merged_with_start"
+
+
+def sharded_parameters(trainer: Trainer) -> bool:
+    """FSDP or DeepSpeed ZeRO-3: no process holds the whole model, so a merge's held-out loss is not measured
+    (the merge still chooses on retrieval and the probe; run.log says so)."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    sharded = getattr(trainer, "is_fsdp_enabled", False) or (plugin is not None and plugin.zero_stage == 3)
+    if sharded:
+        logger.warning("merge: parameters are sharded (FSDP / ZeRO-3): each merge's held-out MLM loss is not "
+                       "measured and the unigram-bound rule does not apply")
+    return bool(sharded)
 
 
 def merged_mlm_loss(trainer: Trainer, dataset: PretrainDataset, components: Sequence[str]):
