@@ -2,7 +2,8 @@
 
     finbert2 merge runs/mlm runs/e5-small runs/mlm-merged --alpha 0.7
     finbert2 merge runs/mlm runs/e5-small runs/mlm-merged --alpha auto \\
-        --eval_retrieval_data data/fin-eva/eval --eval_split validation [--eval_classification_data val.jsonl [--eval_classification_train train.jsonl]]
+        --eval_retrieval_data data/fin-eva/eval --eval_split validation \\
+        [--eval_classification_data val.jsonl [--eval_classification_train train.jsonl]]
 
 ``alpha * A + (1 - alpha) * B`` tensor by tensor (LM-Cocktail, WiSE-FT): 1 gives A, 0 gives B.
 ``auto`` scores 0.0, 0.1, ..., 1.0 on the validation data and keeps the best (``finbert2.merge.select``).

@@ -163,7 +163,7 @@ def merge_checkpoints(model_a: str, model_b: str, output_dir: str | Path, alpha,
     check_same_vocabulary(a, b)
     output_dir = Path(output_dir)
     check_output_dir(output_dir, overwrite, [a.folder, b.folder])
-    retrieval = probe = None
+    retrieval = probe = probe_train = None
     if alpha == AUTO:
         from finbert2.data import read_retrieval_eval
 

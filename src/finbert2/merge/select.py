@@ -7,8 +7,9 @@ scored on the classification file, else macro-F1 by stratified cross-validation 
 unit-length sentence vectors that sit close together leave a default-regularized regression near the
 majority class, so an unscaled probe ranks how spread out the embeddings are, not how separable.) The selection
 score is nDCG@10, or the mean of nDCG@10 and the probe's macro-F1 when both are given. The grid always
-holds 0 and 1 (the two inputs), so the choice is never worse on it than the better input; a tie goes to
-the larger alpha (more of model A, the adapted one).
+holds 0 and 1 (the two inputs), so the choice is never worse on it than the better input (unless a
+pretraining run's loss bound rules that input out); a tie goes to the larger alpha (more of model A, the
+adapted one).
 """
 
 from __future__ import annotations
