@@ -159,7 +159,7 @@ def plot_curve(curve: list[dict], chosen: float, path: Path, title: str, loss_bo
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6, 4.6))
     alphas = [p["alpha"] for p in curve]
     lines = []
     for name in ("ndcg_at_10", "probe_macro_f1"):
@@ -178,7 +178,8 @@ def plot_curve(curve: list[dict], chosen: float, path: Path, title: str, loss_bo
     ax.set_ylabel("validation score")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(handles=lines, fontsize=8)
+    # below the axes: on two y-axes no corner is free of both sets of lines
+    ax.legend(handles=lines, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
