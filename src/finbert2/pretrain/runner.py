@@ -344,7 +344,7 @@ def run_pretraining(
         **data_summary,
     }
     metrics.update(recipe)
-    mlm_loss = final.get("eval_encoder_mlm_loss", final.get("eval_loss"))  # RetroMAE: its encoder's MLM loss
+    mlm_loss = held_out_mlm_loss(final)
     if mlm_loss is not None and recipe["unigram_cross_entropy"] is not None:
         metrics["eval_mlm_loss_below_unigram"] = round(recipe["unigram_cross_entropy"] - mlm_loss, 6)
     damage = None
@@ -373,8 +373,12 @@ def run_pretraining(
                  for alpha, scores in ((1.0, final), (0.0, initial)) if "eval_ndcg_at_10" in scores}
         if mlm_loss is not None and 1.0 in known:
             known[1.0]["mlm_loss"] = mlm_loss  # the saved model is the merge at alpha 1
-        held_out_loss = (merged_mlm_loss(trainer, eval_masked, loss_components)
-                         if len(eval_masked) and not sharded_parameters(trainer) else None)
+        held_out_loss = None
+        if len(eval_masked) and sharded_parameters(trainer):
+            logger.warning("merge: parameters are sharded (FSDP / ZeRO-3): each merge's held-out MLM loss is not "
+                           "measured and the unigram-bound rule does not apply")
+        elif len(eval_masked):
+            held_out_loss = merged_mlm_loss(trainer, eval_masked, loss_components)
         metrics.update(merged_with_start(headless_args, model_args.model_name_or_path, output_dir, known,
                                          held_out_loss, recipe["unigram_cross_entropy"]))
     training_args.distributed_state.wait_for_everyone()
@@ -384,35 +388,34 @@ def run_pretraining(
 MERGED_FOLDER = "merged_with_start"
 
 
+def held_out_mlm_loss(losses: dict) -> float | None:
+    """The MLM loss among ``evaluate_losses``' results: RetroMAE's encoder part, else the loss itself."""
+    return losses.get("eval_encoder_mlm_loss", losses.get("eval_loss"))
+
+
 def sharded_parameters(trainer: Trainer) -> bool:
     """FSDP or DeepSpeed ZeRO-3: no process holds the whole model, so a merge's held-out loss is not measured
-    (the merge still chooses on retrieval and the probe; run.log says so)."""
+    (the merge still chooses on retrieval and the probe)."""
     plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-    sharded = getattr(trainer, "is_fsdp_enabled", False) or (plugin is not None and plugin.zero_stage == 3)
-    if sharded:
-        logger.warning("merge: parameters are sharded (FSDP / ZeRO-3): each merge's held-out MLM loss is not "
-                       "measured and the unigram-bound rule does not apply")
-    return bool(sharded)
+    return bool(getattr(trainer, "is_fsdp_enabled", False) or (plugin is not None and plugin.zero_stage == 3))
 
 
 def merged_mlm_loss(trainer: Trainer, dataset: PretrainDataset, components: Sequence[str]):
     """The held-out MLM loss of a merge (RetroMAE: its encoder's): the merged tensors loaded into the run's model,
     scored on the run's pre-masked held-out blocks (the masks the unigram bound is measured on), the trained
-    weights put back after."""
-    key = "eval_encoder_mlm_loss" if "encoder_mlm_loss" in components else "eval_loss"
+    weights (copied once) put back after."""
     model = trainer.model
+    trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def held_out_loss(tensors: dict) -> float:
-        state = model.state_dict()
-        unknown = sorted(set(tensors) - set(state))
+        unknown = sorted(set(tensors) - set(trained))
         if unknown:
             raise ConfigError(f"merge: the merged checkpoint has weights the run's model lacks: {', '.join(unknown[:3])}")
-        trained = {k: state[k].detach().clone() for k in tensors}
         model.load_state_dict(tensors, strict=False)
         try:
-            return evaluate_losses(trainer, dataset, components, local=True)[key]
+            return held_out_mlm_loss(evaluate_losses(trainer, dataset, components, local=True))
         finally:
-            model.load_state_dict(trained, strict=False)
+            model.load_state_dict({k: trained[k] for k in tensors}, strict=False)
 
     return held_out_loss
 
