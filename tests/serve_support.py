@@ -32,12 +32,12 @@ NEWS = [
 def tiny_config(tokenizer, **extra):
     from transformers import BertConfig
 
-    return BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=128, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
-                      **extra)
+    settings = dict(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=128, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
+    return BertConfig(**{**settings, **extra})
 
 
-def make_retriever(tokenizer_dir: Path, out: Path, prompts: dict[str, str] | None = None) -> Path:
+def make_retriever(tokenizer_dir: Path, out: Path, prompts: dict[str, str] | None = None, layers: int = 2) -> Path:
     """A plain BERT encoder folder; with ``prompts``, a sentence-transformers folder (mean pooling) too."""
     import torch
     from transformers import AutoTokenizer, BertModel
@@ -46,7 +46,7 @@ def make_retriever(tokenizer_dir: Path, out: Path, prompts: dict[str, str] | Non
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(1)
-    BertModel(tiny_config(tokenizer), add_pooling_layer=False).save_pretrained(out)
+    BertModel(tiny_config(tokenizer, num_hidden_layers=layers), add_pooling_layer=False).save_pretrained(out)
     tokenizer.save_pretrained(out)
     if prompts is not None:
         save_sentence_transformer(out, prompts=prompts, max_seq_length=512, pooling="mean")

@@ -444,6 +444,107 @@ def test_prune_distils_to_the_source_vectors_behind_the_check(exported, tmp_path
     assert "takes a torch retriever folder" in capsys.readouterr().err
 
 
+def test_prune_losses_are_zero_for_the_teacher_itself_and_match_hand_values(exported):
+    from finbert2.export.prune import hidden_state_loss, keep_layers, layer_targets, score_loss
+    from finbert2.retrieve.encoder import load_encoder_model, pad_batch
+
+    # kept layer k learns the teacher's states after layer keep[k+1]-1 (hidden_states index keep[k+1])
+    assert layer_targets([0, 2, 4, 6, 8, 10], 12) == [2, 4, 6, 8, 10]
+    assert layer_targets([0, 1], 2) == [1] and layer_targets([1], 2) == []
+    teacher = load_encoder_model(str(exported["retriever"])).eval()
+    student = keep_layers(teacher, [0, 1])  # every layer kept: the student is the teacher
+    ids, mask = pad_batch([[2, 15, 16, 3], [2, 17, 3]], 0)
+    with torch.no_grad():
+        taught = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        states = student(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        wanted = [taught[t] for t in layer_targets([0, 1], 2)]
+        assert float(hidden_state_loss(states, wanted, mask)) == pytest.approx(0, abs=1e-10)
+        # a student whose states are zero scores 1 (the MSE is relative to the target's mean square)
+        zeros = [torch.zeros_like(x) for x in states]
+        assert float(hidden_state_loss(zeros, wanted, mask)) == pytest.approx(1.0)
+        # padding is left out: changing a padded position's states changes nothing
+        moved = [x.clone() for x in states]
+        moved[1][1, 3] += 100.0
+        assert float(hidden_state_loss(moved, wanted, mask)) == pytest.approx(0, abs=1e-10)
+        # the off-by-one mapping (states after layer keep[k+1], one too deep) is not zero
+        assert float(hidden_state_loss(states, [taught[2]], mask)) > 1e-5  # (a random layer moves states little)
+
+    # KL(teacher || student) of softmax(cos / t): one query, two passages, by hand
+    q, p = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    student_p = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # the student ranks them the other way round
+    t = 0.5
+    want = np.exp([2.0, 0.0]) / np.exp([2.0, 0.0]).sum()
+    got = np.exp([0.0, 2.0]) / np.exp([0.0, 2.0]).sum()
+    expected = float((want * np.log(want / got)).sum())
+    assert float(score_loss(q, student_p, q, p, t)) == pytest.approx(expected, rel=1e-5)
+    assert float(score_loss(q, 3 * p, q, p, t)) == pytest.approx(0, abs=1e-7)  # cosines: the length is ignored
+
+
+def test_prune_with_layer_and_score_losses_distils_each_part(exported, tiny_tokenizer_dir, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from finbert2.export.prune import hidden_state_loss, keep_layers, score_loss
+    from finbert2.retrieve.encoder import load_encoder_model, pad_batch, pool
+    from finbert2.training import LOSS_LOG_FILE, LOSS_PLOT_FILE, read_loss_log
+
+    source = make_retriever(tiny_tokenizer_dir, tmp_path / "three_layers", prompts=E5_PROMPTS, layers=3)
+    # A random tiny layer barely moves the states (the residual dominates): give the dropped layer 1 weight, so
+    # that the undistilled student starts measurably away from the teacher.
+    model = load_encoder_model(str(source))
+    with torch.no_grad():
+        for module in (model.encoder.layer[1].attention.output.dense, model.encoder.layer[1].output.dense):
+            module.weight.mul_(8)
+    model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
+    model.save_pretrained(source)
+    corpus = tmp_path / "corpus.jsonl"
+    write_jsonl(corpus, [{"text": t[:k]} for t in NEWS for k in (10, 20, 40)])
+    rows = tmp_path / "train.jsonl"  # retrieval training rows: each query brings its positive and a negative
+    write_jsonl(rows, [{"query": t[:8] + "？", "pos": [t], "neg": [NEWS[(i + 1) % len(NEWS)]]}
+                       for i, t in enumerate(NEWS)])
+    common = ["--keep_layers", "0,2", "--train_data", str(corpus), "--query_data", str(rows), "--max_steps", "25",
+              "--learning_rate", "3e-4", "--per_device_train_batch_size", "8", "--query_share", "0.25",
+              "--max_length", "48", "--bf16", "false", "--hidden_loss_weight", "1", "--score_loss_weight", "1"]
+    out = tmp_path / "pruned"
+    assert finbert2_main(["prune", str(source), str(out), *common]) == 0
+    report = report_of(out)
+    assert report["distillation_query_passages"] == 2 * len(NEWS)
+    first = report["first_losses"]
+    assert set(first) == {"loss", "pooled_mse", "hidden_mse", "score_kl"}
+    assert first["loss"] == pytest.approx(first["pooled_mse"] + first["hidden_mse"] + first["score_kl"], rel=1e-5)
+    # Every part, measured on one fixed batch in eval mode, is smaller for the distilled student than for its
+    # start (the same layers, undistilled).
+    teacher, start = load_encoder_model(str(source)).eval(), keep_layers(load_encoder_model(str(source)), [0, 2]).eval()
+    distilled = load_encoder_model(str(out)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    rows = tokenizer(["passage: " + t for t in NEWS] + ["query: " + t[:8] + "？" for t in NEWS])["input_ids"]
+    ids, mask = pad_batch(rows, tokenizer.pad_token_id)
+
+    def parts(model):
+        with torch.no_grad():
+            want = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            got = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        t, s = pool(want.last_hidden_state, mask, "mean"), pool(got.last_hidden_state, mask, "mean")
+        n = len(NEWS)
+        return (float(torch.nn.functional.mse_loss(s, t)),
+                float(hidden_state_loss(got.hidden_states, [want.hidden_states[2]], mask)),
+                float(score_loss(s[n:], s[:n], t[n:], t[:n], 0.02)))
+
+    for name, before, after in zip(("pooled", "hidden", "score"), parts(start), parts(distilled)):
+        assert after < before, name
+    log = read_loss_log(out / LOSS_LOG_FILE)
+    assert {"loss", "pooled_mse", "hidden_mse", "score_kl"} <= set(log) and len(log["score_kl"]) == 25
+    assert (out / LOSS_PLOT_FILE).is_file()
+    # the score loss needs queries; a malformed pos list names the file and line
+    assert finbert2_main(["prune", str(source), str(tmp_path / "x"), *common[:4], "--score_loss_weight", "1"]) == 2
+    assert "--score_loss_weight needs --query_data" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    write_jsonl(bad, [{"query": "问", "pos": ["文"]}, {"query": "问", "pos": [1, 2]}])
+    assert finbert2_main(["prune", str(source), str(tmp_path / "y"), *common[:4], "--query_data", str(bad)]) != 0
+    err = capsys.readouterr().err
+    assert "bad.jsonl" in err and "2" in err and "'pos' must be a list of texts" in err
+    assert not (tmp_path / "y").exists()
+
+
 def test_an_interrupted_prune_resumes_from_its_checkpoint_to_the_same_student(exported, tmp_path, monkeypatch, capsys,
                                                                               caplog):
     import finbert2.export.prune as prune

@@ -161,8 +161,10 @@ def read_loss_log(path: str | Path) -> dict[str, list[tuple[int, float]]]:
     return {name: sorted(points.items()) for name, points in series.items()}
 
 
-def plot_loss_curves(output_dir: str | Path, title: str = "", columns: list[str] | None = None) -> Path | None:
-    """Plot the loss columns of ``loss_log.csv`` to ``loss.png``; returns the path (None without a log)."""
+def plot_loss_curves(output_dir: str | Path, title: str = "", columns: list[str] | None = None,
+                     log_scale: bool = False) -> Path | None:
+    """Plot the loss columns of ``loss_log.csv`` to ``loss.png`` (``log_scale``: for parts of different size);
+    returns the path (None without a log)."""
     log_path = Path(output_dir) / LOSS_LOG_FILE
     if not log_path.exists():
         return None
@@ -180,6 +182,8 @@ def plot_loss_curves(output_dir: str | Path, title: str = "", columns: list[str]
         if name in series:
             steps, values = zip(*series[name])
             ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=name)
+    if log_scale:
+        ax.set_yscale("log")
     return _finish_step_plot(fig, ax, "loss", title or Path(output_dir).name, Path(output_dir) / LOSS_PLOT_FILE)
 
 

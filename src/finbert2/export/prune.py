@@ -22,7 +22,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -47,6 +47,19 @@ class PruneArguments:
                 "nothing about them."})
     query_field: str = field(default="query", metadata={"help": "Text field of --query_data."})
     query_share: float = field(default=0.25, metadata={"help": "Share of each batch drawn from --query_data."})
+    query_passages: int = field(default=2, metadata={
+        "help": "Passages each query brings into its batch when --query_data rows are retrieval training rows "
+                "(`pos`, `neg` lists): its first positive, then its first negatives. The score loss then "
+                "ranks the candidates a retriever must tell apart, not only random corpus passages; 0: none."})
+    hidden_loss_weight: float = field(default=0.0, metadata={
+        "help": "Weight of the intermediate-layer loss (TinyBERT): every kept layer but the last learns the "
+                "teacher's hidden states after the layers it stands for (kept layer k -> teacher states after "
+                "layer keep[k+1]-1), as MSE relative to those states' mean square; 0: off."})
+    score_loss_weight: float = field(default=0.0, metadata={
+        "help": "Weight of the score loss: KL divergence from the teacher's to the student's softmax of each "
+                "batch query's cosine scores over the batch's passages (needs --query_data); 0: off."})
+    score_temperature: float = field(default=0.02, metadata={
+        "help": "Temperature of the score loss's softmax (cosines of an e5 model spread over ~0.1)."})
     max_steps: int = field(default=300, metadata={"help": "Distillation steps."})
     save_steps: int = field(default=100, metadata={
         "help": "Steps between checkpoints (0: none). An interrupted run started again with the same arguments "
@@ -79,6 +92,13 @@ class PruneArguments:
             raise ConfigError("finbert2 prune: save_steps must be >= 0")
         if not 0 <= self.query_share < 1:
             raise ConfigError("finbert2 prune: --query_share must be in [0, 1)")
+        if self.query_passages < 0 or self.hidden_loss_weight < 0 or self.score_loss_weight < 0:
+            raise ConfigError("finbert2 prune: --query_passages, --hidden_loss_weight and --score_loss_weight "
+                              "must be >= 0")
+        if self.score_temperature <= 0:
+            raise ConfigError("finbert2 prune: --score_temperature must be > 0")
+        if self.score_loss_weight and not self.query_data:
+            raise ConfigError("finbert2 prune: --score_loss_weight needs --query_data (the scores are a query's)")
         if self.max_drop < 0 or not 0 <= self.min_cosine <= 1:
             raise ConfigError("finbert2 prune: need --max_drop >= 0 and --min_cosine in [0, 1]")
 
@@ -99,7 +119,8 @@ def keep_layers(model: torch.nn.Module, layers: list[int]) -> torch.nn.Module:
 
 # What must match for a checkpoint to be resumed: everything that shapes the steps already taken.
 RESUME_KEYS = ("model_name_or_path", "keep_layers", "train_data", "text_field", "query_data", "query_field",
-               "query_share", "max_steps", "per_device_train_batch_size", "learning_rate", "max_length", "seed")
+               "query_share", "query_passages", "hidden_loss_weight", "score_loss_weight", "score_temperature",
+               "max_steps", "per_device_train_batch_size", "learning_rate", "max_length", "seed")
 CHECKPOINT_STATE = "distillation_state.pt"
 
 
@@ -147,10 +168,12 @@ def load_checkpoint(folder: Path, args: PruneArguments) -> tuple[Path, dict] | N
         break
     if state is None:
         return None
-    differing = [k for k in RESUME_KEYS if state["arguments"].get(k) != getattr(args, k)]
+    # a checkpoint written before a setting existed ran with its default
+    saved = {f.name: f.default for f in fields(PruneArguments) if f.name in RESUME_KEYS} | state["arguments"]
+    differing = [k for k in RESUME_KEYS if saved.get(k) != getattr(args, k)]
     if differing:
         k = differing[0]
-        raise ConfigError(f"{folder}: a checkpoint of another distillation ({k} was {state['arguments'].get(k)!r}, "
+        raise ConfigError(f"{folder}: a checkpoint of another distillation ({k} was {saved.get(k)!r}, "
                           f"now {getattr(args, k)!r}); pass --overwrite_output_dir True to start over")
     return folder, state
 
@@ -175,11 +198,76 @@ class _Shuffled:
         self.rng.setstate(state["rng"])
 
 
+def layer_targets(keep: list[int], teacher_layers: int) -> list[int]:
+    """For each kept layer but the last, the index in the teacher's ``hidden_states`` (0: the embeddings, i: the
+    output of layer i-1) of the states it must produce: kept layer k stands for teacher layers keep[k] ..
+    keep[k+1]-1, so it learns the states after layer keep[k+1]-1. The last kept layer is taught by the pooled
+    vector (with CLS pooling the teacher computes its last layer at [CLS] only)."""
+    if keep[-1] >= teacher_layers:
+        raise ConfigError(f"finbert2 prune: the model has {teacher_layers} layers; cannot keep layer {keep[-1]}")
+    return list(keep[1:])
+
+
+def hidden_state_loss(student_states, wanted: list[torch.Tensor], attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the kept layers but the last of the MSE between the student's states after kept layer k
+    (``student_states[k + 1]``) and ``wanted[k]`` (real tokens only), each divided by ``wanted[k]``'s mean
+    square: scale-free, 1 for a student that outputs zeros."""
+    mask = attention_mask.unsqueeze(-1).to(torch.float32)
+    total = torch.zeros(())
+    for k, want in enumerate(wanted):
+        want = want.float()
+        error = ((student_states[k + 1].float() - want) ** 2 * mask).sum()
+        total = total + error / (want ** 2 * mask).sum().clamp(min=1e-12)
+    return total / max(len(wanted), 1)
+
+
+def score_loss(student_queries: torch.Tensor, student_passages: torch.Tensor, teacher_queries: torch.Tensor,
+               teacher_passages: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the softmax over passages of each query's cosine scores / ``temperature``,
+    averaged over queries: the student learns the teacher's ranking of the batch's passages, which MSE on the
+    vectors teaches only through their distance."""
+    def log_probs(q, p):
+        q, p = torch.nn.functional.normalize(q.float(), dim=-1), torch.nn.functional.normalize(p.float(), dim=-1)
+        return torch.log_softmax(q @ p.T / temperature, dim=-1)
+
+    return torch.nn.functional.kl_div(log_probs(student_queries, student_passages),
+                                      log_probs(teacher_queries, teacher_passages), log_target=True,
+                                      reduction="batchmean")
+
+
+def read_query_rows(path: str, query_field: str, passages: int) -> list[tuple[str, list[str]]]:
+    """``(query, passages)`` of each row of ``--query_data``: a plain text file or rows without ``pos`` give no
+    passages; retrieval training rows give their first positive, then their first negatives, ``passages`` in all."""
+    from finbert2.data import iter_records
+    from finbert2.data.readers import get_text
+    from finbert2.errors import DataError
+
+    rows = []
+    for lineno, obj in iter_records(Path(path)):
+        query = get_text(obj, query_field, Path(path), lineno)
+        brought: list[str] = []
+        if isinstance(obj, dict) and passages:
+            for name in ("pos", "neg"):
+                value = obj.get(name, [])
+                if isinstance(value, str):
+                    value = [value]
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise DataError(path, lineno, f"'{name}' must be a list of texts")
+                brought += value[:1] if name == "pos" else value
+        rows.append((query, brought[:passages]))
+    if not rows:
+        raise DataError(path, None, f"no texts (field '{query_field}')")
+    return rows
+
+
 def distill(teacher, student: torch.nn.Module, texts: list[str], args: PruneArguments,
-            queries: list[str] | None = None, bf16: bool = False, checkpoint: Path | None = None) -> list[float]:
-    """MSE between the student's and the teacher's pooled vectors of the passages (and of the queries, each
-    with its own prompt, ``args.query_share`` of every batch); the loss of every step. With ``checkpoint``,
-    resumes from the state saved there and saves to it every ``args.save_steps`` steps."""
+            queries: list[tuple[str, list[str]]] | None = None, bf16: bool = False,
+            checkpoint: Path | None = None) -> list[dict[str, float]]:
+    """Distil the teacher into the student: MSE between their pooled vectors of the passages and of the queries
+    (each with its own prompt, ``args.query_share`` of every batch; each query bringing its own passages), plus
+    the intermediate-layer and score losses when weighted. Returns every step's losses (``loss``, the weighted
+    sum, and each part). With ``checkpoint``, resumes from the state saved there and saves to it every
+    ``args.save_steps`` steps."""
     from finbert2.retrieve.encoder import pad_batch, pool
 
     rng = random.Random(args.seed)
@@ -190,12 +278,17 @@ def distill(teacher, student: torch.nn.Module, texts: list[str], args: PruneArgu
                                  return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
     passages = _Shuffled(tokenized(teacher.passage_instruction, texts), rng)
-    questions = _Shuffled(tokenized(teacher.query_instruction, queries), rng) if queries else None
+    questions = None
+    if queries:
+        query_ids = tokenized(teacher.query_instruction, [q for q, _ in queries])
+        brought = [tokenized(teacher.passage_instruction, ps) if ps else [] for _, ps in queries]
+        questions = _Shuffled([[q, b] for q, b in zip(query_ids, brought)], rng)
     per_batch = round(args.query_share * args.per_device_train_batch_size) if questions else 0
+    targets = layer_targets(args.layers, teacher.model.config.num_hidden_layers) if args.hidden_loss_weight else []
     pad_id = teacher.tokenizer.pad_token_id or 0
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / args.max_steps)
-    losses: list[float] = []
+    losses: list[dict[str, float]] = []
     saved = load_checkpoint(checkpoint, args) if checkpoint else None
     if saved is not None:
         from safetensors.torch import load_file
@@ -208,44 +301,66 @@ def distill(teacher, student: torch.nn.Module, texts: list[str], args: PruneArgu
             if sampler is not None:
                 sampler.restore(sampler_state)
         torch.set_rng_state(state["torch_rng"])
-        losses = list(state["losses"])
+        losses = [x if isinstance(x, dict) else {"loss": x, "pooled_mse": x} for x in state["losses"]]
         logger.info("resuming the distillation from step %d (%s)", len(losses), folder)
     student.train()
     progress = tqdm(range(len(losses), args.max_steps), desc="distilling", unit="step", mininterval=5,
                     initial=len(losses), total=args.max_steps)
     for _ in progress:
-        rows = passages.take(args.per_device_train_batch_size - per_batch)
-        if per_batch:
-            rows += questions.take(per_batch)
+        asked = questions.take(per_batch) if per_batch else []
+        own = [p for _, ps in asked for p in ps][:args.per_device_train_batch_size - per_batch]
+        rows = passages.take(args.per_device_train_batch_size - per_batch - len(own)) + own + [q for q, _ in asked]
+        n_passages = len(rows) - len(asked)
         input_ids, attention_mask = pad_batch(rows, pad_id)
-        target = teacher.pooled(rows).clone()  # an inference tensor; its clone can enter the autograd graph
+        with torch.inference_mode(), teacher._autocast():
+            taught = teacher.model(input_ids=input_ids, attention_mask=attention_mask,
+                                   output_hidden_states=bool(targets))
+        # inference tensors; their clones can enter the autograd graph
+        target = pool(taught.last_hidden_state, attention_mask, teacher.pooling).float().clone()
+        teacher_states = [taught.hidden_states[t].clone() for t in targets] if targets else None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # weights and optimizer stay fp32
-            states = student(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        loss = torch.nn.functional.mse_loss(pool(states.float(), attention_mask, teacher.pooling), target)
+            out = student(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=bool(targets))
+        pooled = pool(out.last_hidden_state.float(), attention_mask, teacher.pooling)
+        parts = {"pooled_mse": torch.nn.functional.mse_loss(pooled, target)}
+        loss = parts["pooled_mse"]
+        if targets:
+            parts["hidden_mse"] = hidden_state_loss(out.hidden_states, teacher_states, attention_mask)
+            loss = loss + args.hidden_loss_weight * parts["hidden_mse"]
+        if args.score_loss_weight and asked:
+            parts["score_kl"] = score_loss(pooled[n_passages:], pooled[:n_passages], target[n_passages:],
+                                           target[:n_passages], args.score_temperature)
+            loss = loss + args.score_loss_weight * parts["score_kl"]
         loss.backward()
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
-        losses.append(float(loss.detach()))
-        progress.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
+        losses.append({"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}})
+        progress.set_postfix({k: f"{v:.4g}" for k, v in losses[-1].items()}, refresh=False)
         if checkpoint and args.save_steps and len(losses) % args.save_steps == 0 and len(losses) < args.max_steps:
             save_checkpoint(checkpoint, student, optimizer, schedule, losses, (passages, questions), args)
     student.eval()
     return losses
 
 
-def write_loss_log(folder: Path, losses: list[float], args: PruneArguments) -> None:
-    """``loss_log.csv`` (the columns the Trainer stages write) and its plot ``loss.png``."""
+def write_loss_log(folder: Path, losses: list[dict[str, float]], args: PruneArguments) -> None:
+    """``loss_log.csv`` (the Trainer stages' columns, then each part of the loss) and its plot ``loss.png``."""
     import csv
 
     from finbert2.training import LOSS_LOG_FILE, plot_loss_curves
 
+    parts = [k for k in losses[0] if k != "loss"]
     with (folder / LOSS_LOG_FILE).open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["step", "loss", "learning_rate"])
-        for step, loss in enumerate(losses, 1):
-            writer.writerow([step, f"{loss:.6g}", f"{args.learning_rate * (1 - (step - 1) / args.max_steps):.6g}"])
-    plot_loss_curves(folder, title=f"distillation to layers {args.keep_layers}: MSE to the source vectors")
+        writer.writerow(["step", "loss", "learning_rate", *parts])
+        for step, row in enumerate(losses, 1):
+            writer.writerow([step, f"{row['loss']:.6g}", f"{args.learning_rate * (1 - (step - 1) / args.max_steps):.6g}",
+                             *(f"{row[k]:.6g}" for k in parts)])
+    plot_loss_curves(folder, title=f"distillation to layers {args.keep_layers}", columns=["loss", *parts],
+                     log_scale=True)
+
+
+def mean_losses(losses: list[dict[str, float]]) -> dict[str, float]:
+    return {k: sum(row[k] for row in losses) / len(losses) for k in losses[0]}
 
 
 def run_prune(args: PruneArguments) -> dict:
@@ -262,7 +377,7 @@ def run_prune(args: PruneArguments) -> dict:
         raise OutputDirError(f"{out}: holds an earlier model; pass --overwrite_output_dir True or choose another folder")
     check_data = load_check_data("retriever", args.check, args.check_split, "text", "label") if args.check else None
     texts = read_texts(args.train_data, args.text_field)
-    queries = read_texts(args.query_data, args.query_field) if args.query_data else None
+    queries = read_query_rows(args.query_data, args.query_field, args.query_passages) if args.query_data else None
     precision = resolve_bf16(args.bf16)
     logger.info("distillation precision: %s (%s)", "bf16 autocast" if precision.bf16 else "fp32", precision.reason)
     teacher = DenseEncoder.from_pretrained(str(source), device="cpu", bf16=precision.bf16)
@@ -287,7 +402,11 @@ def run_prune(args: PruneArguments) -> dict:
                   "source_layers": teacher.model.config.num_hidden_layers, "distillation_steps": args.max_steps,
                   "distillation_precision": "bf16" if precision.bf16 else "fp32",
                   "distillation_texts": len(texts), "distillation_queries": len(queries or ()),
-                  "first_loss": losses[0], "last_loss": sum(losses[-10:]) / len(losses[-10:]), "gate": asdict(gate)}
+                  "distillation_query_passages": sum(len(ps) for _, ps in queries or ()),
+                  "losses": {"hidden_state": args.hidden_loss_weight, "score": args.score_loss_weight,
+                             "score_temperature": args.score_temperature},
+                  "first_loss": losses[0]["loss"], "last_loss": mean_losses(losses[-10:])["loss"],
+                  "first_losses": losses[0], "last_losses": mean_losses(losses[-10:]), "gate": asdict(gate)}
         failures: list[str] = []
         if check_data is not None:
             teacher.bf16 = False  # the check compares fp32 with fp32

@@ -311,7 +311,6 @@ class DenseEncoder:
             progress.close()
         return vectors
 
-    @torch.inference_mode()
     @torch.inference_mode()  # the server's batcher calls this directly: without it, autograd costs ~2.5x
     def pooled(self, rows: list[list[int]]) -> torch.Tensor:
         """Pooled float32 CPU vectors (not normalised) of one batch of token id lists (special tokens
