@@ -9,13 +9,16 @@ of 384 dimensions (e5-small's). Loaded in bulk (not timed against the goal; Milv
 path, batched upserts ending in one flush), then timed: a one-document write through the service's path
 (median of 5; new documents, then documents already there), and 20 searches each of dense, BM25,
 hybrid and filtered hybrid (p50, p95).
-Prints one JSON line; RESULTS.md collects them.
+Prints one JSON line; RESULTS.md collects them. Memory: this process's peak RSS, and for Milvus Lite
+also its engine's (a child process, `milvus_lite/lib/milvus`), read before the process exits.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -55,6 +58,24 @@ def unit(rng, n: int) -> np.ndarray:
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1000, q))
+
+
+def child_peak_rss_mb() -> int:
+    """Peak RSS (VmHWM) of this process's children: the Milvus Lite engine."""
+    total = 0
+    for task in os.listdir("/proc/self/task"):
+        for pid in open(f"/proc/self/task/{task}/children").read().split():
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+    return round(total / 1024)
+
+
+def version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def main() -> None:
@@ -107,10 +128,13 @@ def main() -> None:
             assert hits, (name, query)
         latency[name] = {"p50_ms": round(percentile(times, 50), 1), "p95_ms": round(percentile(times, 95), 1)}
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    engine = {"milvus_lite": version("milvus-lite"), "pymilvus": version("pymilvus"),
+              "engine_peak_rss_mb": child_peak_rss_mb()} if args.store == "milvus" else {}
     print(json.dumps({"store": args.store, "windows": store.windows, "bulk_load_s": round(load_s, 1),
                       "one_document_write_s": round(float(np.median(writes)), 4),
                       "one_document_replace_s": round(float(np.median(replaces)), 4), **latency,
-                      "peak_rss_mb": round(rss_after / 1024), "store_rss_mb": round((rss_after - rss_before) / 1024)}))
+                      "peak_rss_mb": round(rss_after / 1024), "store_rss_mb": round((rss_after - rss_before) / 1024),
+                      **engine}))
 
 
 if __name__ == "__main__":
