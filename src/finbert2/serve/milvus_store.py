@@ -21,8 +21,8 @@ window; the two document rankings are fused with ``reciprocal_rank_fusion``, as 
 
 A write touches only the documents it names: an upsert of their windows (primary key: document id and
 window number), then a delete of windows a shorter new version no longer has. It returns once the
-engine holds it: Milvus Lite 2.5 commits it to its file (a SQLite database) before answering, so a killed
-process, engine included, loses nothing acknowledged; a Milvus server once the write is in its message
+engine holds it: Milvus Lite 2.5 commits it to its file (a SQLite database, fdatasync'd) before answering,
+so a killed process, engine included, loses nothing acknowledged; a Milvus server once the write is in its message
 log. Milvus Lite allows one process per file: several serve workers share one index through a server
 (``python -m finbert2.serve.lite_server FILE.db HOST:PORT``, Milvus Lite's engine on a TCP port, or a
 Milvus cluster) and see each other's writes at once (searches ask for strong consistency).
