@@ -350,21 +350,24 @@ class MilvusIndex:
 
     def write_rows(self, rows: Iterable[dict[str, Any]], total: int, batch_size: int = 1000, desc: str = "write",
                    show_progress: bool = False) -> int:
-        """Upsert window ``rows`` (``rows()``'s shape) ``batch_size`` at a time, with a progress bar over
-        ``total`` windows; returns how many were written. The bulk path: no per-document bookkeeping."""
+        """Write window ``rows`` (``rows()``'s shape, keys unique) into a fresh collection (``build_collection``'s)
+        ``batch_size`` at a time, with a progress bar over ``total`` windows; returns how many were written. The
+        bulk path: no per-document bookkeeping. Inserted on Milvus Lite (its upsert reads every row: the load
+        would grow with the square of its size), upserted on a server."""
         from tqdm.auto import tqdm
 
+        write = self.client.insert if self.embedded else self.client.upsert
         written, batch = 0, []
         with tqdm(total=total, desc=desc, unit="window", disable=not show_progress) as bar:
             for row in rows:
                 batch.append(row)
                 if len(batch) == batch_size:
-                    self.client.upsert(self.collection, batch)
+                    write(self.collection, batch)
                     written += len(batch)
                     bar.update(len(batch))
                     batch = []
             if batch:
-                self.client.upsert(self.collection, batch)
+                write(self.collection, batch)
                 written += len(batch)
                 bar.update(len(batch))
         self.seal()
