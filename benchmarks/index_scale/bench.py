@@ -6,7 +6,7 @@
 One store and one size per process (so peak memory is the store's). Both get the same documents:
 one window each, 60 jieba words drawn from the demo corpus's vocabulary (seeded), random unit vectors
 of 384 dimensions (e5-small's). Loaded in bulk (not timed against the goal; Milvus: `retrieve index`'s
-path, batched upserts ending in one flush), then timed: a one-document write through the service's path
+path, batched inserts ending in one flush), then timed: a one-document write through the service's path
 (median of 5; new documents, then documents already there), and 20 searches each of dense, BM25,
 hybrid and filtered hybrid (p50, p95).
 Prints one JSON line; RESULTS.md collects them. Memory: this process's peak RSS, and for Milvus Lite
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, required=True)
     parser.add_argument("--batch", type=int, default=5000, help="documents generated at a time")
     parser.add_argument("--insert_batch", type=int, default=1000,
-                        help="Milvus: windows per upsert (`retrieve index --insert_batch_size`'s default; Milvus "
+                        help="Milvus: windows per insert (`retrieve index --insert_batch_size`'s default; Milvus "
                              "Lite 2.5 slowed ~18x at 5000 windows of 384-d vectors per call)")
     args = parser.parse_args()
     print("\n".join(common.header_lines()), file=sys.stderr)
@@ -98,7 +98,7 @@ def main() -> None:
     if args.store == "folder":  # the folder store writes a generation per call: one call for the bulk
         docs = documents(rng, words, 0, args.windows)
         store.add(docs, [v[None] for v in unit(rng, args.windows)])
-    else:  # `retrieve index --index`'s path: batched upserts, then one flush (sealed segments search fast)
+    else:  # `retrieve index --index`'s path: batched inserts (upserts on a server), then one flush
         def rows():
             for start in range(0, args.windows, args.batch):
                 n = min(args.batch, args.windows - start)
