@@ -118,6 +118,8 @@ def test_bad_uris_and_missing_files_are_one_line_errors(built, tmp_path, capsys)
         (["retrieve", "index", *common, "--index", str(tmp_path / "index.txt")], "expected a Milvus Lite file"),
         (["retrieve", "index", *common, "--index", "http://127.0.0.1:1"], "--index http://127.0.0.1:1"),
         (["retrieve", "index", *common, "--index", str(tmp_path / "absent" / "x.db")], "not exist"),
+        (["retrieve", "index", *common, "--index", str(tmp_path / "研报索引.db")], "Milvus Lite takes file names"),
+        (["retrieve", "index", *common, "--index", str(tmp_path / ("x" * 33 + ".db"))], "under 36 characters"),
         (["retrieve", "index", *common], "give --output_dir FOLDER or --index URI"),
         (["retrieve", "index", "--model_name_or_path", common[1], "--corpus", str(tmp_path / "absent.jsonl"),
           "--index", str(tmp_path / "y.db")], "absent.jsonl"),
@@ -168,6 +170,16 @@ def test_a_failed_build_leaves_no_index_and_keeps_the_old_one(built, tmp_path, m
     # A killed build leaves its `__building` collection (never the index's name); the next build drops it.
     MilvusIndex(fresh, 8, {}, collection=COLLECTION + "__building")
     assert client.list_collections() == [COLLECTION + "__building"]
+    assert cli_main(["retrieve", "index", *common]) == 0
+    assert client.list_collections() == [COLLECTION]
+    # Milvus Lite fills a new index under its own name behind a marker: one killed there is refused by
+    # readers, and the next build drops both (no --overwrite_index needed: it is no index).
+    client.drop_collection(COLLECTION)
+    MilvusIndex(fresh, 8, {}, collection=COLLECTION + "__incomplete")
+    MilvusIndex(fresh, 8, {}, building=True)
+    capsys.readouterr()
+    assert cli_main(["retrieve", "search", "--index", fresh, "--query", "利润"]) == 2
+    assert "a bulk write cut short" in one_line_error(capsys)
     assert cli_main(["retrieve", "index", *common]) == 0
     assert client.list_collections() == [COLLECTION]
     hits = search(tmp_path, "--index", fresh, "--query", "利润", "--mode", "bm25")

@@ -1,6 +1,6 @@
 """Processes on a Milvus index: SIGKILL during writes loses no acknowledged document and resurrects no
 deleted one; two serve workers share one index through a Milvus server (``FINBERT2_MILVUS_URI`` when
-set, else Milvus Lite's gRPC server, which speaks the same client protocol)."""
+set, else a Milvus Lite file served on a TCP port, which speaks the same client protocol)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,11 @@ def milvus_rows(uri: str) -> dict[str, list[dict]]:
     return by_doc
 
 
+def child_pids(pid: int) -> list[int]:
+    return [int(child) for task in os.listdir(f"/proc/{pid}/task")
+            for child in open(f"/proc/{pid}/task/{task}/children").read().split()]
+
+
 def test_sigkill_during_writes_loses_no_acknowledged_document(model_dirs, tmp_path, request):
     uri = str(tmp_path / "index.db")
     long_text = "".join(NEWS) * 4  # several 400-character windows per document
@@ -86,6 +91,11 @@ def test_sigkill_during_writes_loses_no_acknowledged_document(model_dirs, tmp_pa
         assert time.monotonic() < deadline and writer.is_alive(), "no write was acknowledged"
         time.sleep(0.01)
     time.sleep(random.Random(0).uniform(0.2, 1.0))
+    # The engine (Milvus Lite's child process) first, in the middle of a write, then the server.
+    engines = child_pids(process.process.pid)
+    assert engines, "no Milvus Lite engine process under the server"
+    for pid in engines:
+        os.kill(pid, signal.SIGKILL)
     process.process.send_signal(signal.SIGKILL)
     process.process.wait(timeout=30)
     writer.join(timeout=60)
@@ -103,25 +113,17 @@ def test_sigkill_during_writes_loses_no_acknowledged_document(model_dirs, tmp_pa
 
 @pytest.fixture
 def milvus_server(tmp_path, request):
-    """``FINBERT2_MILVUS_URI`` when set (a Milvus server or cluster), else Milvus Lite's gRPC server, which
-    speaks the same client protocol."""
+    """``FINBERT2_MILVUS_URI`` when set (a Milvus server or cluster), else a Milvus Lite file served on a TCP
+    port (``python -m finbert2.serve.lite_server``: Milvus Lite's own engine, the real client protocol)."""
     if os.environ.get("FINBERT2_MILVUS_URI"):
         return os.environ["FINBERT2_MILVUS_URI"]
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(tmp_path / "lite"),
-                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen([sys.executable, "-m", "finbert2.serve.lite_server", str(tmp_path / "shared.db"),
+                               f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")})
     request.addfinalizer(lambda: (server.terminate(), server.wait(timeout=30)))
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            from pymilvus import MilvusClient
-
-            MilvusClient(uri=uri, timeout=2).close()
-            return uri
-        except Exception:
-            assert time.monotonic() < deadline and server.poll() is None, "milvus-lite server did not start"
-            time.sleep(0.3)
+    assert server.stdout.readline().startswith("serving "), "the Milvus Lite server did not start"
+    return f"http://127.0.0.1:{port}"
 
 
 def test_two_workers_share_one_server_index(model_dirs, milvus_server):

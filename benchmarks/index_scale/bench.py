@@ -6,16 +6,19 @@
 One store and one size per process (so peak memory is the store's). Both get the same documents:
 one window each, 60 jieba words drawn from the demo corpus's vocabulary (seeded), random unit vectors
 of 384 dimensions (e5-small's). Loaded in bulk (not timed against the goal; Milvus: `retrieve index`'s
-path, batched upserts ending in one flush), then timed: a one-document write through the service's path
+path, batched inserts ending in one flush), then timed: a one-document write through the service's path
 (median of 5; new documents, then documents already there), and 20 searches each of dense, BM25,
 hybrid and filtered hybrid (p50, p95).
-Prints one JSON line; RESULTS.md collects them.
+Prints one JSON line; RESULTS.md collects them. Memory: this process's peak RSS, and for Milvus Lite
+also its engine's (a child process, `milvus_lite/lib/milvus`), read before the process exits.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -57,11 +60,32 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1000, q))
 
 
+def child_peak_rss_mb() -> int:
+    """Peak RSS (VmHWM) of this process's children: the Milvus Lite engine."""
+    total = 0
+    for task in os.listdir("/proc/self/task"):
+        for pid in open(f"/proc/self/task/{task}/children").read().split():
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+    return round(total / 1024)
+
+
+def version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--store", choices=["folder", "milvus"], required=True)
     parser.add_argument("--windows", type=int, required=True)
-    parser.add_argument("--batch", type=int, default=5000)
+    parser.add_argument("--batch", type=int, default=5000, help="documents generated at a time")
+    parser.add_argument("--insert_batch", type=int, default=1000,
+                        help="Milvus: windows per insert (`retrieve index --insert_batch_size`'s default; Milvus "
+                             "Lite 2.5 slowed ~18x at 5000 windows of 384-d vectors per call)")
     args = parser.parse_args()
     print("\n".join(common.header_lines()), file=sys.stderr)
     rng = np.random.default_rng(0)
@@ -74,13 +98,13 @@ def main() -> None:
     if args.store == "folder":  # the folder store writes a generation per call: one call for the bulk
         docs = documents(rng, words, 0, args.windows)
         store.add(docs, [v[None] for v in unit(rng, args.windows)])
-    else:  # `retrieve index --index`'s path: batched upserts, then one flush (sealed segments search fast)
+    else:  # `retrieve index --index`'s path: batched inserts (upserts on a server), then one flush
         def rows():
             for start in range(0, args.windows, args.batch):
                 n = min(args.batch, args.windows - start)
                 for record, vector in zip(documents(rng, words, start, n), unit(rng, n)):
                     yield from store.rows(record, vector[None])
-        store.write_rows(rows(), args.windows, args.batch)
+        store.write_rows(rows(), args.windows, args.insert_batch)
     load_s = time.perf_counter() - t0
     writes = []
     for i in range(5):
@@ -107,10 +131,13 @@ def main() -> None:
             assert hits, (name, query)
         latency[name] = {"p50_ms": round(percentile(times, 50), 1), "p95_ms": round(percentile(times, 95), 1)}
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    engine = {"milvus_lite": version("milvus-lite"), "pymilvus": version("pymilvus"),
+              "engine_peak_rss_mb": child_peak_rss_mb()} if args.store == "milvus" else {}
     print(json.dumps({"store": args.store, "windows": store.windows, "bulk_load_s": round(load_s, 1),
                       "one_document_write_s": round(float(np.median(writes)), 4),
                       "one_document_replace_s": round(float(np.median(replaces)), 4), **latency,
-                      "peak_rss_mb": round(rss_after / 1024), "store_rss_mb": round((rss_after - rss_before) / 1024)}))
+                      "peak_rss_mb": round(rss_after / 1024), "store_rss_mb": round((rss_after - rss_before) / 1024),
+                      **engine}))
 
 
 if __name__ == "__main__":

@@ -6,29 +6,36 @@ store (``store.DocumentIndex``). Each row is one window: its document id, window
 document's stored fields (JSON), its vector (inner product on unit vectors, what the retriever was
 trained for) and a BM25 sparse vector that the engine's BM25 function makes from a text field.
 
+The embedded engine is Milvus Lite 2.5 (``milvus-lite==2.5.1``, the last release of its C++ engine; the
+3.x releases are a pure-Python rewrite whose searches read every row): ``MilvusClient("FILE.db")`` starts
+its engine as a child process serving this process alone on a unix socket, and a server speaks the same
+protocol, so one code path serves both.
+
 BM25 ranks exactly as the folder store's: the BM25 text field holds our own jieba words (the same
-``jieba_tokens`` and user dictionary), each written as the hex of its UTF-8 bytes, so the engine's
-``standard`` analyzer (``\\w+``, lowercase) reads back exactly our words whatever they contain, and the
-engine keeps the IDF and average length current as documents come and go (Lucene BM25, k1=1.5, b=0.75,
-bm25s's scoring). Dense and BM25 searches group by document (best window per document); the two
-document rankings are fused with ``reciprocal_rank_fusion``, as the folder store and
+``jieba_tokens`` and user dictionary), each written as the hex of its UTF-8 bytes (``hex_word``), so the
+engine's ``standard`` tokenizer reads back exactly our words whatever they contain, and the engine keeps
+the IDF and average length of the whole collection current as documents come and go (Lucene BM25,
+k1=1.5, b=0.75, bm25s's scoring). Dense and BM25 searches rank windows and keep each document's best
+window; the two document rankings are fused with ``reciprocal_rank_fusion``, as the folder store and
 ``retrieve evaluate --hybrid`` do.
 
 A write touches only the documents it names: an upsert of their windows (primary key: document id and
 window number), then a delete of windows a shorter new version no longer has. It returns once the
-engine holds it: Milvus Lite appends it to its write-ahead log (flushed to the OS on every write, so a
-killed process loses nothing acknowledged; fsynced on close), a Milvus server once the write is in its
-message log. Milvus Lite allows one process per file: several serve workers share one index through a
-server (``milvus-lite server --data-dir FILE`` or a Milvus cluster) and see each other's writes at once
-(searches ask for strong consistency).
+engine holds it: Milvus Lite 2.5 commits it to its file (a SQLite database, fdatasync'd) before answering,
+so a killed process, engine included, loses nothing acknowledged; a Milvus server once the write is in its message
+log. Milvus Lite allows one process per file: several serve workers share one index through a server
+(``python -m finbert2.serve.lite_server FILE.db HOST:PORT``, Milvus Lite's engine on a TCP port, or a
+Milvus cluster) and see each other's writes at once (searches ask for strong consistency).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable
@@ -51,13 +58,19 @@ COUNT_SECONDS = 5.0  # /info and /metrics counts of another worker's writes may 
 OUTPUT_FIELDS = ["doc_id", "window", "text", "fields"]
 BM25_K1, BM25_B = 1.5, 0.75  # the folder store's (bm25s) parameters
 MAX_LIMIT = 16384  # Milvus's largest search limit
+MAX_TOKEN_CHARS = 100  # Milvus Lite 2.5's standard tokenizer splits longer tokens (measured)
 PROBE_WINDOWS = 64  # window keys looked up per document at a time (a 400-character window: 25,600 characters)
 MILVUS_TOKEN_ENV = "FINBERT2_MILVUS_TOKEN"
-# The collection property holding the model and window settings (Milvus Lite keeps no schema description).
+LITE_NAME = re.compile(r"[A-Za-z0-9._-]+")  # the file names Milvus Lite 2.5 opens (and under 36 characters)
+# Where indexes built before the model and window settings moved to the schema's description kept them (a
+# collection property: Milvus Lite 2.5 drops properties, keeps the description).
 CONFIG_PROPERTY = "finbert2.index"
 # A bulk write (`retrieve index --index`, the importer) fills this collection and renames it when done, so
 # an interrupted one never leaves a collection under the index's name.
 BUILDING_SUFFIX = "__building"
+# Milvus Lite 2.5 cannot rename a collection: while a bulk write fills (or copies into) the index's own name,
+# a collection of this suffix marks it as cut short, and readers refuse it.
+INCOMPLETE_SUFFIX = "__incomplete"
 
 
 def is_milvus_uri(location: str) -> bool:
@@ -71,7 +84,17 @@ def bm25_text(text: str, segmenter=None) -> str:
 
 
 def hex_words(tokens: list[str]) -> str:
-    return " ".join(token.encode("utf-8").hex() for token in tokens)
+    return " ".join(map(hex_word, tokens))
+
+
+def hex_word(token: str) -> str:
+    """One word as one analyzer token: the hex of its UTF-8 bytes, or for a word over 50 bytes (an ASCII run,
+    a URL) its digest behind a ``z``, which no hex word has: Milvus Lite 2.5's ``standard`` tokenizer cuts
+    tokens of over 100 characters into pieces, so two long words sharing their first 50 bytes would match."""
+    encoded = token.encode("utf-8")
+    if len(encoded) * 2 <= MAX_TOKEN_CHARS:
+        return encoded.hex()
+    return "z" + hashlib.blake2b(encoded, digest_size=16).hexdigest()
 
 
 def milvus_string(value: str) -> str:
@@ -96,7 +119,10 @@ def milvus_literal(value: Any) -> str | None:
 
 def filter_expression(filters: dict[str, Any] | None) -> str | None:
     """The JSON filter language (field equals a value, or any of a list; ``id``: document ids) as a Milvus
-    expression; ``"false"`` when a filter can match nothing; None for no filter."""
+    expression; ``"false"`` when a filter can match nothing; None for no filter. A field's clause that
+    accepts null (the field absent or null, as the folder store's ``record.get(name) == None``) is left out:
+    Milvus Lite 2.5 has no expression for a JSON key's absence (it refuses ``is null``, ``exists`` and
+    ``not``), so the search checks those on the hits (``null_filters``)."""
     if not filters:
         return None
     clauses = []
@@ -105,14 +131,22 @@ def filter_expression(filters: dict[str, Any] | None) -> str | None:
         values = wanted if isinstance(wanted, list) else [wanted]
         if name == "id":  # ids are strings: another type matches no document
             options = [f"{target} == {milvus_string(v)}" for v in values if isinstance(v, str)]
-        else:  # null: the field is absent (or null), as the folder store's record.get(name) == None
-            options = [f"{target} is null" if v is None else f"{target} == {milvus_literal(v)}"
-                       for v in values if v is None or milvus_literal(v) is not None]
+        elif None in values:
+            continue
+        else:
+            options = [f"{target} == {milvus_literal(v)}" for v in values if milvus_literal(v) is not None]
         if not options:
             return "false"
-        # `in` on a JSON path is not in every engine (Milvus Lite refuses it): a chain of `or`.
+        # `in` on a JSON path is not in every engine (Milvus Lite 3.2 refused it): a chain of `or`.
         clauses.append(" or ".join(options))
-    return " and ".join(f"({c})" for c in clauses)
+    return " and ".join(f"({c})" for c in clauses) or None
+
+
+def null_filters(filters: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The filters ``filter_expression`` leaves to the search (those accepting null), or None."""
+    left = {name: wanted for name, wanted in (filters or {}).items()
+            if name != "id" and None in (wanted if isinstance(wanted, list) else [wanted])}
+    return left or None
 
 
 def window_key(doc_id: str, window: int) -> str:
@@ -129,6 +163,10 @@ def keys_expression(keys: list[str]) -> str:
 def check_milvus_uri(uri: str, flag: str = "--index") -> None:
     if not is_milvus_uri(uri):
         raise ConfigError(f"{flag} {uri}: expected a Milvus Lite file (*.db) or http(s)://host:port")
+    name = Path(uri).name
+    if not uri.startswith(("http://", "https://")) and not (LITE_NAME.fullmatch(name) and len(name) < 36):
+        raise ConfigError(f"{flag} {uri}: Milvus Lite takes file names of letters, digits, '.', '-' and '_', "
+                          f"under 36 characters")
 
 
 def connect(uri: str, token: str | None = None):
@@ -136,6 +174,7 @@ def connect(uri: str, token: str | None = None):
     reached or opened is a one-line ``ConfigError``."""
     from pymilvus import MilvusClient
 
+    check_milvus_uri(uri)
     try:
         return MilvusClient(uri=uri, token=token or os.environ.get(MILVUS_TOKEN_ENV) or "")
     except Exception as err:  # MilvusException mostly; a dead server may surface as a gRPC error too
@@ -147,11 +186,14 @@ class MilvusIndex:
 
     def __init__(self, uri: str, dimension: int, model_config: dict[str, Any], segmenter=None,
                  window_chars: int = 400, window_stride: int = 380, token: str | None = None,
-                 collection: str = COLLECTION, client=None):
+                 collection: str = COLLECTION, client=None, building: bool = False):
         self.location, self.collection = uri, collection
         self.dimension, self.model_config, self.segmenter = dimension, model_config, segmenter
         self.window_chars, self.window_stride = window_chars, window_stride
         self.client = client or connect(uri, token)
+        if not building and self.client.has_collection(collection + INCOMPLETE_SUFFIX):
+            raise ConfigError(f"--index {uri}: collection '{collection}' is a bulk write cut short; write it again "
+                              f"(`finbert2 retrieve index --index {uri}`)")
         if self.client.has_collection(collection):
             self._check_dimension()
         else:
@@ -161,15 +203,14 @@ class MilvusIndex:
         self._counts: tuple[int, int] | None = None  # (documents, windows), counted on first use
         self._counts_lock = threading.Lock()
         # The server runs writes in executor threads: one at a time, so that what stored_windows() saw still holds
-        # when the counts move (two adds of one new id would otherwise both count it).
+        # when new documents are inserted and the tails of replaced ones deleted.
         self._write_lock = threading.Lock()
 
     def seal(self) -> None:
-        """Flush the growing segment into a sealed, indexed one. Milvus Lite scans rows still in the growing
-        segment: at 3,000 windows a dense search took ~200 ms before a flush, ~17 ms after
-        (benchmarks/index_scale). Bulk writes (``write_rows``) end with one; single-document writes do not,
-        since Milvus Lite 3.2 keeps BM25 statistics per segment and each extra segment would move BM25
-        rankings away from the folder store's."""
+        """Flush the growing segment into a sealed one. Bulk writes (``write_rows``) end with one, so that a
+        server indexes and persists the whole bulk; single-document writes do not (each would leave a small
+        segment). On Milvus Lite 2.5 a flush takes ~2 ms and searches of the growing segment are about as
+        fast (dense at 20k windows: 11 ms before, 9 ms after), and BM25 statistics span every segment."""
         self.client.flush(self.collection)
 
     # --- schema ----------------------------------------------------------------------------------------
@@ -177,7 +218,9 @@ class MilvusIndex:
         from pymilvus import DataType, Function, FunctionType
 
         client = self.client
-        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+        config = {**self.model_config, "window_chars": self.window_chars, "window_stride": self.window_stride}
+        schema = client.create_schema(auto_id=False, enable_dynamic_field=False,
+                                      description=json.dumps(config, ensure_ascii=False))
         schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=MAX_TEXT)
         schema.add_field("doc_id", DataType.VARCHAR, max_length=MAX_TEXT)
         schema.add_field("window", DataType.INT64)
@@ -193,9 +236,7 @@ class MilvusIndex:
         index_params.add_index("vector", index_type="FLAT", metric_type="IP")
         index_params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25",
                                params={"bm25_k1": BM25_K1, "bm25_b": BM25_B})
-        config = {**self.model_config, "window_chars": self.window_chars, "window_stride": self.window_stride}
-        client.create_collection(self.collection, schema=schema, index_params=index_params, consistency_level="Strong",
-                                 properties={CONFIG_PROPERTY: json.dumps(config, ensure_ascii=False)})
+        client.create_collection(self.collection, schema=schema, index_params=index_params, consistency_level="Strong")
 
     def _check_dimension(self) -> None:
         fields = self.client.describe_collection(self.collection)["fields"]
@@ -222,39 +263,26 @@ class MilvusIndex:
         vector = next((f for f in described["fields"] if f["name"] == "vector"), None)
         if vector is None:
             raise ConfigError(f"{uri}: collection '{collection}' is not a finbert2 index")
-        config = json.loads(described.get("properties", {}).get(CONFIG_PROPERTY) or "{}")
+        config = json.loads(described.get("description") or described.get("properties", {}).get(CONFIG_PROPERTY)
+                            or "{}")
         return cls(uri, int(vector["params"]["dim"]), config, segmenter, config.get("window_chars", 400),
                    config.get("window_stride", 380), token, collection, client=client)
 
     # --- counts (the folder store's ``documents`` and ``windows``) -----------------------------------------
     def _count(self, expression: str) -> int:
-        """Rows matching ``expression`` (all rows when empty). Milvus Lite reads the rows to count them: 0.4 s
-        at 10k windows with a filter, 60 ms at 100k without one."""
+        """Rows matching ``expression`` (all rows when empty): ~1 ms on Milvus Lite 2.5 at 20k and at 300k
+        windows, with or without a filter."""
         rows = self.client.query(self.collection, filter=expression, output_fields=["count(*)"])
         return int(rows[0]["count(*)"]) if rows else 0
 
     def refresh(self, force: bool = False) -> None:
-        """Recount documents and windows (the engine itself needs no reload: searches see every write).
-
-        Counting documents (rows of window 0) reads every one of them, which was the whole cost of a
-        one-document write (1.2 of 1.2 s at 10k windows). Embedded Milvus Lite is opened by this process
-        alone, so after the first count its own writes keep the counts exact (``_counted_write``: each write
-        knows the windows it adds and removes) and only ``force`` counts again; a server may have other
-        writers: recounted when older than ``COUNT_SECONDS`` and after each write."""
-        if self.embedded and self._counts is not None and not force:
-            return
+        """Count documents (rows of window 0) and windows again when ``force`` (after each write) or when the
+        counts are older than ``COUNT_SECONDS`` (another worker sharing a server may have written). The engine
+        itself needs no reload: searches see every write."""
         if force or self._counts is None or time.monotonic() - self._counted_at > COUNT_SECONDS:
             counts = (self._count("window == 0"), self._count(""))
             with self._counts_lock:
                 self._counts, self._counted_at = counts, time.monotonic()
-
-    def _counted_write(self, documents_added: int, windows_added: int) -> None:
-        """After a write: the embedded index's counts moved by what it wrote; a server's counted again."""
-        if not self.embedded or self._counts is None:
-            self.refresh(force=True)
-            return
-        with self._counts_lock:
-            self._counts = (self._counts[0] + documents_added, self._counts[1] + windows_added)
 
     @property
     def documents(self) -> int:
@@ -272,8 +300,8 @@ class MilvusIndex:
     # --- writing ---------------------------------------------------------------------------------------
     def stored_windows(self, ids: list[str]) -> dict[str, int]:
         """How many windows each document of ``ids`` has in the index (absent ones left out), read by primary
-        key, ``PROBE_WINDOWS`` keys a document at a time: a key lookup takes ~1 ms at any size, where a filter
-        on ``doc_id`` reads every row (90 ms at 100k windows on Milvus Lite)."""
+        key, ``PROBE_WINDOWS`` keys a document at a time: a key lookup takes ~2 ms at any size, where a filter
+        on ``doc_id`` reads every row (Milvus Lite 2.5: 14 ms at 300k windows, 2 ms at 20k)."""
         stored: dict[str, int] = {}
         # an id too long for a key was never written (``rows`` refuses it)
         pending = [i for i in dict.fromkeys(ids) if len(window_key(i, 0).encode("utf-8")) <= MAX_TEXT]
@@ -306,23 +334,40 @@ class MilvusIndex:
                  "bm25_text": bm25_text(text, self.segmenter), "vector": np.asarray(vector, np.float32).tolist()}
                 for n, (text, vector) in enumerate(zip(texts, vectors))]
 
+    def stored_rows(self, batch_size: int = 1000) -> Iterable[dict[str, Any]]:
+        """Every window row of the collection as ``rows()`` makes them (the engine's BM25 vector left out), in
+        key order, ``batch_size`` at a time: each query asks for the keys after the last one (pymilvus's
+        ``query_iterator`` hands back its first page over and over from Milvus Lite 2.5)."""
+        names = ["key", *OUTPUT_FIELDS, "bm25_text", "vector"]
+        last = ""
+        while batch := self.client.query(self.collection, filter=f"key > {milvus_string(last)}",
+                                         output_fields=names, limit=batch_size):
+            keys = [row["key"] for row in batch]
+            if keys != sorted(keys):
+                raise RuntimeError(f"{self.location}: the engine hands back rows out of key order; cannot page them")
+            yield from ({name: row[name] for name in names} for row in batch)
+            last = keys[-1]
+
     def write_rows(self, rows: Iterable[dict[str, Any]], total: int, batch_size: int = 1000, desc: str = "write",
                    show_progress: bool = False) -> int:
-        """Upsert window ``rows`` (``rows()``'s shape) ``batch_size`` at a time, with a progress bar over
-        ``total`` windows; returns how many were written. The bulk path: no per-document bookkeeping."""
+        """Write window ``rows`` (``rows()``'s shape, keys unique) into a fresh collection (``build_collection``'s)
+        ``batch_size`` at a time, with a progress bar over ``total`` windows; returns how many were written. The
+        bulk path: no per-document bookkeeping. Inserted on Milvus Lite (its upsert reads every row: the load
+        would grow with the square of its size), upserted on a server."""
         from tqdm.auto import tqdm
 
+        write = self.client.insert if self.embedded else self.client.upsert
         written, batch = 0, []
         with tqdm(total=total, desc=desc, unit="window", disable=not show_progress) as bar:
             for row in rows:
                 batch.append(row)
                 if len(batch) == batch_size:
-                    self.client.upsert(self.collection, batch)
+                    write(self.collection, batch)
                     written += len(batch)
                     bar.update(len(batch))
                     batch = []
             if batch:
-                self.client.upsert(self.collection, batch)
+                write(self.collection, batch)
                 written += len(batch)
                 bar.update(len(batch))
         self.seal()
@@ -336,13 +381,21 @@ class MilvusIndex:
         rows = [row for record, vectors in zip(records, window_vectors) for row in self.rows(record, vectors)]
         with self._write_lock:
             stored = self.stored_windows(ids)
-            if rows:
-                self.client.upsert(self.collection, rows)
+            # Milvus Lite 2.5's upsert reads every row (one window: 300 ms at 100k windows, an insert 3 ms). The
+            # embedded index, its file's only writer (and writes one at a time), inserts the windows of documents
+            # it does not hold; a replaced document is upserted (never a moment without it). A server's other
+            # workers may be adding the same id: there every write upserts.
+            new = [row for row in rows if row["doc_id"] not in stored] if self.embedded else []
+            if new:
+                self.client.insert(self.collection, new)
+            if len(new) < len(rows):
+                self.client.upsert(self.collection, [row for row in rows if row["doc_id"] in stored]
+                                   if self.embedded else rows)
             # Windows past a new version's end (a replaced document that got shorter), deleted by key.
             tails = [window_key(i, n) for i, v in zip(ids, window_vectors) for n in range(len(v), stored.get(i, 0))]
             if tails:
                 self.client.delete(self.collection, filter=keys_expression(tails))
-            self._counted_write(len(records) - len(stored), len(rows) - sum(stored.values()))
+            self.refresh(force=True)
         return len(stored)
 
     def delete(self, ids: list[str]) -> list[str]:
@@ -353,8 +406,13 @@ class MilvusIndex:
             if present:
                 self.client.delete(self.collection, filter=keys_expression(
                     [window_key(i, n) for i, count in present.items() for n in range(count)]))
-                self._counted_write(-len(present), -sum(present.values()))
+                self.refresh(force=True)
         return [i for i in ids if i not in present]
+
+    @property
+    def embedded(self) -> bool:
+        """Milvus Lite opened by this process (a ``*.db`` file), as opposed to a server."""
+        return not self.location.startswith(("http://", "https://"))
 
     # --- searching -------------------------------------------------------------------------------------
     def search(self, query_vector: np.ndarray | None, query_text: str, top_k: int, mode: str,
@@ -363,55 +421,61 @@ class MilvusIndex:
         expression = filter_expression(filters)
         if expression == "false":
             return []
+        checked = null_filters(filters)
         depth = max(top_k, 100)  # documents each retriever hands to the fusion
-        dense = self._grouped(query_vector.astype(np.float32).tolist(), "vector", "IP", depth, expression) \
-            if mode != "bm25" else {}
+        dense = self._grouped(query_vector.astype(np.float32).tolist(), "vector", "IP", depth, expression,
+                              checked) if mode != "bm25" else {}
         query_words = bm25_text(query_text, self.segmenter)
-        bm25 = {}
-        if mode != "dense" and query_words:
-            bm25 = self._bm25_filtered_after(query_words, depth, filters) if filters and self.embedded \
-                else self._grouped(query_words, "sparse", "BM25", depth, expression)
+        bm25 = self._grouped(query_words, "sparse", "BM25", depth, expression, checked) \
+            if mode != "dense" and query_words else {}
         return document_hits(dense, bm25, mode, top_k, rrf_k, depth)
 
-    @property
-    def embedded(self) -> bool:
-        return not self.location.startswith(("http://", "https://"))
+    def _grouped(self, data, field: str, metric: str, depth: int, expression: str | None,
+                 checked: dict[str, Any] | None = None) -> dict:
+        """``{document id: (best window score, window)}`` of the ``depth`` best documents, best first (ties:
+        the first window, then the smaller id, as the folder store breaks them).
 
-    def _bm25_filtered_after(self, query_words: str, depth: int, filters: dict[str, Any]) -> dict:
-        """Filtered BM25 on Milvus Lite: its filtered search takes BM25 statistics (IDF, average length) over
-        the matching windows only, so it ranks unlike BM25 over the corpus. Rank over the corpus, deeper
-        until ``depth`` documents pass the filter, and filter here (the folder store's order of things)."""
-        limit = 4 * depth
+        The engine ranks windows; documents are grouped here. Milvus's own ``group_by_field`` hands back one
+        window per document in Milvus Lite 2.5 (``group_size`` ignored), whichever of tied windows it meets
+        first, and cuts documents tied at the limit in its own order. So the search asks for windows, and
+        a document counts only when its best score is above the lowest score handed back (every window
+        above that is in the answer): deeper, four times as many windows, until ``depth`` documents count
+        or nothing is left. The engine filters inside the search with BM25 statistics (IDF, average
+        length) over the whole collection, as the folder store's BM25 over the corpus; ``checked``
+        (``null_filters``) is checked here on each window's fields."""
+        limit = min(2 * depth, MAX_LIMIT)
         while True:
-            ranked = self._grouped(query_words, "sparse", "BM25", limit, None)
-            passed = {d: hit for d, hit in ranked.items()
-                      if matches({"id": d, "record": hit[1]["fields"]}, filters)}
-            if len(passed) >= depth or len(ranked) < limit or limit >= MAX_LIMIT:
-                return dict(list(passed.items())[:depth])
+            hits = self.client.search(self.collection, data=[data], anns_field=field, limit=limit,
+                                      filter=expression or "", output_fields=OUTPUT_FIELDS,
+                                      search_params={"metric_type": metric})[0]
+            best: dict[str, tuple[float, dict]] = {}
+            for hit in hits:
+                entity = hit["entity"]
+                score = self._score(hit, metric)
+                if metric == "BM25" and score == 0:
+                    continue  # no query word in the window: not retrieved (as bm25s)
+                if checked and not matches({"id": entity["doc_id"], "record": entity["fields"] or {}}, checked):
+                    continue
+                window = {"encoded_text": entity["text"], "window": int(entity["window"]),
+                          "fields": entity["fields"] or {}}
+                seen = best.get(entity["doc_id"])
+                if seen is None or (-score, window["window"]) < (-seen[0], seen[1]["window"]):
+                    best[entity["doc_id"]] = (score, window)
+            complete = len(hits) < limit or limit >= MAX_LIMIT
+            floor = -math.inf if complete else self._score(hits[-1], metric)
+            ranked = sorted(((d, v) for d, v in best.items() if v[0] > floor),
+                            key=lambda item: (-item[1][0], item[0]))
+            if complete or len(ranked) >= depth:
+                return dict(ranked[:depth])
             limit = min(4 * limit, MAX_LIMIT)
 
-    def _grouped(self, data, field: str, metric: str, depth: int, expression: str | None) -> dict:
-        """``{document id: (best window score, window)}`` of the ``depth`` best documents, best first (ties:
-        the first window, then the smaller id, as the folder store breaks them)."""
-        # Two windows per document, so that a tie between its best two goes to the first one.
-        results = self.client.search(self.collection, data=[data], anns_field=field, limit=depth,
-                                     filter=expression or "", output_fields=OUTPUT_FIELDS,
-                                     search_params={"metric_type": metric}, group_by_field="doc_id", group_size=2)
-        best: dict[str, tuple[float, dict]] = {}
-        for hit in results[0]:
-            entity = hit["entity"]
-            score = float(hit["distance"])
-            if metric == "BM25":
-                # Milvus Lite 3.2 hands BM25 scores back negated, a server as they are; both carry Lucene's
-                # (k1 + 1) factor, which bm25s (the folder store) leaves out: the same ranking, our scale.
-                score = abs(score) / (BM25_K1 + 1)
-                if score == 0:
-                    continue  # no query word in the window: not retrieved (as bm25s)
-            window = {"encoded_text": entity["text"], "window": int(entity["window"]), "fields": entity["fields"] or {}}
-            seen = best.get(entity["doc_id"])
-            if seen is None or (-score, window["window"]) < (-seen[0], seen[1]["window"]):
-                best[entity["doc_id"]] = (score, window)
-        return dict(sorted(best.items(), key=lambda item: (-item[1][0], item[0])))
+    @staticmethod
+    def _score(hit: dict, metric: str) -> float:
+        """A hit's score on the folder store's scale: Lucene's BM25 (Milvus's) carries a (k1 + 1) factor that
+        bm25s leaves out (the same ranking)."""
+        score = float(hit["distance"])
+        return score / (BM25_K1 + 1) if metric == "BM25" else score
+
 
 def open_index(location: str, dimension: int, model_config: dict[str, Any], segmenter=None,
                window_chars: int = 400, window_stride: int = 380, token: str | None = None,
@@ -428,31 +492,58 @@ def open_index(location: str, dimension: int, model_config: dict[str, Any], segm
 def build_collection(uri: str, dimension: int, model_config: dict[str, Any], fill, token: str | None = None,
                      collection: str = COLLECTION, segmenter=None, window_chars: int = 400, window_stride: int = 380,
                      replace: bool = False) -> MilvusIndex:
-    """A whole index written in bulk: ``fill(index)`` writes every window into a fresh collection
-    ``<collection>__building``, which is renamed to ``collection`` only once ``fill`` returns. An existing
-    ``collection`` is refused before anything is written, or with ``replace`` dropped at the rename (a
-    worker serving it sees the new one after a restart). A failed build drops its collection; a killed one
-    leaves it, never under the index's name, and the next build drops it."""
+    """A whole index written in bulk by ``fill(index)``; an existing ``collection`` is refused before anything
+    is written, or with ``replace`` replaced only once ``fill`` returns (a worker serving it sees the new one
+    after a restart). No half-written index is ever read under ``collection``:
+
+    - a server fills a fresh collection ``<collection>__building`` and renames it to ``collection``;
+    - Milvus Lite 2.5 has no rename: a new index is filled under its own name, a replacement in
+      ``<collection>__building`` and then copied under the name, each behind a ``<collection>__incomplete``
+      marker that readers refuse.
+
+    A failed build drops what it wrote; a killed one leaves its collections, and the next build drops them."""
     client = connect(uri, token)
+    marker, staging = collection + INCOMPLETE_SUFFIX, collection + BUILDING_SUFFIX
+    if client.has_collection(marker):  # a build cut short: what is under the name is no index
+        for name in (collection, marker):
+            if client.has_collection(name):
+                client.drop_collection(name)
     if client.has_collection(collection) and not replace:
         raise ConfigError(f"--index {uri}: collection '{collection}' exists; pass --overwrite_index True to replace "
                           f"it (or --index_collection NAME for another)")
-    staging = collection + BUILDING_SUFFIX
     if client.has_collection(staging):
         client.drop_collection(staging)
-    index = MilvusIndex(uri, dimension, model_config, segmenter, window_chars, window_stride, token, staging,
-                        client=client)
+    renames = uri.startswith(("http://", "https://"))
+    in_place = not renames and not client.has_collection(collection)
+
+    def new_index(name: str) -> MilvusIndex:
+        return MilvusIndex(uri, dimension, model_config, segmenter, window_chars, window_stride, token, name,
+                           client=client, building=True)
+
+    if in_place:
+        client.create_collection(marker, dimension=2)
+    index = new_index(collection if in_place else staging)
     try:
         fill(index)
     except BaseException:
         with contextlib.suppress(Exception):  # the build's own error is the one to report
-            client.drop_collection(staging)
+            for name in ((collection, marker) if in_place else (staging,)):
+                client.drop_collection(name)
         raise
-    if client.has_collection(collection):
+    if renames:
+        if client.has_collection(collection):
+            client.drop_collection(collection)
+        client.rename_collection(staging, collection)
+        client.load_collection(collection)
+        index.collection = collection
+    elif not in_place:
+        client.create_collection(marker, dimension=2)
         client.drop_collection(collection)
-    client.rename_collection(staging, collection)
-    client.load_collection(collection)
-    index.collection = collection
+        copy, index = index, new_index(collection)
+        index.write_rows(copy.stored_rows(), 0)
+        client.drop_collection(staging)
+    if client.has_collection(marker):
+        client.drop_collection(marker)
     index.refresh(force=True)
     return index
 
