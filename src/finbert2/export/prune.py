@@ -312,7 +312,7 @@ def distill(teacher, student: torch.nn.Module, texts: list[str], args: PruneArgu
         rows = passages.take(args.per_device_train_batch_size - per_batch - len(own)) + own + [q for q, _ in asked]
         n_passages = len(rows) - len(asked)
         input_ids, attention_mask = pad_batch(rows, pad_id)
-        with torch.inference_mode(), teacher._autocast():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=teacher.bf16):
             taught = teacher.model(input_ids=input_ids, attention_mask=attention_mask,
                                    output_hidden_states=bool(targets))
         # inference tensors; their clones can enter the autograd graph
@@ -398,6 +398,7 @@ def run_prune(args: PruneArguments) -> dict:
         student.save_pretrained(staging)
         write_loss_log(staging, losses, args)
         gate = Gate(args.max_drop, args.min_cosine)
+        last = mean_losses(losses[-10:])
         report = {"source": str(source), "kind": "retriever", "pruned_layers": args.layers,
                   "source_layers": teacher.model.config.num_hidden_layers, "distillation_steps": args.max_steps,
                   "distillation_precision": "bf16" if precision.bf16 else "fp32",
@@ -405,8 +406,8 @@ def run_prune(args: PruneArguments) -> dict:
                   "distillation_query_passages": sum(len(ps) for _, ps in queries or ()),
                   "losses": {"hidden_state": args.hidden_loss_weight, "score": args.score_loss_weight,
                              "score_temperature": args.score_temperature},
-                  "first_loss": losses[0]["loss"], "last_loss": mean_losses(losses[-10:])["loss"],
-                  "first_losses": losses[0], "last_losses": mean_losses(losses[-10:]), "gate": asdict(gate)}
+                  "first_loss": losses[0]["loss"], "last_loss": last["loss"],
+                  "first_losses": losses[0], "last_losses": last, "gate": asdict(gate)}
         failures: list[str] = []
         if check_data is not None:
             teacher.bf16 = False  # the check compares fp32 with fp32
